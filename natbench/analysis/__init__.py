@@ -1,0 +1,1 @@
+"""Analyses of trained models: output sparsity now; boundary distances, weight gaps, plots later."""

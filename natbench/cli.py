@@ -1,0 +1,233 @@
+"""The ``natbench`` command line (the contract scripts and users rely on; see DESIGN.md).
+
+Exit codes: 0 success; 2 a user error, printed as one red line (what, where, one fix); 1 a bug
+(full traceback). ``--format csv``/``json`` print machine-readable output on stdout and nothing
+else (progress and messages go to stderr).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, NatbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="natbench: train a defense, attack it with a suite, compare on a leaderboard.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic fixtures in the real on-disk formats.")
+app.add_typer(data_app, name="data")
+out = Console(soft_wrap=True)
+
+RootOpt = typer.Option(None, "--root", help="Results root (default: $NATBENCH_ROOT or ./runs)")
+LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "attacks", "suites", "task_kinds")
+
+
+def _root(root: Optional[Path]) -> Path:
+    return Path(root or os.environ.get("NATBENCH_ROOT") or "runs")
+
+
+@app.command("list")
+def list_(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} (default: all)")) -> None:
+    """List registered plugins as a table."""
+    from .errors import unknown
+    from .registry import get_registry
+
+    reg = get_registry()
+    if kind is not None and kind not in LIST_KINDS:
+        raise unknown("list kind", kind, LIST_KINDS)
+    for k in [kind] if kind else LIST_KINDS:
+        table = Table(title=k, title_justify="left")
+        for col in ("name", "target / spec", "alias", "cite"):
+            table.add_column(col, overflow="fold")
+        for e in reg.entries(k):
+            table.add_row(e.name, e.target or e.spec or "", e.alias or "", e.cite)
+        out.print(table)
+
+
+@app.command()
+def check() -> None:
+    """Import every registry entry and check it against its contract (exit 1 if any fails)."""
+    from .contract_check import problems
+    from .registry import get_registry
+
+    reg = get_registry()
+    table = Table("kind", "name", "status", title="registry contract check", title_justify="left")
+    failed = 0
+    for kind in reg.kinds():
+        for e in reg.entries(kind):
+            p = problems(e, reg)
+            failed += bool(p)
+            table.add_row(kind, e.name, "[green]ok[/green]" if not p else "[red]" + "; ".join(p) + "[/red]")
+    out.print(table)
+    if failed:
+        out.print(f"[red]{failed} entr{'y' if failed == 1 else 'ies'} failed the contract check[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    task: str = typer.Option(..., "--task", "-t", help="Task name (natbench list tasks) or path to a task YAML"),
+    defense: str = typer.Option(..., "--defense", "-d", help="Defense spec, e.g. vanilla, pgd-at, trades+nat, nat"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
+    seed: List[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several runs)"),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    root: Optional[Path] = RootOpt,
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+    force: bool = typer.Option(False, "--force", help="Run again even if an identical complete run exists"),
+    show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
+) -> None:
+    """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results."""
+    from .registry import get_registry
+    from .resolve import data_root as resolve_data_root, resolve
+    from .runner import Runner, pick_device
+    from .ui import RichReporter, setup_logging
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    reg = get_registry()
+    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=set_) for s in seed]  # all checks first
+    droot = resolve_data_root(data_root)
+    setup_logging()
+    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg)
+    for r in resolved:
+        runner.run(r, force=force)
+    if show:
+        _print_leaderboard(runner.store, resolved[0].task, "table")
+
+
+@app.command("eval")
+def eval_(
+    run_id: str = typer.Argument(..., help="A run id (a directory under the results root)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Suite to run (default: the run's own)"),
+    checkpoint: str = typer.Option("both", "--checkpoint", help="best | last | both"),
+    device: str = typer.Option("auto", "--device"),
+    root: Optional[Path] = RootOpt,
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+) -> None:
+    """Evaluate a finished run again (another suite, or one checkpoint) and add the results."""
+    from .config import from_dict
+    from .registry import get_registry
+    from .resolve import data_root as resolve_data_root
+    from .runner import CHECKPOINTS, Runner, pick_device, run_from_dir
+    from .taskspec import SuiteSpec, load_suite_spec
+    from .ui import RichReporter, setup_logging
+
+    if checkpoint not in (*CHECKPOINTS, "both"):
+        raise ConfigError(f"--checkpoint {checkpoint!r}: expected best, last or both")
+    reg = get_registry()
+    r = run_from_dir(_root(root), run_id, reg)
+    s = load_suite_spec(reg.entry("suites", suite).spec_path()) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
+    setup_logging()
+    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg)
+    if runner.store.get_run(run_id) is None:
+        from .errors import RunError
+
+        raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
+    cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
+    results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
+    runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)])
+    _print_leaderboard(runner.store, r.task, "table")
+
+
+@app.command()
+def leaderboard(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Only this task (default: every task)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | json | html"),
+    write: bool = typer.Option(False, "--write", help="Write leaderboards/<task>.md/.csv/.json"),
+    root: Optional[Path] = RootOpt,
+    out_dir: Path = typer.Option(Path("leaderboards"), "--out", help="Directory for --write"),
+) -> None:
+    """Print the leaderboard: one row per (task, defense, checkpoint), mean ± std over seeds."""
+    from . import leaderboard as lb
+    from .store import Store
+
+    if fmt not in ("table", *lb.FORMATS):
+        raise ConfigError(f"--format {fmt!r}: expected one of table, {', '.join(lb.FORMATS)}")
+    path = _root(root) / "natbench.sqlite"
+    if not path.exists():
+        from .errors import RunError
+
+        raise RunError(f"no results store at {path}; run something first, e.g. natbench run --task digits --defense vanilla")
+    store = Store(path)
+    tasks = [task] if task else lb.tasks(store)
+    if write:
+        for t in tasks:
+            for p in lb.write(store, out_dir, t):
+                print(f"wrote {p}", file=sys.stderr)
+    if fmt in ("csv", "json") and len(tasks) > 1:
+        import pandas as pd
+
+        frames = [lb.table(store, t).assign(task=t) for t in tasks]
+        df = pd.concat(frames, ignore_index=True)
+        df = df[["task", *[c for c in df.columns if c != "task"]]]
+        sys.stdout.write(lb.render(df, fmt))
+        return
+    for t in tasks:
+        _print_leaderboard(store, t, fmt)
+
+
+def _print_leaderboard(store, task: str, fmt: str) -> None:
+    from . import leaderboard as lb
+
+    df = lb.table(store, task)
+    if fmt != "table":
+        text = lb.render(df, fmt)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    table = Table(title=f"{task} — accuracy (%) on the test set", title_justify="left")
+    value_cols = [c for c in df.columns if c not in ("defense", "profile", "checkpoint", "seeds") and not c.endswith("_std")]
+    key_cols = [c for c in ("defense", "profile", "checkpoint", "seeds") if c in df.columns]
+    for c in key_cols + value_cols:
+        table.add_column(c, justify="left" if c in key_cols else "right")
+    for _, row in df.iterrows():
+        cells = [str(row[c]) for c in key_cols]
+        for c in value_cols:
+            v, s = row[c], row.get(f"{c}_std")
+            cells.append("" if v != v else (f"{v:.2f} ± {s:.2f}" if s is not None and s == s else f"{v:.2f}"))
+        table.add_row(*cells)
+    out.print(table)
+
+
+@data_app.command("fixture")
+def fixture(dataset: str = typer.Argument(..., help="Dataset name"),
+            out_dir: Path = typer.Option(..., "--out", help="Directory to write into")) -> None:
+    """Write a small synthetic copy of DATASET in its real on-disk format."""
+    from .data import FIXTURES
+    from .errors import unknown
+
+    if dataset not in FIXTURES:
+        raise unknown("fixture dataset", dataset, FIXTURES)
+    from .registry import load_target
+
+    path = load_target(FIXTURES[dataset])(out_dir)
+    print(f"wrote {dataset} fixture to {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user errors -> one red line and exit 2."""
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except NatbenchError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err.print("[red]aborted[/red]")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The contracts that let tasks, defenses, regularizers, weight perturbations and attacks meet.
+
+Every plugin is a class with a ``name``, a frozen ``Params`` dataclass whose every field has a default
+(and a short comment), and a docstring that cites its paper and the equation it implements. Plugins
+are built as ``Cls(params)`` where ``params`` is a ``Cls.Params`` instance (or ``None`` for defaults).
+
+Data flows one way: attacks never import defenses, tasks never import the CLI, the store never
+imports the runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+#: ``x' -> per-sample loss`` (shape ``(B,)``) that an attack *maximises*. Built by the task
+#: (``Task.objective``) so an attack never needs to know what the model outputs.
+Objective = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Batch:
+    """One mini-batch. ``x`` are images in [0, 1]; ``y`` the labels; ``index`` the dataset indices."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            self.x.to(device),
+            self.y.to(device),
+            None if self.index is None else self.index.to(device),
+            {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.extra.items()},
+        )
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class LossOut:
+    """A scalar training loss plus named, detached parts for logging."""
+
+    loss: Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def __add__(self, other: "LossOut") -> "LossOut":
+        return LossOut(self.loss + other.loss, {**self.parts, **other.parts})
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The perturbation set: ``norm`` ball of radius ``eps`` around inputs in [0, 1]."""
+
+    norm: str = "linf"  # only "linf" for now
+    eps: float = 8 / 255  # radius, in [0,1] pixel units
+    train_steps: int = 10  # steps of the training-time attack (defenses use it unless overridden)
+    train_step_size: float = 2 / 255  # step of the training-time attack
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A model a component needs before training starts (NAT's adversary, a transfer surrogate).
+
+    The runner trains (or finds, by provenance hash) a run of ``defense`` on the same task, profile
+    and seed, and binds its ``checkpoint`` model to the component under ``role``.
+    """
+
+    role: str  # the name the component will see, e.g. "adversary"
+    defense: str = "vanilla"  # defense spec used to train it
+    checkpoint: str = "best"  # "best" or "last"
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A task kind (classification, reid, detection) bound to one task spec.
+
+    The task hides every "output depends on model.training" quirk of the libraries it wraps.
+    """
+
+    name: str
+    capabilities: ClassVar[frozenset[str]]  # e.g. {"logits"}, {"logits", "embedding"}
+    headline_metric: ClassVar[str]  # e.g. "accuracy"
+    threat: ThreatModel
+
+    def build_model(self) -> nn.Module: ...  # inputs in [0,1]; normalisation inside the model
+
+    def loaders(self, batch_size: int, generator: torch.Generator) -> tuple[Any, Any, Any]: ...
+
+    def task_loss(self, model: nn.Module, batch: Batch, x: Tensor) -> Tensor: ...  # (B,)
+
+    def logits(self, model: nn.Module, batch: Batch, x: Tensor) -> Tensor: ...  # (B, C)
+
+    def objective(self, model: nn.Module, batch: Batch, kind: str) -> Objective: ...
+
+    def evaluate(self, model: nn.Module, loader: Any, attack: Any | None, **kw: Any) -> "EvalOut": ...
+
+
+@dataclass
+class EvalOut:
+    """Metrics of one (checkpoint, attack) evaluation plus per-sample correctness flags."""
+
+    metrics: dict[str, float]
+    correct: Tensor  # bool, one per test sample, in loader order
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """``attack(objective, x, eps=..., generator=...) -> x_adv`` inside the eps-ball and [0, 1].
+
+    An attack never changes the model's train/eval mode: the caller sets it. ``objective_kind``
+    names the objective the task should build for it ("ce", "cw", ...).
+    """
+
+    name: ClassVar[str]
+    objective_kind: ClassVar[str]
+
+    def __call__(
+        self, objective: Objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None
+    ) -> Tensor: ...
+
+
+@runtime_checkable
+class Defense(Protocol):
+    """The base training method (exactly one per run).
+
+    ``prepare`` builds what the loss needs (adversarial examples, ...) into ``cache`` without
+    touching parameter gradients; ``loss`` computes the outer training loss from ``cache``. Keeping
+    them apart lets a weight perturbation (AWP) recompute the loss at perturbed weights on the same
+    adversarial examples.
+
+    ``provides`` lists cache keys ``prepare``/``loss`` fill (e.g. ``x_adv``, ``logits_clean``,
+    ``logits_adv``); ``ce_on`` says on which inputs ("clean", "adv") its loss already has a CE term.
+    ``select_on`` is the validation metric used to pick the ``best`` checkpoint ("robust"/"clean").
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]]
+    provides: ClassVar[frozenset[str]]
+    ce_on: ClassVar[frozenset[str]]
+    select_on: ClassVar[str]
+
+    def prepare(self, model: nn.Module, batch: Batch, task: Task, cache: dict, generator: torch.Generator) -> None: ...
+
+    def loss(self, model: nn.Module, batch: Batch, task: Task, cache: dict) -> LossOut: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """An additive term on top of the base defense's loss (zero or more per run).
+
+    ``loss`` returns the *whole* additive term, its weight included (the weight is a field of the
+    regularizer's own ``Params``; see DESIGN deviation note in ``compose.py``). ``needs_cache`` are
+    cache keys a base defense must provide; ``dependencies`` are models the runner must bind first.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]]
+    needs_cache: ClassVar[frozenset[str]]
+    dependencies: ClassVar[tuple[Dependency, ...]]
+
+    def loss(self, model: nn.Module, batch: Batch, task: Task, cache: dict) -> LossOut: ...
+
+
+@runtime_checkable
+class WeightPerturbation(Protocol):
+    """Wraps a composite loss closure: ``restore = pert.apply(model, loss_fn)`` (zero or one per run)."""
+
+    name: ClassVar[str]
+
+    def apply(self, model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> Callable[[], None]: ...
+
+
+KINDS: Mapping[str, str] = {
+    "task_kinds": "task kind",
+    "tasks": "task",
+    "defenses": "defense",
+    "regularizers": "regularizer",
+    "perturbations": "weight perturbation",
+    "attacks": "attack",
+    "suites": "suite",
+}

@@ -1,0 +1,26 @@
+"""Dataset readers (real on-disk formats) and synthetic fixture writers (the same formats).
+
+Readers return :class:`TensorSplits`: uint8/float image tensors in [0, 1] and int64 labels for a
+train pool and a test set; the task carves the validation split from the train pool.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TensorSplits:
+    train_x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+READERS = {"digits": "natbench.data.digits:read"}
+
+#: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
+#: The digits set is embedded in scikit-learn and has no on-disk format to imitate.
+FIXTURES: dict[str, str] = {}

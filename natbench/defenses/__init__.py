@@ -1,0 +1,1 @@
+"""Base defenses: one per file, exactly one per run (see natbench.compose)."""

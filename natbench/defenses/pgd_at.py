@@ -1,0 +1,51 @@
+"""PGD adversarial training (Madry, Makelov, Schmidt, Tsipras, Vladu, ICLR 2018, Eq. 2.1).
+
+``min_theta E[ max_{||delta||_inf <= eps} CE(f(x + delta), y) ]``: the inner max is PGD on the
+task's CE objective with a uniform U(-eps, eps) start, ``steps`` signed steps of ``step_size``,
+projection onto the eps-ball and [0, 1]; the outer loss is ``CE(f(x'), y)`` (mean over the batch)
+on adversarial inputs only.
+
+BatchNorm during the attack: ``attack_bn="train"`` by default, as in Madry's cifar10_challenge
+and locuslab/robust_overfitting (inherited by AT-AWP, notes Sec. 3.2 and 13): the attack's forward
+passes use batch statistics. ``steps``/``step_size`` default to the task's threat model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..attacks.pgd import PGD
+from ..contracts import Batch, LossOut
+from ._bn import bn_mode
+
+
+class PGDAT:
+    name = "pgd-at"
+    requires = frozenset({"logits"})
+    provides = frozenset({"x_adv", "logits_adv"})
+    ce_on = frozenset({"adv"})
+    select_on = "robust"
+
+    @dataclass(frozen=True)
+    class Params:
+        steps: int | None = None  # inner PGD steps; None: the task's threat_model.train_steps
+        step_size: float | None = None  # None: the task's threat_model.train_step_size
+        attack_bn: Literal["train", "eval"] = "train"  # BN mode while generating x' (Madry / robust_overfitting: train)
+
+    def __init__(self, params: "PGDAT.Params | None" = None):
+        self.params = params or self.Params()
+
+    def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
+        tm = task.threat
+        attack = PGD(PGD.Params(steps=self.params.steps or tm.train_steps,
+                                step_size=self.params.step_size or tm.train_step_size, random_start=True))
+        with bn_mode(model, self.params.attack_bn):
+            cache["x_adv"] = attack(task.objective(model, batch, "ce"), batch.x, eps=tm.eps, generator=generator)
+
+    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        z_adv = task.logits(model, batch, cache["x_adv"])
+        cache["logits_adv"] = z_adv
+        ce = torch.nn.functional.cross_entropy(z_adv, batch.y)
+        return LossOut(ce, {"ce_adv": ce.item()})

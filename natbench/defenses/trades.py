@@ -1,0 +1,74 @@
+"""TRADES (Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan, ICML 2019, Eq. 5), as yaodongyu/TRADES trades.py.
+
+Outer loss (train mode, neither branch detached)::
+
+    L = CE(f(x), y) + beta * (1/B) * sum_i KL( p(x_i) || p(x'_i) )
+
+Inner maximisation (notes Sec. 2.2), with BatchNorm in **eval** mode: start at
+``x + 0.001 * N(0, I)`` (no clamp before the first step), then ``steps`` times ascend
+``KL_sum(p(x) || p(x'))`` with signed steps of ``step_size``, projecting onto the eps-ball and
+[0, 1]. The reference recomputes f(x) every step; in eval mode with fixed weights it does not
+change, so natbench computes it once (same values, fewer forward passes). Only ``d/dx'`` is used.
+With ``attack_bn="train"`` f(x) would depend on the batch and is recomputed each step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..contracts import Batch, LossOut
+from ._bn import bn_mode
+
+
+def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """``sum_i KL(p(x_i) || p(x'_i))`` (sum reduction): KLDivLoss(log_softmax(adv), softmax(clean))."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
+
+
+class TRADES:
+    name = "trades"
+    requires = frozenset({"logits"})
+    provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
+    ce_on = frozenset({"clean"})
+    select_on = "robust"
+
+    @dataclass(frozen=True)
+    class Params:
+        beta: float = 6.0  # robust-term weight (train_trades_cifar10.py; the function's own default is 1.0)
+        steps: int | None = None  # inner KL steps; None: the task's threat_model.train_steps
+        step_size: float | None = None  # None: the task's threat_model.train_step_size
+        init_std: float = 0.001  # std of the Gaussian start around x
+        attack_bn: Literal["train", "eval"] = "eval"  # TRADES attacks with running BN statistics
+
+    def __init__(self, params: "TRADES.Params | None" = None):
+        self.params = params or self.Params()
+
+    def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
+        p, tm = self.params, task.threat
+        steps, alpha, eps, x = p.steps or tm.train_steps, p.step_size or tm.train_step_size, tm.eps, batch.x
+        noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+        x_adv = (x + p.init_std * noise).detach()
+        with bn_mode(model, p.attack_bn):
+            with torch.no_grad():
+                z_clean = task.logits(model, batch, x)
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                with torch.enable_grad():
+                    if p.attack_bn == "train":
+                        z_clean = task.logits(model, batch, x).detach()
+                    loss = trades_kl(z_clean, task.logits(model, batch, x_adv))
+                    (grad,) = torch.autograd.grad(loss, x_adv)
+                x_adv = x_adv.detach() + alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        cache["x_adv"] = x_adv.detach()
+
+    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        z = task.logits(model, batch, batch.x)
+        z_adv = task.logits(model, batch, cache["x_adv"])
+        cache["logits_clean"], cache["logits_adv"] = z, z_adv
+        ce = F.cross_entropy(z, batch.y)
+        kl = trades_kl(z, z_adv) / len(batch)
+        return LossOut(ce + self.params.beta * kl, {"ce_clean": ce.item(), "trades_kl": kl.item()})

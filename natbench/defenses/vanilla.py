@@ -1,0 +1,35 @@
+"""Vanilla (ERM) training: ``L = CE(f(x), y)`` on clean inputs, no adversarial examples.
+
+Also the default *adversary model* of NAT (NAT paper Sec. 4, "a normally trained adversary model").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..contracts import Batch, LossOut
+
+
+class Vanilla:
+    name = "vanilla"
+    requires = frozenset({"logits"})
+    provides = frozenset({"logits_clean"})
+    ce_on = frozenset({"clean"})
+    select_on = "clean"  # robust validation accuracy is ~0 for every epoch of an undefended model
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, params: "Vanilla.Params | None" = None):
+        self.params = params or self.Params()
+
+    def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
+        pass
+
+    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        z = task.logits(model, batch, batch.x)
+        cache["logits_clean"] = z
+        ce = torch.nn.functional.cross_entropy(z, batch.y)
+        return LossOut(ce, {"ce_clean": ce.item()})

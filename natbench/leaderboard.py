@@ -1,0 +1,229 @@
+"""Leaderboards, generated from the store and never edited by hand.
+
+:func:`table` pivots a task's results into one row per (defense, checkpoint): ``seeds``, ``clean``,
+every attack in suite order, and ``avg`` — the NAT paper's "Avg." column, the mean of the clean and
+attacked accuracies of a run, averaged over seeds. Values are percent. With several seeds per row a
+parallel ``<col>_std`` column holds the sample standard deviation (ddof=1).
+
+:func:`render` turns such a frame into md / csv / json / html; :func:`write` writes
+``<out_dir>/<task>.{md,csv,json}`` atomically. No printing here: the CLI renders.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from natbench.errors import ConfigError, RunError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("md", "csv", "json", "html")
+_WRITE_FORMATS = ("md", "csv", "json")
+_CHECKPOINT_ORDER = {"best": 0, "last": 1}
+_KEY = ["defense", "checkpoint"]
+
+
+def tasks(store) -> list[str]:
+    """Tasks that have at least one complete run with results, sorted by name."""
+    return sorted(store.results()["task"].unique().tolist())
+
+
+def table(
+    store, task: str, metric: str = "accuracy", *, profile: str | None = None
+) -> pd.DataFrame:
+    """One row per (defense, checkpoint) of ``task``: seeds, clean, attacks in suite order, avg.
+
+    Values are ``metric * 100`` rounded to 2 decimals; with several seeds in any row each value
+    column is the mean over seeds and ``<col>_std`` the sample std (ddof=1). ``profile`` keeps one
+    recipe profile; when it is ``None`` and the task has runs of several profiles, a ``profile``
+    column is added after ``defense`` so runs of different recipes are never averaged together.
+    Re-runs of an identical config (same config hash) count once: the newest is kept.
+    """
+    res = store.results(task)
+    if res.empty:
+        raise RunError(f"No results for task '{task}' in {store.path}. "
+                       f"Run: natbench run --task {task} --defense vanilla")
+    runs = store.runs(task)
+    runs = runs[runs["run_id"].isin(res["run_id"])]
+    if profile is not None:
+        runs = runs[runs["profile"] == profile]
+        if runs.empty:
+            raise RunError(f"No results for task '{task}' with profile '{profile}' in {store.path}. "
+                           f"Run: natbench run --task {task} --defense vanilla --profile {profile}")
+    runs = (runs.sort_values(["finished", "run_id"])
+            .drop_duplicates("config_hash", keep="last"))
+    res = res[res["run_id"].isin(runs["run_id"])]
+    sel = res[res["metric"] == metric]
+    if sel.empty:
+        raise RunError(f"No '{metric}' results for task '{task}' in {store.path}. "
+                       f"Available metrics: {', '.join(sorted(res['metric'].unique()))}")
+    key = ["defense", "profile", "checkpoint"] if runs["profile"].nunique() > 1 else _KEY
+
+    attacks = _attack_order(runs["suite"], sel["attack"])
+    # one row per (run, checkpoint), one column per attack, in percent
+    wide = sel.set_index(["run_id", *key, "attack"])["value"].unstack("attack")
+    wide = wide.reindex(columns=attacks) * 100.0
+    wide.columns.name = None
+    wide["avg"] = wide[attacks].mean(axis=1, skipna=True)
+    wide = wide.reset_index()
+    value_cols = [*attacks, "avg"]
+
+    grouped = wide.groupby(key, sort=False, dropna=False)
+    out = grouped["run_id"].nunique().rename("seeds").to_frame()
+    mean = grouped[value_cols].mean()
+    std = grouped[value_cols].std(ddof=1)
+    several = bool((out["seeds"] > 1).any())
+    for col in value_cols:
+        out[col] = mean[col]
+        if several:
+            out[f"{col}_std"] = std[col]
+    out = out.reset_index()
+    out["seeds"] = out["seeds"].astype(int)
+    out = out.sort_values(key, key=_sort_key, kind="stable").reset_index(drop=True)
+    num = [c for c in out.columns if c not in (*key, "seeds")]
+    out[num] = out[num].astype(float).round(2)
+    out.attrs.update(task=task, metric=metric)
+    return out
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """Render a :func:`table` frame as ``md``, ``csv``, ``json`` or ``html`` text.
+
+    md is a GitHub pipe table with ``mean ± std`` cells where ``_std`` columns exist; csv is
+    ``df.to_csv(index=False)`` (std as separate columns); json a list of records (NaN -> null);
+    html a small standalone page. Missing values are left empty.
+    """
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        records = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
+        return json.dumps(records, indent=2) + "\n"
+    if fmt == "md":
+        header, rows, numeric = _cells(df)
+        line = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+        rule = "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"
+        return "\n".join([line(header), rule, *map(line, rows)]) + "\n"
+    if fmt == "html":
+        header, rows, numeric = _cells(df)
+        title = "natbench leaderboard"
+        if df.attrs.get("task"):
+            title += f": {df.attrs['task']} ({df.attrs.get('metric', 'accuracy')}, %)"
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "\n".join(
+            "<tr>" + "".join(f'<td class="{"num" if n else "txt"}">{html.escape(c)}</td>'
+                             for c, n in zip(r, numeric)) + "</tr>" for r in rows)
+        return (
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title>\n<style>"
+            "body{font-family:sans-serif}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ccc;padding:2px 8px}td.num{text-align:right}"
+            f"</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+            f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
+            "</body></html>\n"
+        )
+    raise ConfigError(f"Unknown leaderboard format '{fmt}'. Available: {', '.join(FORMATS)}")
+
+
+def write(store, out_dir: Path, task: str | None = None) -> list[Path]:
+    """Write ``<out_dir>/<task>.md/.csv/.json`` for every task (or just ``task``); return the paths.
+
+    Each file is written atomically (temporary file in ``out_dir`` + ``os.replace``).
+    """
+    out_dir = Path(out_dir)
+    names = [task] if task is not None else tasks(store)
+    if not names:
+        raise RunError(f"No results in {store.path}. Run: natbench run --task digits --defense vanilla")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for name in names:
+        df = table(store, name)
+        for fmt in _WRITE_FORMATS:
+            text = render(df, fmt)
+            if fmt == "md":
+                text = (f"# {name} ({df.attrs['metric']}, %)\n\n"
+                        "<!-- Generated by `natbench leaderboard --write`; do not edit by hand. -->"
+                        f"\n\n{text}")
+            path = out_dir / f"{name}.{fmt}"
+            _atomic_write(path, text)
+            paths.append(path)
+    log.info("wrote %d leaderboard files to %s", len(paths), out_dir)
+    return paths
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _attack_order(suites: pd.Series, present: pd.Series) -> list[str]:
+    """Attack columns: "clean" first, then the union of suites in first-seen order, then extras."""
+    seen: dict[str, None] = {"clean": None}
+    for suite in suites:
+        seen.update(dict.fromkeys(suite))
+    seen.update(dict.fromkeys(present))
+    have = set(present)
+    return [a for a in seen if a in have]
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    """Sort "best" before "last" (others after, alphabetically); other keys alphabetically."""
+    if col.name == "checkpoint":
+        return col.map(lambda c: f"{_CHECKPOINT_ORDER.get(c, 2)}{c}")
+    return col
+
+
+def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, formatted rows and numeric-column flags; ``x`` + ``x_std`` become ``mean ± std``."""
+    cols = [c for c in df.columns if not (str(c).endswith("_std") and str(c)[:-4] in df.columns)]
+    rows = []
+    for rec in df.to_dict("records"):
+        row = []
+        for c in cols:
+            v, s = rec[c], rec.get(f"{c}_std")
+            cell = _fmt(v)
+            if cell and s is not None and not _isnan(s):
+                cell += f" ± {float(s):.2f}"
+            row.append(cell)
+        rows.append(row)
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
+    return [str(c) for c in cols], rows, numeric
+
+
+def _fmt(v) -> str:
+    if v is None or _isnan(v):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.2f}"
+    return str(v)
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
+def _jsonable(v):
+    if _isnan(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Regularizers: additive terms composed on top of exactly one base defense."""

@@ -1,0 +1,154 @@
+"""From command-line words to a fully validated, hashable run configuration.
+
+Everything a run will use -- task spec, training profile, composed defense and its parameters,
+attack suite, seed, ``--set`` overrides -- is resolved and checked here, before any data is read
+or any model is built. The resolved config is what is saved as ``config.yaml`` and hashed.
+
+``--set`` keys: ``training.<field>`` (the selected profile), ``data.*``, ``model.*``,
+``threat_model.*``, ``selection.*`` (short for ``task.<...>``), and ``<component>.<param>`` for a
+component of the composed defense (e.g. ``nat.omega=0.06``, ``trades.beta=3``).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import compose
+from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
+from .errors import DataError, suggest, unknown
+from .registry import Registry
+from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
+
+TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated run: typed pieces plus the plain ``config`` dict they were read from."""
+
+    config: dict[str, Any]
+    config_hash: str
+    run_id: str
+    spec: TaskSpec
+    profile_name: str
+    profile: ProfileCfg
+    plan: compose.Plan
+    params: dict[str, Any]  # component -> Params instance
+    suite: SuiteSpec
+    seed: int
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def defense(self) -> str:
+        return self.plan.canonical
+
+
+def load_task(reg: Registry, task: str) -> TaskSpec:
+    """A registered task name, or a path to a task YAML (``my_task.yaml``)."""
+    if task.endswith((".yaml", ".yml")) or os.sep in task:
+        return load_task_spec(Path(task))
+    return load_task_spec(reg.entry("tasks", task).spec_path())
+
+
+def task_kind_cls(reg: Registry, spec: TaskSpec) -> type:
+    return reg.load("task_kinds", spec.kind) if reg.has("task_kinds", spec.kind) else _unknown_kind(reg, spec)
+
+
+def _unknown_kind(reg: Registry, spec: TaskSpec):
+    raise unknown("task kind", spec.kind, reg.names("task_kinds"))
+
+
+def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = None, seed: int = 0,
+            sets: list[str] | tuple[str, ...] = ()) -> Resolved:
+    """Resolve and validate; raise a NatbenchError (exit 2) on any user error."""
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: seeds are non-negative integers")
+    spec = load_task(reg, task)
+    kind_cls = task_kind_cls(reg, spec)
+    plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), spec.kind)
+    pname = profile or spec.default_profile
+    if pname not in spec.profiles:
+        raise ConfigError(f"--profile '{pname}': task {spec.task} has no such profile.{suggest(pname, spec.profiles)} Available: {', '.join(spec.profiles)}")
+    suite = load_suite_spec(reg.entry("suites", spec.suite).spec_path())
+    cfg = {
+        "task": to_dict(spec),
+        "profile": pname,
+        "training": to_dict(spec.profiles[pname]),
+        "defense": {"canonical": plan.canonical, "params": plan.default_params(spec.defense_params)},
+        "suite": to_dict(suite),
+        "seed": seed,
+    }
+    del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
+    for path, value in parse_set(sets):
+        where = ".".join(path)
+        if path[0] in TASK_SHORTHANDS:
+            path = ["task", *path]
+        elif path[0] in cfg["defense"]["params"]:
+            path = ["defense", "params", *path]
+        elif path[0] not in ("training", "task"):
+            allowed = ["training", "task", *TASK_SHORTHANDS, *cfg["defense"]["params"]]
+            raise ConfigError(f"--set {where}: unknown key '{path[0]}'.{suggest(path[0], allowed)} Allowed: {', '.join(allowed)}")
+        if len(path) < 2:
+            raise ConfigError(f"--set {where}: give a field, e.g. --set training.epochs=3")
+        apply_path(cfg, path, value, where)
+    return _validate(reg, cfg, plan, kind_cls)
+
+
+def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> Resolved:
+    task_dict = {**cfg["task"], "profiles": {cfg["profile"]: cfg["training"]}, "default_profile": cfg["profile"]}
+    spec = from_dict(TaskSpec, task_dict, "task")
+    profile = from_dict(ProfileCfg, cfg["training"], "training")
+    params = compose.check_params(plan, cfg["defense"]["params"])
+    suite = from_dict(SuiteSpec, cfg["suite"], "suite")
+    for a in suite.attacks:
+        cls = reg.load("attacks", a.attack) if reg.has("attacks", a.attack) else None
+        if cls is None:
+            raise unknown("attack", a.attack, reg.names("attacks"))
+        from_dict(cls.Params, a.params, f"suite.{a.id}.params")
+        obj = a.objective or cls.objective_kind
+        if obj not in getattr(kind_cls, "OBJECTIVES", (obj,)):
+            raise ConfigError(f"suite.{a.id}: objective '{obj}' is not offered by task kind {spec.kind}")
+    # Canonical, typed values (e.g. "8/255" -> 0.0313...) are what is saved and hashed.
+    cfg = copy.deepcopy(cfg)
+    cfg["task"] = {k: v for k, v in to_dict(spec).items() if k not in ("profiles", "default_profile")}
+    cfg["training"] = to_dict(profile)
+    cfg["defense"]["params"] = {k: to_dict(v) for k, v in params.items()}
+    h = config_hash(cfg)
+    run_id = f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}"
+    return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
+
+
+def with_defense(reg: Registry, r: Resolved, defense: str) -> Resolved:
+    """The same task, data, model, training and seed, trained with another defense (a dependency)."""
+    kind_cls = task_kind_cls(reg, r.spec)
+    plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), r.spec.kind)
+    cfg = copy.deepcopy(r.config)
+    cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+    return _validate(reg, cfg, plan, kind_cls)
+
+
+def from_run_config(reg: Registry, cfg: dict) -> Resolved:
+    """Re-validate a saved ``config.yaml`` (for ``natbench eval`` and resumption)."""
+    kind_cls = task_kind_cls(reg, from_dict(TaskSpec, {**cfg["task"], "profiles": {cfg["profile"]: cfg["training"]},
+                                                      "default_profile": cfg["profile"]}, "task"))
+    plan = compose.plan(cfg["defense"]["canonical"], reg, frozenset(kind_cls.capabilities), cfg["task"]["kind"])
+    return _validate(reg, cfg, plan, kind_cls)
+
+
+def data_root(explicit: str | None) -> Path | None:
+    """``--data-root`` or ``NATBENCH_DATA``; an explicitly named root must exist."""
+    value = explicit or os.environ.get("NATBENCH_DATA")
+    if value is None:
+        p = Path("data")
+        return p if p.is_dir() else None
+    p = Path(value)
+    if not p.is_dir():
+        src = "--data-root" if explicit else "NATBENCH_DATA"
+        raise DataError(f"{src} {value}: no such directory; create it or write a fixture there with: natbench data fixture <dataset> --out {value}")
+    return p

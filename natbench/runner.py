@@ -1,0 +1,303 @@
+"""The plan: model dependencies -> train the target -> select checkpoints -> evaluate -> record.
+
+- Dependencies (NAT's adversary, ...) are ordinary runs of the same task, training profile and seed
+  with another defense; a complete run with the same provenance hash is reused, so many NAT runs
+  share one vanilla adversary.
+- Training writes ``<root>/<run_id>/state.pt`` after every epoch (atomically), so a killed run that is
+  started again with the same config resumes from its last finished epoch. Every epoch draws its
+  randomness (shuffling, attack starts, dropout) from generators seeded by ``(seed, epoch)``, so a
+  resumed run gives exactly the numbers of an uninterrupted one.
+- ``best`` is the epoch with the highest validation metric (robust accuracy under a cheap PGD, or
+  clean accuracy for defenses whose ``select_on`` is "clean"); ``last`` is the final epoch. The
+  validation split is carved from the training set; the test set is only used in evaluation.
+- Nothing is written to the store until the whole run (training and every evaluation) finished;
+  the run row and all its results go in one transaction.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from . import __version__
+from .compose import Composite
+from .config import to_dict
+from .contracts import Batch, LossOut
+from .registry import Registry, get_registry
+from .resolve import Resolved, from_run_config, task_kind_cls, with_defense
+from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store
+from .checks import suite_checks
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = ("best", "last")
+
+
+# ------------------------------------------------------------------------------------- progress
+class Reporter:
+    """Progress hooks; the CLI passes a rich implementation (natbench.ui), tests the silent default."""
+
+    def start(self, description: str, total: int) -> Any:
+        return None
+
+    def advance(self, handle: Any, n: int = 1, **info: Any) -> None:
+        pass
+
+    def stop(self, handle: Any) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        log.info(text)
+
+
+# ------------------------------------------------------------------------------------- helpers
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    out = {"natbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    try:
+        import torchattacks
+
+        out["torchattacks"] = torchattacks.__version__
+    except Exception:  # noqa: BLE001 - only provenance
+        pass
+    return out
+
+
+def lr_at(profile, epoch: int) -> float:
+    return profile.lr * profile.gamma ** sum(epoch >= m for m in profile.milestones)
+
+
+def make_optimizer(profile, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if profile.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=profile.lr, momentum=profile.momentum, weight_decay=profile.weight_decay)
+
+
+def train_step(composite: Composite, model: torch.nn.Module, batch: Batch, task: Any,
+               optimizer: torch.optim.Optimizer, generator: torch.Generator) -> LossOut:
+    """One optimisation step of the composite loss (what ``benchmarks/overhead.py`` times)."""
+    out = composite.step_loss(model, batch, task, generator)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    composite.restore()
+    return out
+
+
+# ------------------------------------------------------------------------------------- runner
+@dataclass
+class Runner:
+    root: Path
+    data_root: Path | None = None
+    device: torch.device = torch.device("cpu")
+    reporter: Reporter = Reporter()
+    registry: Registry | None = None
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.registry = self.registry or get_registry()
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.root / "natbench.sqlite")
+        return self._store
+
+    def task(self, r: Resolved) -> Any:
+        return task_kind_cls(self.registry, r.spec)(r.spec, self.data_root)
+
+    # --------------------------------------------------------------------------------- run
+    def run(self, r: Resolved, *, force: bool = False) -> str:
+        """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists."""
+        existing = self.store.find_complete(r.config_hash)
+        if existing and not force:
+            self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
+            return existing
+        task = self.task(r)
+        task.check_data()
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        composite = Composite.build(r.plan, r.params)
+        for component, dep in composite.dependencies():
+            dep_r = with_defense(self.registry, r, dep.defense)
+            self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
+            dep_id = self.run(dep_r)
+            component.bind(dep.role, self.load_model(task, dep_id, dep.checkpoint))
+        run_dir = self.root / r.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        history = self.train(r, task, composite, run_dir)
+        t1 = time.perf_counter()
+        results, flags, checks = self.evaluate(r, task, run_dir)
+        t2 = time.perf_counter()
+        record = RunRecord(
+            run_id=r.run_id, task=r.task, defense=r.defense, profile=r.profile_name, seed=r.seed,
+            config_hash=r.config_hash, git_rev=git_revision(), versions=versions(), device=str(self.device),
+            started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            wall_train_s=round(t1 - t0, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
+            suite=["clean", *(a.id for a in r.suite.attacks)],
+        )
+        self.store.record_run(record, results, flags, checks)
+        atomic_write_text(run_dir / "record.json", json.dumps({
+            **to_dict(record), "history": history,
+            "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
+        }, indent=1, default=str))
+        self.reporter.message(f"{r.run_id}: complete (train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s)")
+        return r.run_id
+
+    def load_model(self, task: Any, run_id: str, checkpoint: str) -> torch.nn.Module:
+        model = task.build_model().to(self.device)
+        state = torch.load(self.root / run_id / f"{checkpoint}.pt", map_location=self.device, weights_only=True)
+        model.load_state_dict(state)
+        return model
+
+    # --------------------------------------------------------------------------------- train
+    def train(self, r: Resolved, task: Any, composite: Composite, run_dir: Path) -> list[dict]:
+        prof = r.profile
+        torch.manual_seed(derive_seed(r.seed, "init"))
+        model = task.build_model().to(self.device)
+        optimizer = make_optimizer(prof, model)
+        state_path = run_dir / "state.pt"
+        start, history, best = 0, [], -1.0
+        if state_path.exists():
+            state = torch.load(state_path, map_location=self.device, weights_only=True)
+            if state.get("config_hash") == r.config_hash and state["epoch"] + 1 <= prof.epochs:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                start, best = state["epoch"] + 1, state["best"]
+                history = json.loads(state["history"])
+                self.reporter.message(f"{r.run_id}: resuming after epoch {start} of {prof.epochs}")
+        bar = self.reporter.start(f"train {r.defense}", prof.epochs)
+        self.reporter.advance(bar, start)
+        for epoch in range(start, prof.epochs):
+            te = time.perf_counter()
+            gen = torch.Generator().manual_seed(derive_seed(r.seed, "epoch", epoch))
+            torch.manual_seed(derive_seed(r.seed, "global", epoch))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(prof, epoch)
+            train_loader, val_loader, _ = task.loaders(prof.batch_size, gen, prof.eval_batch_size)
+            sums: dict[str, float] = {}
+            n = 0
+            for batch in train_loader:
+                out = train_step(composite, model, batch.to(self.device), task, optimizer, gen)
+                for k, v in {"loss": out.loss.item(), **out.parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+            val = self.validate(r, task, model, val_loader, epoch)
+            metric = val["val_clean"] if composite.select_on == "clean" else val["val_robust"]
+            row = {"epoch": epoch, "lr": lr_at(prof, epoch), **{k: v / max(n, 1) for k, v in sums.items()}, **val,
+                   "seconds": round(time.perf_counter() - te, 3)}
+            history.append(row)
+            if metric > best:
+                best = metric
+                atomic_save(model.state_dict(), run_dir / "best.pt")
+            atomic_save(model.state_dict(), run_dir / "last.pt")
+            atomic_save({"config_hash": r.config_hash, "epoch": epoch, "best": best, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "history": json.dumps(history)}, state_path)
+            self.reporter.advance(bar, 1, **{k: f"{v:.3f}" for k, v in val.items()})
+        self.reporter.stop(bar)
+        return history
+
+    def validate(self, r: Resolved, task: Any, model: torch.nn.Module, loader: Any, epoch: int) -> dict[str, float]:
+        from .attacks.pgd import PGD
+
+        attack = PGD(PGD.Params(steps=r.spec.selection.steps, step_size=r.spec.selection.step_size))
+        gen = torch.Generator().manual_seed(derive_seed(r.seed, "val", epoch))
+        clean = task.evaluate(model, loader, None, device=self.device).metrics["accuracy"]
+        robust = task.evaluate(model, loader, attack, generator=gen, device=self.device).metrics["accuracy"]
+        return {"val_clean": clean, "val_robust": robust}
+
+    # --------------------------------------------------------------------------------- evaluate
+    def evaluate(self, r: Resolved, task: Any, run_dir: Path, checkpoints: tuple[str, ...] = CHECKPOINTS,
+                 suite=None) -> tuple[list[ResultRow], list[FlagRow], list[CheckRow]]:
+        suite = suite or r.suite
+        _, _, test_loader = task.loaders(r.profile.eval_batch_size, torch.Generator().manual_seed(0), r.profile.eval_batch_size)
+        results, flags, checks = [], [], []
+        model = task.build_model().to(self.device)
+        for ckpt in checkpoints:
+            model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
+            jobs: list[tuple[str, Any, str]] = [("clean", None, "ce")]
+            steps: dict[str, int] = {}
+            for a in suite.attacks:
+                cls = self.registry.load("attacks", a.attack)
+                from .config import from_dict
+
+                attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
+                jobs.append((a.id, attack, a.objective or cls.objective_kind))
+                if a.attack == "pgd":
+                    steps[a.id] = attack.params.steps
+            bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(jobs) * len(test_loader))
+            acc = {}
+            for aid, attack, objective in jobs:
+                gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
+                out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
+                                    on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
+                acc[aid] = out.metrics["accuracy"]
+                results += [ResultRow(ckpt, aid, m, v) for m, v in out.metrics.items()]
+                flags.append(FlagRow(ckpt, aid, out.correct.numpy()))
+            self.reporter.stop(bar)
+            checks += [CheckRow(ckpt, c.name, c.passed, c.detail) for c in suite_checks(acc, steps)]
+        return results, flags, checks
+
+
+def run_from_dir(root: Path, run_id: str, registry: Registry) -> Resolved:
+    """The resolved config of an existing run directory."""
+    from .config import load_yaml
+    from .errors import RunError
+
+    path = Path(root) / run_id / "config.yaml"
+    if not path.is_file():
+        raise RunError(f"run '{run_id}': no {path}; list runs with: natbench leaderboard --format csv")
+    return from_run_config(registry, load_yaml(path))

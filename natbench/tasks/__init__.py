@@ -1,0 +1,1 @@
+"""Task kinds: classification (now), reid and detection (later issues)."""

@@ -1,0 +1,126 @@
+"""Typed schemas of task specs (``natbench/specs/tasks/*.yaml``) and suites (``specs/suites/*.yaml``).
+
+Every field has a default and a comment; unknown keys are rejected by :func:`config.from_dict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, from_dict, load_with_include
+from .contracts import ThreatModel
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    dataset: str = "digits"  # reader name in natbench.data (digits, cifar10, ...)
+    val_fraction: float = 0.1  # fraction of the training set held out for checkpoint selection
+    test_fraction: float = 0.2  # for datasets without an official test split (digits)
+    split_seed: int = 0  # the split is fixed by this seed, independent of the run's seed
+    augment: str = "none"  # training augmentation: "none" | "crop_flip"
+
+    def validate(self, where: str) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"{where}.{name}: must be in [0, 1), got {v}")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: str = "small_cnn"  # natbench.models name (small_cnn) or a timm model name
+    num_classes: int = 10  # output classes
+    in_channels: int = 1  # input channels
+    width: int = 32  # base width of small_cnn
+    mean: tuple[float, ...] = (0.5,)  # per-channel mean of the normalisation inside the model
+    std: tuple[float, ...] = (0.5,)  # per-channel std of the normalisation inside the model
+
+
+@dataclass(frozen=True)
+class ProfileCfg:
+    epochs: int = 15  # training epochs
+    batch_size: int = 64  # training batch
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    lr: float = 0.05  # initial learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay
+    milestones: tuple[int, ...] = ()  # epochs (0-indexed) at which lr is multiplied by gamma
+    gamma: float = 0.1  # lr decay factor
+    eval_batch_size: int = 256  # batch size of validation and test evaluation
+
+    def validate(self, where: str) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"{where}: epochs and batch sizes must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError(f"{where}: need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"{where}.optimizer: '{self.optimizer}' is not one of sgd, adam")
+
+
+@dataclass(frozen=True)
+class SelectionCfg:
+    steps: int = 5  # PGD steps of the cheap validation attack used to pick the `best` checkpoint
+    step_size: float | None = None  # None: eps/4 ... rounded as the PGD attack does
+
+
+@dataclass(frozen=True)
+class ThreatCfg(ThreatModel):
+    def validate(self, where: str) -> None:
+        if self.norm != "linf":
+            raise ConfigError(f"{where}.norm: only 'linf' is supported, got '{self.norm}'")
+        if self.eps < 0:
+            raise ConfigError(f"{where}.eps: must be >= 0, got {self.eps}; e.g. --set threat_model.eps=8/255")
+        if self.eps > 1:
+            raise ConfigError(f"{where}.eps: {self.eps} exceeds the [0,1] pixel range; write e.g. 8/255")
+        if self.train_steps < 1 or self.train_step_size <= 0:
+            raise ConfigError(f"{where}: train_steps must be >= 1 and train_step_size > 0")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task: str = ""  # task name (the leaderboard key)
+    kind: str = "classification"  # task kind (registry section task_kinds)
+    description: str = ""  # one line for `natbench list tasks`
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    threat_model: ThreatCfg = field(default_factory=ThreatCfg)
+    profiles: dict[str, ProfileCfg] = field(default_factory=lambda: {"default": ProfileCfg()})
+    default_profile: str = "default"  # profile used when --profile is not given
+    selection: SelectionCfg = field(default_factory=SelectionCfg)
+    suite: str = "digits"  # attack suite (registry section suites)
+    defense_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-component param defaults for this task
+
+    def validate(self, where: str) -> None:
+        if not self.task:
+            raise ConfigError(f"{where}: missing 'task' (the task's name)")
+        if self.default_profile not in self.profiles:
+            raise ConfigError(f"{where}.default_profile: '{self.default_profile}' is not among profiles {sorted(self.profiles)}")
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    id: str = ""  # column name on the leaderboard, e.g. pgd-20
+    attack: str = ""  # registry name of the attack
+    params: dict[str, Any] = field(default_factory=dict)  # the attack's Params overrides
+    objective: str | None = None  # objective kind override (default: the attack's objective_kind)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    suite: str = ""  # name
+    description: str = ""
+    attacks: tuple[SuiteAttack, ...] = ()  # evaluated in this order, after the clean pass
+
+    def validate(self, where: str) -> None:
+        ids = [a.id for a in self.attacks]
+        if len(set(ids)) != len(ids) or "clean" in ids or not all(ids):
+            raise ConfigError(f"{where}.attacks: ids must be non-empty, unique and not 'clean'")
+
+
+def load_task_spec(path: Path) -> TaskSpec:
+    return from_dict(TaskSpec, load_with_include(path), f"{path.name}")
+
+
+def load_suite_spec(path: Path) -> SuiteSpec:
+    return from_dict(SuiteSpec, load_with_include(path), f"{path.name}")

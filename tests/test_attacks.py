@@ -1,0 +1,242 @@
+"""natbench.attacks against torchattacks (PGD, FGSM) and hand computations (CW-inf)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torchattacks = pytest.importorskip("torchattacks")
+
+from natbench.attacks._base import cw_margin_loss, project_linf, uniform_start  # noqa: E402
+from natbench.attacks.cw import CWInf  # noqa: E402
+from natbench.attacks.fgsm import FGSM  # noqa: E402
+from natbench.attacks.pgd import PGD  # noqa: E402
+from natbench.contracts import Attack  # noqa: E402
+from natbench.errors import ConfigError  # noqa: E402
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def convnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)
+    ).eval()
+
+
+def data(n: int, seed: int = 1, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1]; labels = the model's own predictions (clean accuracy 100%) or random."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    if model is None:
+        return x, torch.randint(0, 10, (n,), generator=g)
+    with torch.no_grad():
+        return x, model(x).argmax(1)
+
+
+def ce(model: nn.Module, y: torch.Tensor):
+    return lambda z: F.cross_entropy(model(z), y, reduction="none")
+
+
+def fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) != y
+
+
+# --------------------------------------------------------------------------- PGD vs torchattacks
+
+
+@pytest.mark.parametrize("make_model", [mlp, convnet])
+@pytest.mark.parametrize("eps,steps", [(8 / 255, 10), (0.1, 7)])
+def test_pgd_no_random_start_matches_torchattacks(make_model, eps, steps):
+    model = make_model()
+    x, y = data(64)
+    alpha = eps / 4
+    ours = PGD(PGD.Params(steps=steps, step_size=alpha, random_start=False))(ce(model, y), x, eps=eps)
+    ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+    assert (ours - ref).abs().max().item() < 1e-6
+
+
+def test_pgd_random_start_same_global_seed_matches_torchattacks():
+    # generator=None draws from the global RNG exactly as torchattacks does (uniform_(-eps, eps)).
+    model, eps = mlp(), 8 / 255
+    x, y = data(64)
+    torch.manual_seed(123)
+    ours = PGD(PGD.Params(steps=5))(ce(model, y), x, eps=eps)
+    torch.manual_seed(123)
+    ref = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=5, random_start=True)(x, y)
+    assert (ours - ref).abs().max().item() < 1e-6
+
+
+def test_pgd_random_start_success_agrees_with_torchattacks():
+    model, eps, steps = mlp(), 0.02, 20
+    x, y = data(500, model=model)
+    ours = PGD(PGD.Params(steps=steps))(ce(model, y), x, eps=eps, generator=torch.Generator().manual_seed(100))
+    torch.manual_seed(200)  # different noise from ours
+    ref = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)(x, y)
+    f_ours, f_ref = fooled(model, ours, y), fooled(model, ref, y)
+    assert 0.1 < f_ours.float().mean().item() < 0.9  # the attack matters, but not everywhere
+    assert (f_ours != f_ref).float().mean().item() <= 1 / 100
+
+
+def test_generator_reproducible_and_global_rng_untouched():
+    model, eps = mlp(), 8 / 255
+    x, y = data(32)
+    atk = PGD(PGD.Params(steps=3))
+    state = torch.get_rng_state()
+    a = atk(ce(model, y), x, eps=eps, generator=torch.Generator().manual_seed(7))
+    b = atk(ce(model, y), x, eps=eps, generator=torch.Generator().manual_seed(7))
+    c = atk(ce(model, y), x, eps=eps, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)
+    ta = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=3, random_start=True)
+    torch.manual_seed(7)
+    r1 = ta(x, y)
+    torch.manual_seed(7)
+    assert torch.equal(r1, ta(x, y))
+
+
+def test_restarts_keep_highest_final_loss_per_sample():
+    model, eps = mlp(), 0.05
+    x, y = data(64)
+    obj = ce(model, y)
+    best = PGD(PGD.Params(steps=4, restarts=3))(obj, x, eps=eps, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same noise, one restart at a time
+    runs = torch.stack([PGD(PGD.Params(steps=4))(obj, x, eps=eps, generator=g) for _ in range(3)])
+    with torch.no_grad():
+        losses = torch.stack([obj(r) for r in runs])
+    pick = losses.argmax(0)  # first maximum on ties, as the attack keeps the earlier restart
+    assert torch.equal(best, runs[pick, torch.arange(len(x))])
+    with torch.no_grad():
+        assert (obj(best) >= losses.max(0).values - 1e-6).all()
+
+
+# --------------------------------------------------------------------------- FGSM
+
+
+@pytest.mark.parametrize("eps", [8 / 255, 0.1])
+def test_fgsm_matches_torchattacks(eps):
+    model = convnet()
+    x, y = data(64)
+    ours = FGSM()(ce(model, y), x, eps=eps)
+    ref = torchattacks.FGSM(model, eps=eps)(x, y)
+    assert torch.equal(ours, ref)
+
+
+# --------------------------------------------------------------------------- CW-inf
+
+
+def test_cw_margin_loss_hand_values():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [5.0, 1.0, 0.0]])
+    y = torch.tensor([2, 1])
+    # row 0: z_y = 3, max other = 2 -> margin 1; row 1: z_y = 1, max other = 5 -> margin -4
+    torch.testing.assert_close(cw_margin_loss(logits, y), torch.tensor([-51.0, -46.0]))
+    torch.testing.assert_close(cw_margin_loss(logits, y, kappa=0.0), torch.tensor([-1.0, 0.0]))  # clamp
+    torch.testing.assert_close(cw_margin_loss(logits, y, kappa=2.0), torch.tensor([-3.0, 0.0]))
+    torch.testing.assert_close(cw_margin_loss(logits, y, kappa=5.0), torch.tensor([-6.0, -1.0]))
+    # the true class never counts as "other", even when it is the only large logit
+    assert cw_margin_loss(torch.tensor([[9.0, -1.0, -2.0]]), torch.tensor([0]), kappa=0.0).item() == -10.0
+
+
+def test_cw_inf_one_step_is_hand_computed_signed_step():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 10)
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x, y = data(32)
+    eps = 0.05
+    alpha = eps / 4  # default step
+    w = lin.weight.detach()
+    with torch.no_grad():
+        z = model(x)
+    other = z.clone()
+    other[torch.arange(len(y)), y] = float("-inf")
+    j = other.argmax(1)
+    # kappa = 50 keeps the hinge active: d margin / dx = -(w_y - w_j)
+    expected = torch.clamp(x + alpha * torch.sign(w[j] - w[y]).view_as(x), 0, 1)
+    atk = CWInf(CWInf.Params(steps=1, random_start=False))
+    out = atk(lambda t: cw_margin_loss(model(t), y), x, eps=eps)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    # kappa = 0: a sample already misclassified sits on the flat part of the hinge and does not move
+    out0 = atk(lambda t: cw_margin_loss(model(t), y, kappa=0.0), x, eps=eps)
+    flat = z.gather(1, y.view(-1, 1)).squeeze(1) < other.max(1).values
+    assert flat.any() and (~flat).any()
+    assert torch.equal(out0[flat], x[flat])
+    torch.testing.assert_close(out0[~flat], expected[~flat], atol=1e-6, rtol=0)
+
+
+def test_cw_inf_defaults():
+    p = CWInf().params
+    assert (p.steps, p.step_size, p.random_start, p.restarts) == (30, None, True, 1)
+    assert CWInf.name == "cw-inf" and CWInf.objective_kind == "cw"
+    assert PGD().params.steps == 10 and PGD.objective_kind == "ce" and FGSM().params.random_start is False
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def bn_dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10)
+    )
+
+
+ATTACKS = [
+    FGSM(),
+    FGSM(FGSM.Params(random_start=True)),
+    PGD(PGD.Params(steps=3)),
+    PGD(PGD.Params(steps=2, restarts=2)),
+    PGD(PGD.Params(steps=2, step_size=0.5, random_start=False)),  # step > eps: projection matters
+    CWInf(CWInf.Params(steps=3)),
+]
+
+
+@pytest.mark.parametrize("atk", ATTACKS, ids=lambda a: f"{a.name}-{a.params}")
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("eps", [0.0, 8 / 255, 0.3])
+def test_invariants(atk, training, eps):
+    assert isinstance(atk, Attack)
+    model = bn_dropout_net().train(training)
+    x, y = data(16)
+    if atk.objective_kind == "cw":
+        obj = lambda z: cw_margin_loss(model(z), y)  # noqa: E731
+    else:
+        obj = ce(model, y)
+    x_in = x.clone().requires_grad_(True)  # an input that is part of a graph must not leak into x_adv
+    with torch.no_grad():  # evaluation loops call attacks under no_grad
+        out = atk(obj, x_in, eps=eps, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype and not out.requires_grad
+    assert (out - x).abs().max().item() <= eps + 1e-6
+    assert out.min().item() >= 0 and out.max().item() <= 1
+    assert all(m.training == training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert x_in.grad is None
+
+
+@pytest.mark.parametrize("cls", [FGSM, PGD, CWInf])
+@pytest.mark.parametrize("eps", [-1e-3, float("nan")])
+def test_bad_eps_raises_config_error(cls, eps):
+    x, y = data(4)
+    with pytest.raises(ConfigError):
+        cls()(ce(mlp(), y), x, eps=eps)
+
+
+def test_bad_params_raise_config_error():
+    with pytest.raises(ConfigError):
+        PGD(PGD.Params(restarts=0))
+    with pytest.raises(ConfigError):
+        PGD(PGD.Params(steps=-1))
+    with pytest.raises(ConfigError):
+        FGSM(PGD.Params())  # wrong Params class
+
+
+def test_helpers():
+    x = torch.tensor([0.0, 0.5, 1.0])
+    projected = project_linf(torch.tensor([-1.0, 0.9, 0.95]), x, 0.1)
+    torch.testing.assert_close(projected, torch.tensor([0.0, 0.6, 0.95]))
+    start = uniform_start(x.expand(1000, 3), 0.1, torch.Generator().manual_seed(0))
+    assert ((start - x).abs() <= 0.1 + 1e-7).all() and start.min() >= 0 and start.max() <= 1
