@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="natbench: train a defense, attack it with a suite, compare on a leaderboard.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic fixtures in the real on-disk formats.")
 app.add_typer(data_app, name="data")
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 RootOpt = typer.Option(None, "--root", help="Results root (default: $NATBENCH_ROOT or ./runs)")
 LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "attacks", "suites", "task_kinds")
@@ -77,10 +77,11 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
     seed: List[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several runs)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's; natbench list suites)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     root: Optional[Path] = RootOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
-    force: bool = typer.Option(False, "--force", help="Run again even if an identical complete run exists"),
+    force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
 ) -> None:
     """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results."""
@@ -92,7 +93,7 @@ def run(
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     reg = get_registry()
-    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=set_) for s in seed]  # all checks first
+    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=set_, suite=suite) for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg)
@@ -210,6 +211,17 @@ def fixture(dataset: str = typer.Argument(..., help="Dataset name"),
     print(f"wrote {dataset} fixture to {path}", file=sys.stderr)
 
 
+try:  # typer >= 0.24 carries its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException as _TyperClickException
+    from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _TyperClickException = click.ClickException
+    _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_CLICK_ERRORS = tuple({click.ClickException, _TyperClickException})
+_EXITS = tuple({click.exceptions.Exit, typer.Exit})
+_ABORTS = tuple({click.exceptions.Abort, typer.Abort, KeyboardInterrupt})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors -> one red line and exit 2."""
     err = Console(stderr=True, soft_wrap=True)
@@ -219,14 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     except NatbenchError as e:
         err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
+    except _EXITS as e:
+        return getattr(e, "exit_code", 0)
+    except _ABORTS:
         err.print("[red]aborted[/red]")
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except _CLICK_ERRORS as e:
+        ctx = getattr(e, "ctx", None)
+        if _NoArgsIsHelp and isinstance(e, _NoArgsIsHelp) and ctx is not None:
+            print(ctx.get_help())
+            return 0
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"[red]error:[/red] {e.format_message()}{where}", markup=True, highlight=False)
+        return getattr(e, "exit_code", 2)
 
 
 if __name__ == "__main__":

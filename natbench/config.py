@@ -27,16 +27,23 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:  # duplicates among the keys written here (merge keys may be overridden)
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        mark = key_node.start_mark
+        try:
+            dup = key in seen
+        except TypeError:
+            raise ConfigError(f"{mark.name}:{mark.line + 1}: unhashable mapping key {key!r}; keys must be scalars") from None
+        if dup:
+            raise ConfigError(f"{mark.name}:{mark.line + 1}: duplicate key '{key}'; keep one of the two definitions")
+        seen.add(key)
+    loader.flatten_mapping(node)  # merged keys first, then this mapping's own keys (which win)
     out: dict = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in out:
-            mark = key_node.start_mark
-            raise ConfigError(
-                f"{mark.name}:{mark.line + 1}: duplicate key '{key}'; keep one of the two definitions"
-            )
-        out[key] = loader.construct_object(value_node, deep=deep)
+        out[loader.construct_object(key_node, deep=deep)] = loader.construct_object(value_node, deep=deep)
     return out
 
 
@@ -72,6 +79,8 @@ def load_with_include(path: str | Path) -> dict:
     inc = data.pop("include", None)
     if inc is None:
         return data
+    if not isinstance(inc, str) or not inc:
+        raise ConfigError(f"{path}: 'include' must be one file name (e.g. include: digits.yaml), got {inc!r}")
     base_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
     base = load_yaml(base_path)
     if "include" in base:
@@ -92,11 +101,14 @@ def parse_float(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {value!r} is too large for a float") from None
     elif isinstance(value, str):
         try:
             out = float(Fraction(value.strip().replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise ConfigError(f"{where}: expected a number or a fraction like 8/255, got {value!r}") from None
     else:
         raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")

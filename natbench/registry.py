@@ -63,7 +63,13 @@ class Registry:
         for kind, items in raw.items():
             if kind not in KINDS:
                 raise ConfigError(f"{path}: unknown registry section '{kind}'. Sections: {', '.join(KINDS)}")
+            if not isinstance(items or {}, dict):
+                raise ConfigError(f"{path}: section {kind} must map names to entries, got a {type(items).__name__}")
             for name, body in (items or {}).items():
+                if not isinstance(body, dict):
+                    raise ConfigError(f"{path}: {kind}.{name} must be a mapping with at least 'cite' and 'target' or 'spec'")
+                if "tasks" in body and not (isinstance(body["tasks"], list) and all(isinstance(t, str) for t in body["tasks"])):
+                    raise ConfigError(f"{path}: {kind}.{name}.tasks must be a list of task kinds, e.g. [classification]")
                 bad = set(body) - ENTRY_KEYS
                 if bad:
                     raise ConfigError(f"{path}: {kind}.{name} has unknown keys {sorted(bad)}; allowed: {sorted(ENTRY_KEYS)}")

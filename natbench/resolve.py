@@ -23,6 +23,9 @@ from .registry import Registry
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
+#: task fields that choose *what* runs; they have their own options (or cannot change per run)
+FIXED_TASK_FIELDS = {"task": "the task name is fixed; use --task", "kind": "the task kind is fixed by the spec",
+                     "suite": "use --suite", "default_profile": "use --profile", "defense_params": "use --set <component>.<param>=..."}
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,21 @@ def _unknown_kind(reg: Registry, spec: TaskSpec):
 
 
 def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = None, seed: int = 0,
-            sets: list[str] | tuple[str, ...] = ()) -> Resolved:
+            sets: list[str] | tuple[str, ...] = (), suite: str | None = None) -> Resolved:
     """Resolve and validate; raise a NatbenchError (exit 2) on any user error."""
     if seed < 0:
         raise ConfigError(f"--seed {seed}: seeds are non-negative integers")
     spec = load_task(reg, task)
     kind_cls = task_kind_cls(reg, spec)
+    for name in spec.defense_params:
+        if not any(reg.has(k, name) for k in compose.COMPONENT_KINDS):
+            names = [n for k in compose.COMPONENT_KINDS for n in reg.names(k)]
+            raise ConfigError(f"task {spec.task}: defense_params.{name} names no defense, regularizer or perturbation.{suggest(name, names)}")
     plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), spec.kind)
     pname = profile or spec.default_profile
     if pname not in spec.profiles:
         raise ConfigError(f"--profile '{pname}': task {spec.task} has no such profile.{suggest(pname, spec.profiles)} Available: {', '.join(spec.profiles)}")
-    suite = load_suite_spec(reg.entry("suites", spec.suite).spec_path())
+    suite = load_suite_spec(reg.entry("suites", suite or spec.suite).spec_path())
     cfg = {
         "task": to_dict(spec),
         "profile": pname,
@@ -91,6 +98,11 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
             path = ["task", *path]
         elif path[0] in cfg["defense"]["params"]:
             path = ["defense", "params", *path]
+        elif path[0] == "task" and len(path) > 1 and path[1] in FIXED_TASK_FIELDS:
+            raise ConfigError(f"--set {where}: cannot be overridden; {FIXED_TASK_FIELDS[path[1]]}")
+        elif any(reg.has(k, path[0]) for k in compose.COMPONENT_KINDS):
+            raise ConfigError(f"--set {where}: {path[0]} is not part of --defense {plan.canonical}; "
+                              f"add it (e.g. {plan.base.name}+{path[0]}) or drop this --set")
         elif path[0] not in ("training", "task"):
             allowed = ["training", "task", *TASK_SHORTHANDS, *cfg["defense"]["params"]]
             raise ConfigError(f"--set {where}: unknown key '{path[0]}'.{suggest(path[0], allowed)} Allowed: {', '.join(allowed)}")

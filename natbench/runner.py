@@ -175,6 +175,9 @@ class Runner:
             component.bind(dep.role, self.load_model(task, dep_id, dep.checkpoint))
         run_dir = self.root / r.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        if force:  # from scratch: drop what an earlier attempt left
+            for name in ("state.pt", "best.pt", "last.pt", "record.json"):
+                (run_dir / name).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()

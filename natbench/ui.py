@@ -22,14 +22,15 @@ class RichReporter(Reporter):
     """One rich Progress on stderr; each stage (training, each checkpoint's evaluation) a bar."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console, transient=False,
-        )
+        self.progress: Progress | None = None
         self._live = 0
 
     def start(self, description: str, total: int) -> Any:
-        if self._live == 0:
+        if self._live == 0:  # a fresh Progress per stage, so finished bars are not redrawn
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console, transient=False,
+            )
             self.progress.start()
         self._live += 1
         return self.progress.add_task(description, total=total, info="")
@@ -40,8 +41,9 @@ class RichReporter(Reporter):
 
     def stop(self, handle: Any) -> None:
         self._live -= 1
-        if self._live == 0:
+        if self._live == 0 and self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
     def message(self, text: str) -> None:
         err_console.print(f"[dim]{text}[/dim]")

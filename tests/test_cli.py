@@ -1,0 +1,241 @@
+"""Tests for the natbench command line, in process (``natbench.cli.main``): exit codes, the one-line
+user error, stdout hygiene and leaderboards from a hand-filled store. No training."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import natbench.runner  # noqa: F401 - imported here so the first CLI call is not slowed by torch's import
+from natbench.cli import main
+from natbench.store import ResultRow, RunRecord, Store
+
+# ------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No results/data root leaks in from the environment or the repository's ./runs, ./data."""
+    monkeypatch.delenv("NATBENCH_ROOT", raising=False)
+    monkeypatch.delenv("NATBENCH_DATA", raising=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+def _no_run_recorded(root: Path) -> None:
+    db = root / "natbench.sqlite"
+    if db.exists():
+        with Store(db) as s:
+            assert s.runs().empty, "a failed command left a run row in the store"
+    if root.exists():
+        leftovers = [p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").exists()]
+        assert leftovers == [], f"a failed command left run directories: {leftovers}"
+
+
+def _bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str | None]]:
+    malformed = tmp / "malformed.yaml"
+    malformed.write_text("task: digits\nthreat_model: [1, 2\nkind: classification\n")
+    dupkey = tmp / "dupkey.yaml"
+    dupkey.write_text("task: digits\nkind: classification\ntask: digits\n")
+    run = ["run", "--task", "digits", "--defense", "vanilla"]
+    return {
+        "unknown-task": (["run", "--task", "digitz", "--defense", "vanilla"], "Did you mean: digits"),
+        "unknown-defense": (["run", "--task", "digits", "--defense", "trade"], "Did you mean: trades"),
+        "two-bases": (["run", "--task", "digits", "--defense", "pgd-at+trades"], "exactly one"),
+        "unknown-component": (["run", "--task", "digits", "--defense", "pgd-at+natt"], "Did you mean: nat"),
+        "malformed-task-file": (["run", "--task", str(malformed), "--defense", "vanilla"], "malformed YAML"),
+        "dupkey-task-file": (["run", "--task", str(dupkey), "--defense", "vanilla"], "duplicate key 'task'"),
+        "missing-task-file": (["run", "--task", str(tmp / "nope.yaml"), "--defense", "vanilla"], "no such config file"),
+        "set-unknown-top": ([*run, "--set", "trainig.epochs=1"], "Did you mean: training"),
+        "set-unknown-leaf": ([*run, "--set", "training.epoch=1"], "Did you mean: epochs"),
+        "set-malformed": ([*run, "--set", "epochs3"], "key.path=value"),
+        "set-eps-negative": ([*run, "--set", "threat_model.eps=-0.1"], "eps"),
+        "set-eps-not-a-number": ([*run, "--set", "threat_model.eps=abc"], "eps"),
+        "set-component-not-composed": ([*run, "--set", "nat.omega=0.06"], "nat"),
+        "missing-data-root": ([*run, "--data-root", str(tmp / "missing")], "missing"),
+        "unknown-profile": ([*run, "--profile", "nosuch"], "nosuch"),
+        "unknown-suite": ([*run, "--suite", "nosuch"], "nosuch"),
+        "bad-device": ([*run, "--device", "tpu"], "tpu"),
+        "negative-seed": ([*run, "--seed", "-1"], "seed"),
+        "second-seed-bad-set": ([*run, "--seed", "0", "--seed", "1", "--set", "training.epochs=0"], "epochs"),
+        "eval-unknown-run": (["eval", "no-such-run"], "no-such-run"),
+        "eval-bad-checkpoint": (["eval", "no-such-run", "--checkpoint", "middle"], "middle"),
+        "leaderboard-no-store": (["leaderboard"], "natbench.sqlite"),
+        "leaderboard-bad-format": (["leaderboard", "--format", "xml"], "xml"),
+        "list-unknown-kind": (["list", "nosuchkind"], "nosuchkind"),
+        "fixture-unknown-dataset": (["data", "fixture", "nosuch", "--out", str(tmp / "fx")], "nosuch"),
+    }
+
+
+BAD_IDS = [
+    "unknown-task", "unknown-defense", "two-bases", "unknown-component", "malformed-task-file", "dupkey-task-file",
+    "missing-task-file", "set-unknown-top", "set-unknown-leaf", "set-malformed", "set-eps-negative",
+    "set-eps-not-a-number", "set-component-not-composed", "missing-data-root", "unknown-profile", "unknown-suite",
+    "bad-device", "negative-seed", "second-seed-bad-set", "eval-unknown-run", "eval-bad-checkpoint",
+    "leaderboard-no-store", "leaderboard-bad-format", "list-unknown-kind", "fixture-unknown-dataset",
+]
+
+
+# ------------------------------------------------------------------------------- user errors
+@pytest.mark.parametrize("case", BAD_IDS)
+def test_bad_input_is_one_line_exit_2(case, tmp_path, root, capsys):
+    cases = _bad_input_cases(tmp_path)
+    argv, needle = cases[case]
+    if argv[0] in ("run", "eval", "leaderboard"):
+        argv = [*argv, "--root", str(root)]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, f"exit code {rc}; stderr:\n{err}"
+    assert out == "", f"stdout must stay empty on a user error, got:\n{out}"
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and err.strip() == lines[0], f"expected ONE line on stderr, got:\n{err}"
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    if needle:
+        assert needle in lines[0], lines[0]
+    _no_run_recorded(root)
+
+
+def test_bad_case_list_is_complete(tmp_path):
+    assert sorted(_bad_input_cases(tmp_path)) == sorted(BAD_IDS)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--task", "digits"],
+    ["run", "--task", "digits", "--defense", "vanilla", "--seed", "abc"],
+    ["nosuchcommand"],
+], ids=["missing-option", "bad-int", "unknown-command"])
+def test_usage_errors_exit_2(argv, root, capsys):
+    rc = main([*argv, "--root", str(root)] if argv[0] == "run" else argv)
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out == ""
+    assert "Traceback" not in err
+    _no_run_recorded(root)
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------- list / check
+def test_list_all(capsys):
+    assert main(["list"]) == 0
+    out, err = capsys.readouterr()
+    for name in ("pgd-at", "trades", "vanilla", "nat", "digits", "fgsm", "pgd", "classification", "smoke"):
+        assert name in out, name
+    assert "pgd-at+nat" in out  # nat's alias
+    assert err == ""
+
+
+def test_list_defenses(capsys):
+    assert main(["list", "defenses"]) == 0
+    out, err = capsys.readouterr()
+    assert "pgd-at" in out and "trades" in out and "vanilla" in out
+    assert "fgsm" not in out and "smoke" not in out  # only the defenses table
+    assert err == ""
+
+
+@pytest.mark.parametrize("kind", ["tasks", "regularizers", "perturbations", "attacks", "suites", "task_kinds"])
+def test_list_each_kind(kind, capsys):
+    assert main(["list", kind]) == 0
+    assert kind in capsys.readouterr().out
+
+
+def test_check(capsys):
+    assert main(["check"]) == 0
+    out, _ = capsys.readouterr()
+    assert "trades" in out and "nat" in out and "ok" in out
+    assert "failed" not in out
+
+
+# ------------------------------------------------------------------------------- leaderboard
+def _fill_store(root: Path) -> None:
+    """Two fake finished runs of task digits (written by hand, nothing trained)."""
+    accs = {
+        ("digits-vanilla-s0-aaaa", "vanilla"): {"best": {"clean": 0.98, "pgd-20": 0.02}, "last": {"clean": 0.97, "pgd-20": 0.01}},
+        ("digits-pgd-at-s0-bbbb", "pgd-at"): {"best": {"clean": 0.90, "pgd-20": 0.60}, "last": {"clean": 0.91, "pgd-20": 0.55}},
+    }
+    with Store(root / "natbench.sqlite") as store:
+        for i, ((run_id, defense), per_ckpt) in enumerate(accs.items()):
+            run = RunRecord(run_id=run_id, task="digits", defense=defense, profile="default", seed=0,
+                            config_hash=f"hash-{i}", git_rev="test", versions={}, device="cpu",
+                            started=f"2024-01-01T00:00:0{i}+00:00", finished=f"2024-01-01T00:01:0{i}+00:00",
+                            wall_train_s=1.0, wall_eval_s=1.0, config={}, suite=["clean", "pgd-20"])
+            rows = [ResultRow(ck, a, "accuracy", v) for ck, d in per_ckpt.items() for a, v in d.items()]
+            store.record_run(run, rows, [], [])
+
+
+def _csv_only(text: str) -> pd.DataFrame:
+    assert text.strip(), "no CSV on stdout"
+    lines = text.strip().splitlines()
+    n = lines[0].count(",")
+    assert n >= 3 and all(ln.count(",") == n for ln in lines), f"stdout is not plain CSV:\n{text}"
+    return pd.read_csv(io.StringIO(text))
+
+
+def test_leaderboard_csv(root, capsys):
+    _fill_store(root)
+    assert main(["leaderboard", "--format", "csv", "--root", str(root)]) == 0
+    out, _ = capsys.readouterr()
+    df = _csv_only(out)
+    for col in ("defense", "checkpoint", "clean", "avg"):
+        assert col in df.columns
+    assert sorted(df["defense"].unique()) == ["pgd-at", "vanilla"]
+    assert len(df) == 4
+    row = df[(df.defense == "pgd-at") & (df.checkpoint == "best")].iloc[0]
+    assert row["clean"] == pytest.approx(90.0) and row["pgd-20"] == pytest.approx(60.0)
+    assert row["avg"] == pytest.approx(75.0)
+
+
+def test_leaderboard_csv_one_task(root, capsys):
+    _fill_store(root)
+    assert main(["leaderboard", "--task", "digits", "-f", "csv", "--root", str(root)]) == 0
+    df = _csv_only(capsys.readouterr().out)
+    assert {"defense", "checkpoint", "clean", "avg"} <= set(df.columns)
+
+
+def test_leaderboard_json(root, capsys):
+    _fill_store(root)
+    assert main(["leaderboard", "--format", "json", "--root", str(root)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 4 and {"defense", "checkpoint", "clean", "avg"} <= set(records[0])
+
+
+def test_leaderboard_table(root, capsys):
+    _fill_store(root)
+    assert main(["leaderboard", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "vanilla" in out and "pgd-at" in out and "digits" in out
+
+
+def test_leaderboard_unknown_task(root, capsys):
+    _fill_store(root)
+    assert main(["leaderboard", "--task", "cifar10", "--format", "csv", "--root", str(root)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "cifar10" in err
+
+
+def test_leaderboard_write(root, tmp_path, capsys):
+    _fill_store(root)
+    dest = tmp_path / "lb"
+    assert main(["leaderboard", "--write", "--out", str(dest), "--format", "csv", "--root", str(root)]) == 0
+    out, err = capsys.readouterr()
+    stdout_df = _csv_only(out)  # the "wrote ..." messages go to stderr, not stdout
+    assert sorted(p.name for p in dest.iterdir()) == ["digits.csv", "digits.json", "digits.md"]
+    file_df = pd.read_csv(dest / "digits.csv")
+    pd.testing.assert_frame_equal(file_df, stdout_df)
+    assert len(json.loads((dest / "digits.json").read_text())) == 4
+    md = (dest / "digits.md").read_text()
+    assert "pgd-at" in md and "| defense" in md
+    assert "digits.md" in err

@@ -1,0 +1,119 @@
+"""End to end on digits (CPU): determinism, resume after SIGKILL, dependency reuse, no partial rows."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from natbench.registry import get_registry
+from natbench.resolve import resolve
+from natbench.runner import Runner
+from natbench.store import Store
+
+pytestmark = pytest.mark.slow
+SETS = ["training.epochs=4", "threat_model.train_steps=3", "threat_model.train_step_size=0.1"]  # small, same code paths
+ARGS = ["--task", "digits", "--defense", "nat", "--seed", "0", "--suite", "smoke", *(a for s in SETS for a in ("--set", s))]
+
+
+def _cli(root: Path, *extra: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "natbench.cli", "run", *ARGS, "--root", str(root), "--device", "cpu", "--no-leaderboard", *extra]
+    env = {**os.environ, "COLUMNS": "200"}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _results(root: Path, run_id: str) -> dict:
+    df = Store(root / "natbench.sqlite").results()
+    df = df[df.run_id == run_id]
+    return {(r.checkpoint, r.attack, r.metric): r.value for r in df.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def nat_run_id() -> str:
+    return resolve(get_registry(), "digits", "nat", seed=0, sets=SETS, suite="smoke").run_id
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, nat_run_id):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    proc = _cli(root)
+    assert proc.returncode == 0, proc.stderr
+    return root, _results(root, nat_run_id)
+
+
+def test_nat_run_records_both_checkpoints_and_dependency(reference, nat_run_id):
+    root, res = reference
+    assert {k[0] for k in res} == {"best", "last"}
+    assert {k[1] for k in res} == {"clean", "fgsm", "pgd-5"}
+    for metric in ("entropy", "nontarget_entropy", "hoyer"):
+        assert ("best", "clean", metric) in res
+    runs = Store(root / "natbench.sqlite").runs()
+    assert sorted(runs.defense) == ["pgd-at+nat", "vanilla"]  # the adversary is a recorded vanilla run
+    rec = runs.set_index("defense").loc["pgd-at+nat"]
+    assert rec.seed == 0 and rec.git_rev and rec.device == "cpu"
+    assert (root / nat_run_id / "config.yaml").is_file() and (root / nat_run_id / "record.json").is_file()
+
+
+def test_same_seed_same_numbers(reference, nat_run_id):
+    root, res = reference
+    proc = _cli(root, "--force")  # retrain the NAT model from scratch in the same root
+    assert proc.returncode == 0, proc.stderr
+    assert _results(root, nat_run_id) == res
+
+
+def test_identical_run_is_reused(reference):
+    root, _ = reference
+    proc = _cli(root)
+    assert proc.returncode == 0
+    assert "already complete" in proc.stderr
+
+
+def test_kill_and_resume_gives_uninterrupted_numbers(tmp_path, reference, nat_run_id):
+    _, expected = reference
+    proc = _cli(tmp_path, wait=False)
+    state = tmp_path / nat_run_id / "state.pt"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if state.exists() and torch.load(state, weights_only=True)["epoch"] >= 1:
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the NAT run never reached epoch 2")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(state, weights_only=True)["epoch"]
+    assert killed_at < 3, "killed too late to test resumption"
+    store = Store(tmp_path / "natbench.sqlite")
+    assert nat_run_id not in set(store.runs().run_id)  # a killed run is never recorded
+    assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in (tmp_path / nat_run_id).iterdir())
+
+    again = _cli(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch" in again.stderr
+    assert _results(tmp_path, nat_run_id) == expected
+
+
+def test_failure_mid_run_records_nothing(tmp_path, monkeypatch):
+    reg = get_registry()
+    r = resolve(reg, "digits", "pgd-at", seed=1, sets=["training.epochs=1"], suite="smoke")
+    runner = Runner(tmp_path, None, torch.device("cpu"), registry=reg)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(runner, "evaluate", boom)
+    with pytest.raises(RuntimeError):
+        runner.run(r)
+    assert runner.store.runs().empty
