@@ -131,7 +131,9 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     cfg["task"] = {k: v for k, v in to_dict(spec).items() if k not in ("profiles", "default_profile")}
     cfg["training"] = to_dict(profile)
     cfg["defense"]["params"] = {k: to_dict(v) for k, v in params.items()}
-    h = config_hash(cfg)
+    # The provenance hash covers what determines the trained model; the suite only says what to
+    # evaluate, so runs that differ in suite share training (missing attacks are evaluated later).
+    h = config_hash({k: v for k, v in cfg.items() if k != "suite"})
     run_id = f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}"
     return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
 

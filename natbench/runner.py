@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -32,7 +33,7 @@ import yaml
 
 from . import __version__
 from .compose import Composite
-from .config import to_dict
+from .config import from_dict, to_dict
 from .contracts import Batch, LossOut
 from .registry import Registry, get_registry
 from .resolve import Resolved, from_run_config, task_kind_cls, with_defense
@@ -162,6 +163,7 @@ class Runner:
         existing = self.store.find_complete(r.config_hash)
         if existing and not force:
             self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
+            self._complete_suite(r, existing)
             return existing
         task = self.task(r)
         task.check_data()
@@ -199,6 +201,16 @@ class Runner:
         }, indent=1, default=str))
         self.reporter.message(f"{r.run_id}: complete (train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s)")
         return r.run_id
+
+    def _complete_suite(self, r: Resolved, run_id: str) -> None:
+        """Evaluate the attacks of ``r``'s suite that the finished run ``run_id`` has not seen yet."""
+        done = set(self.store.get_run(run_id).suite)
+        missing = [a for a in r.suite.attacks if a.id not in done]
+        if missing:
+            self.reporter.message(f"{run_id}: evaluating {', '.join(a.id for a in missing)} (not in its record yet)")
+            suite = dataclasses.replace(r.suite, attacks=tuple(missing))
+            results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
+            self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)])
 
     def load_model(self, task: Any, run_id: str, checkpoint: str) -> torch.nn.Module:
         model = task.build_model().to(self.device)
@@ -275,19 +287,17 @@ class Runner:
             steps: dict[str, int] = {}
             for a in suite.attacks:
                 cls = self.registry.load("attacks", a.attack)
-                from .config import from_dict
-
                 attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
                 jobs.append((a.id, attack, a.objective or cls.objective_kind))
                 if a.attack == "pgd":
                     steps[a.id] = attack.params.steps
             bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(jobs) * len(test_loader))
-            acc = {}
+            acc: dict[str, torch.Tensor] = {}
             for aid, attack, objective in jobs:
                 gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
                 out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
                                     on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
-                acc[aid] = out.metrics["accuracy"]
+                acc[aid] = out.correct
                 results += [ResultRow(ckpt, aid, m, v) for m, v in out.metrics.items()]
                 flags.append(FlagRow(ckpt, aid, out.correct.numpy()))
             self.reporter.stop(bar)

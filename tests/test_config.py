@@ -377,11 +377,14 @@ def test_resolve_hash_changes_with_every_kind_of_change(base):
     variants = [
         r_("training.epochs=3"), r_("training.lr=0.01"), r_("trades.beta=1"), r_("threat_model.eps=8/255"),
         r_("model.width=16"), r_("data.split_seed=1"), r_("selection.steps=3"), r_(seed=1), r_(profile="quick"),
-        r_(suite="smoke"), r_(defense="pgd-at"),
+        r_(defense="pgd-at"),
     ]
     for v in variants:
         hashes.add(v.config_hash)
     assert len(hashes) == len(variants) + 1
+    # The suite says what to evaluate, not what to train: same provenance hash, same run.
+    assert r_(suite="smoke").config_hash == base.config_hash
+    assert r_(suite="smoke").config["suite"]["suite"] == "smoke"
 
 
 def test_resolve_run_id(base):

@@ -117,3 +117,15 @@ def test_failure_mid_run_records_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         runner.run(r)
     assert runner.store.runs().empty
+
+
+def test_eval_adds_a_suite_to_a_finished_run(reference, nat_run_id):
+    from natbench.cli import main
+
+    root, _ = reference
+    assert main(["eval", nat_run_id, "--suite", "digits", "--checkpoint", "best", "--root", str(root), "--device", "cpu"]) == 0
+    res = _results(root, nat_run_id)
+    assert ("best", "pgd-20", "accuracy") in res and ("last", "pgd-20", "accuracy") not in res
+    assert ("best", "pgd-5", "accuracy") in res  # earlier results kept
+    suite = Store(root / "natbench.sqlite").get_run(nat_run_id).suite
+    assert suite[:3] == ["clean", "fgsm", "pgd-5"] and "cw-inf" in suite

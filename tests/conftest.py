@@ -1,0 +1,14 @@
+"""Shared pytest set-up: GPU-only tests (``@pytest.mark.gpu``) are skipped without CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
