@@ -263,6 +263,10 @@ class Runner:
                          "optimizer": optimizer.state_dict(), "history": json.dumps(history)}, state_path)
             self.reporter.advance(bar, 1, **{k: f"{v:.3f}" for k, v in val.items()})
         self.reporter.stop(bar)
+        if history:
+            from .analysis.plots import training_curves
+
+            training_curves(history, run_dir / "training.png", f"{r.task} · {r.defense} · seed {r.seed}")
         return history
 
     def validate(self, r: Resolved, task: Any, model: torch.nn.Module, loader: Any, epoch: int) -> dict[str, float]:

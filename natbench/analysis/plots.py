@@ -1,0 +1,33 @@
+"""Plots people would rather see than read. Matplotlib with the Agg backend (no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Training loss and validation accuracy (clean, robust) per epoch, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key, label in (("val_clean", "clean"), ("val_robust", "robust (PGD)")):
+        ax2.plot(epochs, [100 * h[key] for h in history], marker="o", ms=3, label=label)
+    ax2.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation", ylim=(0, 100))
+    ax2.legend(loc="lower right")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
