@@ -132,6 +132,7 @@ class Composite:
     base: Any
     regularizers: list[Any] = field(default_factory=list)
     perturbation: Any | None = None
+    _restore: Callable[[], None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, p: Plan, params: dict[str, Any]) -> "Composite":
@@ -165,12 +166,12 @@ class Composite:
                 out = out + r.loss(m, batch, task, cache_i)
             return out
 
-        self._restore: Callable[[], None] | None = None
+        self._restore = None
         if self.perturbation is not None:
             self._restore = self.perturbation.apply(model, lambda m: loss_fn(m).loss)
         return loss_fn(model)
 
     def restore(self) -> None:
-        if getattr(self, "_restore", None) is not None:
+        if self._restore is not None:
             self._restore()
             self._restore = None

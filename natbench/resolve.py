@@ -18,7 +18,7 @@ from typing import Any
 
 from . import compose
 from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
-from .errors import DataError, suggest, unknown
+from .errors import DataError, suggest
 from .registry import Registry
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
@@ -60,11 +60,7 @@ def load_task(reg: Registry, task: str) -> TaskSpec:
 
 
 def task_kind_cls(reg: Registry, spec: TaskSpec) -> type:
-    return reg.load("task_kinds", spec.kind) if reg.has("task_kinds", spec.kind) else _unknown_kind(reg, spec)
-
-
-def _unknown_kind(reg: Registry, spec: TaskSpec):
-    raise unknown("task kind", spec.kind, reg.names("task_kinds"))
+    return reg.load("task_kinds", spec.kind)  # an unknown kind raises UnknownNameError (did-you-mean)
 
 
 def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = None, seed: int = 0,
@@ -119,9 +115,7 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     params = compose.check_params(plan, cfg["defense"]["params"])
     suite = from_dict(SuiteSpec, cfg["suite"], "suite")
     for a in suite.attacks:
-        cls = reg.load("attacks", a.attack) if reg.has("attacks", a.attack) else None
-        if cls is None:
-            raise unknown("attack", a.attack, reg.names("attacks"))
+        cls = reg.load("attacks", a.attack)
         from_dict(cls.Params, a.params, f"suite.{a.id}.params")
         obj = a.objective or cls.objective_kind
         if obj not in getattr(kind_cls, "OBJECTIVES", (obj,)):

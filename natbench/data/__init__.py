@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -24,3 +25,14 @@ READERS = {"digits": "natbench.data.digits:read"}
 #: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
 #: The digits set is embedded in scikit-learn and has no on-disk format to imitate.
 FIXTURES: dict[str, str] = {}
+
+
+def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of ``round(fraction * n_c)`` samples of every class c, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(idx)))
+        picked.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=int)

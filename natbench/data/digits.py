@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import TensorSplits
+from . import TensorSplits, stratified_pick
 
 
 def read(root=None, *, test_fraction: float = 0.2, split_seed: int = 0) -> TensorSplits:
@@ -24,14 +24,3 @@ def read(root=None, *, test_fraction: float = 0.2, split_seed: int = 0) -> Tenso
     mask = np.ones(len(y), dtype=bool)
     mask[test_idx] = False
     return TensorSplits(x[mask], y[mask], x[test_idx], y[test_idx], [str(i) for i in range(10)])
-
-
-def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of ``round(fraction * n_c)`` samples of every class c, drawn with ``seed``."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = int(round(fraction * len(idx)))
-        picked.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=int)

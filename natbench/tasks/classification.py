@@ -20,7 +20,7 @@ from ..analysis import sparsity
 from ..attacks._base import cw_margin_loss
 from ..checks import assert_in_ball
 from ..contracts import Batch, EvalOut, Objective
-from ..data import READERS, TensorSplits
+from ..data import READERS, TensorSplits, stratified_pick
 from ..errors import ConfigError, suggest
 from ..registry import load_target
 from ..taskspec import TaskSpec
@@ -93,8 +93,6 @@ class ClassificationTask:
                 raise ConfigError(f"data.dataset: unknown dataset '{d.dataset}'.{suggest(d.dataset, READERS)} Available: {', '.join(READERS)}")
             read = load_target(READERS[d.dataset])
             splits = read(self.data_root, test_fraction=d.test_fraction, split_seed=d.split_seed)
-            from ..data.digits import stratified_pick
-
             val_idx = torch.as_tensor(stratified_pick(splits.train_y.numpy(), d.val_fraction, d.split_seed + 1))
             train_mask = torch.ones(len(splits.train_y), dtype=torch.bool)
             train_mask[val_idx] = False
