@@ -13,7 +13,7 @@ import torch
 
 @dataclass
 class TensorSplits:
-    train_x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    train_x: torch.Tensor  # (N, C, H, W): float32 in [0, 1], or uint8 in 0..255 (the loader scales it)
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor

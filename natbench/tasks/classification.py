@@ -45,6 +45,8 @@ class TensorLoader:
         for i in range(0, n, self.batch_size):
             idx = order[i: i + self.batch_size]
             x = self.x[idx]
+            if x.dtype == torch.uint8:  # readers may keep images as uint8 (4x less memory)
+                x = x.float().div_(255.0)
             if self.augment is not None:
                 x = self.augment(x, self.generator)
             yield Batch(x, self.y[idx], idx)
