@@ -29,7 +29,7 @@ class DataCfg:
 
 @dataclass(frozen=True)
 class ModelCfg:
-    arch: str = "small_cnn"  # natbench.models name (small_cnn) or a timm model name
+    arch: str = "small_cnn"  # natbench.models.ARCHS name (small_cnn, resnet18, wrn34_10, ...), a timm name, or "timm:<name>"
     num_classes: int = 10  # output classes
     in_channels: int = 1  # input channels
     width: int = 32  # base width of small_cnn

@@ -20,11 +20,19 @@ class TensorSplits:
     classes: list[str]
 
 
-READERS = {"digits": "natbench.data.digits:read"}
+READERS = {
+    "digits": "natbench.data.digits:read",
+    "cifar10": "natbench.data.cifar:read_cifar10",
+    "cifar100": "natbench.data.cifar:read_cifar100",
+}
 
 #: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
 #: The digits set is embedded in scikit-learn and has no on-disk format to imitate.
-FIXTURES: dict[str, str] = {}
+FIXTURES: dict[str, str] = {
+    "cifar10": "natbench.data.cifar:write_cifar10_fixture",
+    "cifar100": "natbench.data.cifar:write_cifar100_fixture",
+    "imagenet100": "natbench.data.imagenet100:write_imagenet100_fixture",
+}
 
 
 def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
