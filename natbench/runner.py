@@ -160,7 +160,8 @@ class Runner:
     # --------------------------------------------------------------------------------- run
     def run(self, r: Resolved, *, force: bool = False) -> str:
         """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists."""
-        existing = self.store.find_complete(r.config_hash)
+        fresh = self._store is None and not (self.root / "natbench.sqlite").exists()
+        existing = None if fresh else self.store.find_complete(r.config_hash)  # no store file for a failed first run
         if existing and not force:
             self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
             self._complete_suite(r, existing)
@@ -225,7 +226,7 @@ class Runner:
         model = task.build_model().to(self.device)
         optimizer = make_optimizer(prof, model)
         state_path = run_dir / "state.pt"
-        start, history, best = 0, [], -1.0
+        start, history, best = 0, [], float("-inf")
         if state_path.exists():
             state = torch.load(state_path, map_location=self.device, weights_only=True)
             if state.get("config_hash") == r.config_hash and state["epoch"] + 1 <= prof.epochs:
@@ -255,7 +256,9 @@ class Runner:
             row = {"epoch": epoch, "lr": lr_at(prof, epoch), **{k: v / max(n, 1) for k, v in sums.items()}, **val,
                    "seconds": round(time.perf_counter() - te, 3)}
             history.append(row)
-            if metric > best:
+            if metric != metric:  # NaN (an empty validation set) never wins
+                metric = float("-inf")
+            if metric > best or not (run_dir / "best.pt").exists():
                 best = metric
                 atomic_save(model.state_dict(), run_dir / "best.pt")
             atomic_save(model.state_dict(), run_dir / "last.pt")

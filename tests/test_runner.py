@@ -129,3 +129,26 @@ def test_eval_adds_a_suite_to_a_finished_run(reference, nat_run_id):
     assert ("best", "pgd-5", "accuracy") in res  # earlier results kept
     suite = Store(root / "natbench.sqlite").get_run(nat_run_id).suite
     assert suite[:3] == ["clean", "fgsm", "pgd-5"] and "cw-inf" in suite
+
+
+def test_cifar10_task_runs_end_to_end_on_the_fixture(tmp_path):
+    from natbench.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "fixture", "cifar10", "--out", str(data)]) == 0
+    args = ["run", "--task", "cifar10", "--defense", "pgd-at", "--profile", "quick", "--suite", "smoke",
+            "--set", "model.arch=small_cnn", "--set", "training.epochs=1", "--data-root", str(data),
+            "--root", str(tmp_path / "runs"), "--device", "cpu", "--no-leaderboard"]
+    assert main(args) == 0
+    runs = Store(tmp_path / "runs" / "natbench.sqlite").runs()
+    assert list(runs.task) == ["cifar10"] and list(runs.defense) == ["pgd-at"]
+
+
+def test_missing_cifar_data_is_a_user_error(tmp_path, capsys, monkeypatch):
+    from natbench.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    assert main(["run", "--task", "cifar10", "--defense", "vanilla", "--root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "natbench data fixture cifar10" in err[0]
+    assert not (tmp_path / "runs" / "natbench.sqlite").exists()  # nothing half-written

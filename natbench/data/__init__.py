@@ -36,11 +36,15 @@ FIXTURES: dict[str, str] = {
 
 
 def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of ``round(fraction * n_c)`` samples of every class c, drawn with ``seed``."""
+    """Sorted indices of ``round(fraction * n_c)`` samples of every class c, drawn with ``seed``.
+
+    A non-zero fraction picks at least one sample of each class (small datasets and fixtures would
+    otherwise get an empty split).
+    """
     rng = np.random.default_rng(seed)
     picked = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = int(round(fraction * len(idx)))
+        k = min(len(idx), max(1, int(round(fraction * len(idx))))) if fraction > 0 else 0
         picked.append(rng.choice(idx, size=k, replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=int)
