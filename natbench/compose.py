@@ -143,6 +143,13 @@ class Composite:
     def select_on(self) -> str:
         return self.base.select_on
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Tell components with schedules (AWP warmup, NuAT's lambda ramp) the 0-indexed epoch."""
+        for c in (self.base, *self.regularizers, *([self.perturbation] if self.perturbation else [])):
+            hook = getattr(c, "set_epoch", None)
+            if callable(hook):
+                hook(epoch, epochs)
+
     def dependencies(self) -> list[tuple[Any, Any]]:
         """``[(component, Dependency)]`` for every model a component needs bound before training."""
         comps = [self.base, *self.regularizers, *([self.perturbation] if self.perturbation else [])]

@@ -136,6 +136,8 @@ class Defense(Protocol):
     ``provides`` lists cache keys ``prepare``/``loss`` fill (e.g. ``x_adv``, ``logits_clean``,
     ``logits_adv``); ``ce_on`` says on which inputs ("clean", "adv") its loss already has a CE term.
     ``select_on`` is the validation metric used to pick the ``best`` checkpoint ("robust"/"clean").
+    Any component may define ``set_epoch(epoch, epochs)``; the runner calls it before each epoch
+    (0-indexed) so schedules (AWP warmup, NuAT's lambda ramp) need no access to the trainer.
     """
 
     name: ClassVar[str]

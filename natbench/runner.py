@@ -243,6 +243,7 @@ class Runner:
             torch.manual_seed(derive_seed(r.seed, "global", epoch))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(prof, epoch)
+            composite.set_epoch(epoch, prof.epochs)
             train_loader, val_loader, _ = task.loaders(prof.batch_size, gen, prof.eval_batch_size)
             sums: dict[str, float] = {}
             n = 0
