@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut
-from ._bn import bn_mode
+from ._common import bn_mode, gaussian_start_ascent
 
 
 def mart_parts(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,20 +79,13 @@ class MART:
 
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         p, tm = self.params, task.threat
-        steps = tm.train_steps if p.steps is None else p.steps
-        alpha = tm.train_step_size if p.step_size is None else p.step_size
-        eps, x = tm.eps, batch.x
-        noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
-        x_adv = (x + p.init_std * noise).detach()
         with bn_mode(model, p.attack_bn):
             objective = task.objective(model, batch, "ce")  # per-sample CE(f(x'), y)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                with torch.enable_grad():
-                    (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
-                x_adv = x_adv.detach() + alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
-        cache["x_adv"] = x_adv.detach().clamp(0.0, 1.0)
+            cache["x_adv"] = gaussian_start_ascent(
+                lambda z: objective(z).sum(), batch.x, eps=tm.eps,
+                steps=tm.train_steps if p.steps is None else p.steps,
+                step_size=tm.train_step_size if p.step_size is None else p.step_size, init_std=p.init_std,
+                generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = task.logits(model, batch, batch.x)

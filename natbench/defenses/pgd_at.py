@@ -18,7 +18,7 @@ import torch
 
 from ..attacks.pgd import PGD
 from ..contracts import Batch, LossOut
-from ._bn import bn_mode
+from ._common import bn_mode
 
 
 class PGDAT:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut
-from ._bn import bn_mode
+from ._common import bn_mode, gaussian_start_ascent
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -48,22 +48,18 @@ class TRADES:
 
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         p, tm = self.params, task.threat
-        steps, alpha, eps, x = p.steps or tm.train_steps, p.step_size or tm.train_step_size, tm.eps, batch.x
-        noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
-        x_adv = (x + p.init_std * noise).detach()
         with bn_mode(model, p.attack_bn):
             with torch.no_grad():
-                z_clean = task.logits(model, batch, x)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                with torch.enable_grad():
-                    if p.attack_bn == "train":
-                        z_clean = task.logits(model, batch, x).detach()
-                    loss = trades_kl(z_clean, task.logits(model, batch, x_adv))
-                    (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = x_adv.detach() + alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
-        cache["x_adv"] = x_adv.detach()
+                z_clean = task.logits(model, batch, batch.x)
+
+            def kl_sum(x_adv: torch.Tensor) -> torch.Tensor:
+                z_ref = task.logits(model, batch, batch.x).detach() if p.attack_bn == "train" else z_clean
+                return trades_kl(z_ref, task.logits(model, batch, x_adv))
+
+            cache["x_adv"] = gaussian_start_ascent(
+                kl_sum, batch.x, eps=tm.eps, steps=tm.train_steps if p.steps is None else p.steps,
+                step_size=tm.train_step_size if p.step_size is None else p.step_size, init_std=p.init_std,
+                generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = task.logits(model, batch, batch.x)

@@ -1,0 +1,43 @@
+"""Pieces shared by base defenses.
+
+- :func:`bn_mode`: the BatchNorm mode used while a defense generates its training-time adversarial
+  examples. Each method's reference fixes it (notes/algorithms.md Sec. 13); it is an explicit
+  parameter, never an accident of whatever mode the model was left in.
+- :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def bn_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run the block with ``model.train()`` (mode "train") or ``model.eval()`` ("eval"), then restore."""
+    was = model.training
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def gaussian_start_ascent(loss_sum: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float,
+                          steps: int, step_size: float, init_std: float, generator: torch.Generator) -> torch.Tensor:
+    """Start at ``x + init_std * N(0, I)`` (no clamp before the first step, as in TRADES and MART),
+    then ``steps`` times ``x' <- clip_[0,1](min(max(x' + step_size * sign(grad), x - eps), x + eps))``
+    ascending ``loss_sum(x')`` (a scalar). Returns a detached tensor clamped to [0, 1].
+    """
+    noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+    x_adv = (x + init_std * noise).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(loss_sum(x_adv), x_adv)
+        x_adv = x_adv.detach() + step_size * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv.detach().clamp(0.0, 1.0)
