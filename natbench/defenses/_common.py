@@ -3,6 +3,8 @@
 - :func:`bn_mode`: the BatchNorm mode used while a defense generates its training-time adversarial
   examples. Each method's reference fixes it (notes/algorithms.md Sec. 13); it is an explicit
   parameter, never an accident of whatever mode the model was left in.
+- :func:`attack_budget`: a defense's ``steps``/``step_size`` params, None meaning the task's
+  threat-model values (an explicit 0 is kept).
 - :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1).
 """
 from __future__ import annotations
@@ -24,6 +26,13 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[None]:
         yield
     finally:
         model.train(was)
+
+
+def attack_budget(params, threat) -> tuple[int, float]:
+    """``(steps, step_size)`` of a defense's training-time attack."""
+    steps = threat.train_steps if params.steps is None else params.steps
+    step_size = threat.train_step_size if params.step_size is None else params.step_size
+    return steps, step_size
 
 
 def gaussian_start_ascent(loss_sum: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float,

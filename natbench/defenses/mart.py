@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut
-from ._common import bn_mode, gaussian_start_ascent
+from ._common import attack_budget, bn_mode, gaussian_start_ascent
 
 
 def mart_parts(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,11 +81,9 @@ class MART:
         p, tm = self.params, task.threat
         with bn_mode(model, p.attack_bn):
             objective = task.objective(model, batch, "ce")  # per-sample CE(f(x'), y)
-            cache["x_adv"] = gaussian_start_ascent(
-                lambda z: objective(z).sum(), batch.x, eps=tm.eps,
-                steps=tm.train_steps if p.steps is None else p.steps,
-                step_size=tm.train_step_size if p.step_size is None else p.step_size, init_std=p.init_std,
-                generator=generator)
+            steps, step_size = attack_budget(p, tm)
+            cache["x_adv"] = gaussian_start_ascent(lambda z: objective(z).sum(), batch.x, eps=tm.eps, steps=steps,
+                                                   step_size=step_size, init_std=p.init_std, generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = task.logits(model, batch, batch.x)

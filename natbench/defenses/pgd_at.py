@@ -18,7 +18,7 @@ import torch
 
 from ..attacks.pgd import PGD
 from ..contracts import Batch, LossOut
-from ._common import bn_mode
+from ._common import attack_budget, bn_mode
 
 
 class PGDAT:
@@ -39,8 +39,8 @@ class PGDAT:
 
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         tm = task.threat
-        attack = PGD(PGD.Params(steps=self.params.steps or tm.train_steps,
-                                step_size=self.params.step_size or tm.train_step_size, random_start=True))
+        steps, step_size = attack_budget(self.params, tm)
+        attack = PGD(PGD.Params(steps=steps, step_size=step_size, random_start=True))
         with bn_mode(model, self.params.attack_bn):
             cache["x_adv"] = attack(task.objective(model, batch, "ce"), batch.x, eps=tm.eps, generator=generator)
 

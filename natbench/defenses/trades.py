@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut
-from ._common import bn_mode, gaussian_start_ascent
+from ._common import attack_budget, bn_mode, gaussian_start_ascent
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -56,10 +56,9 @@ class TRADES:
                 z_ref = task.logits(model, batch, batch.x).detach() if p.attack_bn == "train" else z_clean
                 return trades_kl(z_ref, task.logits(model, batch, x_adv))
 
-            cache["x_adv"] = gaussian_start_ascent(
-                kl_sum, batch.x, eps=tm.eps, steps=tm.train_steps if p.steps is None else p.steps,
-                step_size=tm.train_step_size if p.step_size is None else p.step_size, init_std=p.init_std,
-                generator=generator)
+            steps, step_size = attack_budget(p, tm)
+            cache["x_adv"] = gaussian_start_ascent(kl_sum, batch.x, eps=tm.eps, steps=steps, step_size=step_size,
+                                                   init_std=p.init_std, generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = task.logits(model, batch, batch.x)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut
+from ._common import cached_logits
 
 
 def train_logits(model, batch: Batch, task, cache: dict) -> tuple[str, torch.Tensor]:
@@ -41,11 +42,7 @@ def train_logits(model, batch: Batch, task, cache: dict) -> tuple[str, torch.Ten
     stores it otherwise, so regularizers composed together share one forward pass.
     """
     which, x = ("adv", cache["x_adv"]) if "x_adv" in cache else ("clean", batch.x)
-    z = cache.get(f"logits_{which}")
-    if z is None:
-        z = task.logits(model, batch, x)
-        cache[f"logits_{which}"] = z
-    return which, z
+    return which, cached_logits(model, batch, task, cache, which, x)
 
 
 def entropy(z: torch.Tensor) -> torch.Tensor:

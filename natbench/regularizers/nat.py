@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contracts import Batch, Dependency, LossOut
+from ._common import cached_logits
 
 
 def nasty_kl(z_target: torch.Tensor, z_adversary: torch.Tensor, tau: float) -> torch.Tensor:
@@ -76,10 +77,7 @@ class NAT:
         parts: dict[str, float] = {}
         base_ce = cache.get("ce_on", frozenset())
         for which, x in inputs.items():
-            z = cache.get(f"logits_{which}")
-            if z is None:
-                z = task.logits(model, batch, x)
-                cache[f"logits_{which}"] = z
+            z = cached_logits(model, batch, task, cache, which, x)
             if which not in base_ce:
                 ce = F.cross_entropy(z, batch.y)
                 total = total + ce

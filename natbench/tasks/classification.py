@@ -20,7 +20,7 @@ from ..analysis import sparsity
 from ..attacks._base import cw_margin_loss
 from ..checks import assert_in_ball
 from ..contracts import Batch, EvalOut, Objective
-from ..data import READERS, TensorSplits, stratified_pick
+from ..data import READERS, stratified_pick
 from ..errors import ConfigError, suggest
 from ..registry import load_target
 from ..taskspec import TaskSpec
@@ -76,7 +76,7 @@ class ClassificationTask:
         self.name = spec.task
         self.threat = spec.threat_model
         self.data_root = data_root
-        self._splits: tuple[TensorSplits, Tensor, Tensor] | None = None
+        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> nn.Module:
@@ -88,7 +88,7 @@ class ClassificationTask:
         """Load the data now (cheap for embedded sets) so a missing dataset fails before training."""
         self._data()
 
-    def _data(self) -> tuple[TensorSplits, Tensor, Tensor]:
+    def _data(self) -> dict[str, tuple[Tensor, Tensor]]:
         if self._splits is None:
             d = self.spec.data
             if d.dataset not in READERS:
@@ -98,17 +98,20 @@ class ClassificationTask:
             val_idx = torch.as_tensor(stratified_pick(splits.train_y.numpy(), d.val_fraction, d.split_seed + 1))
             train_mask = torch.ones(len(splits.train_y), dtype=torch.bool)
             train_mask[val_idx] = False
-            self._splits = (splits, train_mask, val_idx)
+            self._splits = {  # indexed once here; loaders() runs every epoch
+                "train": (splits.train_x[train_mask], splits.train_y[train_mask]),
+                "val": (splits.train_x[val_idx], splits.train_y[val_idx]),
+                "test": (splits.test_x, splits.test_y),
+            }
         return self._splits
 
     def loaders(self, batch_size: int, generator: torch.Generator, eval_batch_size: int = 256):
         """(train, val, test) loaders; val is carved from the training set, never the test set."""
-        splits, train_mask, val_idx = self._data()
+        data = self._data()
         augment = crop_flip if self.spec.data.augment == "crop_flip" else None
-        train = TensorLoader(splits.train_x[train_mask], splits.train_y[train_mask], batch_size,
-                             shuffle=True, generator=generator, augment=augment)
-        val = TensorLoader(splits.train_x[val_idx], splits.train_y[val_idx], eval_batch_size)
-        test = TensorLoader(splits.test_x, splits.test_y, eval_batch_size)
+        train = TensorLoader(*data["train"], batch_size, shuffle=True, generator=generator, augment=augment)
+        val = TensorLoader(*data["val"], eval_batch_size)
+        test = TensorLoader(*data["test"], eval_batch_size)
         return train, val, test
 
     # ------------------------------------------------------------------ losses and objectives
