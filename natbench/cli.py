@@ -25,7 +25,7 @@ app.add_typer(data_app, name="data")
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 RootOpt = typer.Option(None, "--root", help="Results root (default: $NATBENCH_ROOT or ./runs)")
-LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "attacks", "suites", "task_kinds")
+LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "averagers", "attacks", "suites", "task_kinds")
 
 
 def _root(root: Optional[Path]) -> Path:

@@ -4,10 +4,11 @@ Rules (all checked before the first training step):
 
 - an alias expands first, and only when it is the whole spec (``nat`` -> ``pgd-at+nat``, the paper's
   recipe on its default base);
-- exactly one base defense, any number of distinct regularizers, at most one weight perturbation;
+- exactly one base defense, any number of distinct regularizers, at most one weight perturbation
+  and at most one weight averager (``ema``);
 - every component's ``requires`` is offered by the task, every regularizer's ``needs_cache`` is
   provided by the base defense;
-- the canonical name is ``base + sorted(regularizers) + perturbation`` (``nat+amd`` -> ``amd+nat``);
+- the canonical name is ``base + sorted(regularizers) + perturbation + averager`` (``nat+amd`` -> ``amd+nat``);
   it is the leaderboard key.
 
 Deviation from DESIGN.md: a regularizer's ``loss`` returns its whole additive term with its own
@@ -26,12 +27,12 @@ from .contracts import Batch, LossOut
 from .errors import CompositionError, suggest
 from .registry import Registry
 
-COMPONENT_KINDS = ("defenses", "regularizers", "perturbations")
+COMPONENT_KINDS = ("defenses", "regularizers", "perturbations", "averagers")
 
 
 @dataclass(frozen=True)
 class Component:
-    kind: str  # defenses | regularizers | perturbations
+    kind: str  # defenses | regularizers | perturbations | averagers
     name: str
     cls: type
 
@@ -45,10 +46,12 @@ class Plan:
     base: Component
     regularizers: tuple[Component, ...]
     perturbation: Component | None
+    averager: Component | None = None
 
     @property
     def components(self) -> tuple[Component, ...]:
-        return (self.base, *self.regularizers, *([self.perturbation] if self.perturbation else []))
+        return (self.base, *self.regularizers, *([self.perturbation] if self.perturbation else []),
+                *([self.averager] if self.averager else []))
 
     def default_params(self, task_defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
         """``{component: {param: value}}`` = Params defaults overlaid with the task's defense_params."""
@@ -89,17 +92,21 @@ def plan(spec: str, reg: Registry, task_caps: frozenset[str], task_kind: str | N
     bases = [c for c in comps if c.kind == "defenses"]
     regs = [c for c in comps if c.kind == "regularizers"]
     perts = [c for c in comps if c.kind == "perturbations"]
+    avgs = [c for c in comps if c.kind == "averagers"]
     if len(bases) > 1:
         raise CompositionError(
             f"--defense {spec!r}: {' and '.join(c.name for c in bases)} are both base defenses; keep exactly one "
             f"(e.g. {bases[0].name}{''.join('+' + c.name for c in regs + perts)})"
         )
     if not bases:
-        extra = regs[0] if regs else perts[0]
-        kind_word = "a regularizer" if extra.kind == "regularizers" else "a weight perturbation"
-        raise CompositionError(f"--defense {spec!r}: {extra.name} is {kind_word}; add a base defense, e.g. pgd-at+{'+'.join(c.name for c in regs + perts)}")
+        extra = (regs + perts + avgs)[0]
+        kind_word = {"regularizers": "a regularizer", "perturbations": "a weight perturbation",
+                     "averagers": "a weight averager"}[extra.kind]
+        raise CompositionError(f"--defense {spec!r}: {extra.name} is {kind_word}; add a base defense, e.g. pgd-at+{'+'.join(c.name for c in regs + perts + avgs)}")
     if len(perts) > 1:
         raise CompositionError(f"--defense {spec!r}: at most one weight perturbation, got {', '.join(c.name for c in perts)}")
+    if len(avgs) > 1:
+        raise CompositionError(f"--defense {spec!r}: at most one weight averager, got {', '.join(c.name for c in avgs)}")
     base = bases[0]
     for c in comps:
         entry = reg.entry(c.kind, c.name)
@@ -112,8 +119,9 @@ def plan(spec: str, reg: Registry, task_caps: frozenset[str], task_kind: str | N
         missing = set(r.cls.needs_cache) - set(base.cls.provides)
         if missing:
             raise CompositionError(f"--defense {spec!r}: {r.name} needs {sorted(missing)} from the base defense, which {base.name} does not provide; pick a base that does, e.g. pgd-at+{r.name}")
-    canonical = "+".join([base.name, *sorted(c.name for c in regs), *(c.name for c in perts)])
-    return Plan(spec, canonical, base, tuple(sorted(regs, key=lambda c: c.name)), perts[0] if perts else None)
+    canonical = "+".join([base.name, *sorted(c.name for c in regs), *(c.name for c in perts), *(c.name for c in avgs)])
+    return Plan(spec, canonical, base, tuple(sorted(regs, key=lambda c: c.name)), perts[0] if perts else None,
+                avgs[0] if avgs else None)
 
 
 def check_params(p: Plan, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -132,28 +140,71 @@ class Composite:
     base: Any
     regularizers: list[Any] = field(default_factory=list)
     perturbation: Any | None = None
+    averager: Any | None = None
     _restore: Callable[[], None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, p: Plan, params: dict[str, Any]) -> "Composite":
         return cls(p, p.base.cls(params[p.base.name]), [r.cls(params[r.name]) for r in p.regularizers],
-                   p.perturbation.cls(params[p.perturbation.name]) if p.perturbation else None)
+                   p.perturbation.cls(params[p.perturbation.name]) if p.perturbation else None,
+                   p.averager.cls(params[p.averager.name]) if p.averager else None)
+
+    @property
+    def components(self) -> list[Any]:
+        return [self.base, *self.regularizers, *([self.perturbation] if self.perturbation else []),
+                *([self.averager] if self.averager else [])]
 
     @property
     def select_on(self) -> str:
         return self.base.select_on
 
+    @property
+    def replays(self) -> int:
+        """Optimizer steps per mini-batch (Free-AT's m; 1 for every other base)."""
+        return int(getattr(self.base, "replays", 1))
+
+    def _hooks(self, name: str) -> list[tuple[str, Callable]]:
+        return [(c.name, getattr(c, name)) for c in self.components if callable(getattr(c, name, None))]
+
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Tell components with schedules (AWP warmup, NuAT's lambda ramp) the 0-indexed epoch."""
-        for c in (self.base, *self.regularizers, *([self.perturbation] if self.perturbation else [])):
-            hook = getattr(c, "set_epoch", None)
-            if callable(hook):
-                hook(epoch, epochs)
+        for _, hook in self._hooks("set_epoch"):
+            hook(epoch, epochs)
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """After every optimizer step (and restore): Free-AT's delta update, EMAs."""
+        for _, hook in self._hooks("after_step"):
+            hook(model)
+        if self.averager is not None:
+            self.averager.update(model)
+
+    def eval_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model that is validated, checkpointed and evaluated (the EMA model with an averager)."""
+        return self.averager.averaged(model) if self.averager is not None else model
+
+    def epoch_end(self, model: torch.nn.Module, task: Any, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        """Merge every component's ``epoch_end`` values (a ``stop`` > 0 from any of them wins)."""
+        out: dict[str, float] = {}
+        for _, hook in self._hooks("epoch_end"):
+            vals = dict(hook(model, task, batch, generator) or {})
+            stop = max(out.get("stop", 0.0), float(vals.pop("stop", 0.0)))
+            out.update(vals)
+            if stop > 0 or "stop" in out:
+                out["stop"] = stop
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra training state of the components (saved in ``state.pt`` for exact resumption)."""
+        return {name: hook() for name, hook in self._hooks("state_dict")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, hook in self._hooks("load_state_dict"):
+            if name in state:
+                hook(state[name])
 
     def dependencies(self) -> list[tuple[Any, Any]]:
         """``[(component, Dependency)]`` for every model a component needs bound before training."""
-        comps = [self.base, *self.regularizers, *([self.perturbation] if self.perturbation else [])]
-        return [(c, d) for c in comps for d in getattr(c, "dependencies", ())]
+        return [(c, d) for c in self.components for d in getattr(c, "dependencies", ())]
 
     def step_loss(self, model: torch.nn.Module, batch: Batch, task: Any, generator: torch.Generator) -> LossOut:
         """Prepare (adversarial examples) and return the composite loss; the model is left in train mode.

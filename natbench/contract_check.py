@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from .contracts import Attack, Defense, Regularizer, WeightPerturbation
+from .contracts import Attack, Defense, Regularizer, WeightAverager, WeightPerturbation
 from .registry import Entry, Registry
 
-PROTOCOLS = {"defenses": Defense, "regularizers": Regularizer, "perturbations": WeightPerturbation, "attacks": Attack}
+PROTOCOLS = {"defenses": Defense, "regularizers": Regularizer, "perturbations": WeightPerturbation,
+             "averagers": WeightAverager, "attacks": Attack}
 
 
 def problems(entry: Entry, reg: Registry) -> list[str]:

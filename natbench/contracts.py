@@ -72,7 +72,8 @@ class Dependency:
 
     role: str  # the name the component will see, e.g. "adversary"
     defense: str = "vanilla"  # defense spec used to train it
-    checkpoint: str = "best"  # "best" or "last"
+    checkpoint: str = "best"  # "best", "last", or "init" (the untrained, seeded initialisation; nothing is trained)
+    sets: tuple[str, ...] = ()  # --set overrides of the dependency run, e.g. ("model.arch=densenet121",)
 
 
 @runtime_checkable
@@ -177,12 +178,44 @@ class WeightPerturbation(Protocol):
     def apply(self, model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> Callable[[], None]: ...
 
 
+@runtime_checkable
+class WeightAverager(Protocol):
+    """Weight averaging (EMA, zero or one per run): ``update(model)`` after every optimizer step;
+    ``averaged(model)`` is the model that is validated, checkpointed and evaluated."""
+
+    name: ClassVar[str]
+
+    def update(self, model: nn.Module) -> None: ...
+
+    def averaged(self, model: nn.Module) -> nn.Module: ...
+
+
+HOOKS_DOC = """Optional hooks any component (base, regularizer, perturbation, averager) may define.
+
+The runner calls them; a component without them is unaffected.
+
+- ``set_epoch(epoch, epochs)``: before each epoch (0-indexed): schedules (AWP warmup, NuAT's lambda ramp).
+- ``after_step(model)``: after every optimizer step (and after a weight perturbation's restore), once
+  per replay: Free-AT's delta update (it reads ``delta.grad`` left by the backward), NuAT2-WA's attack EMA.
+- ``state_dict() -> dict`` / ``load_state_dict(d)``: extra training state (tensors, numbers, nested
+  dicts) saved in ``state.pt`` after every epoch, so a resumed run continues exactly (Free-AT's delta,
+  an EMA, an iteration counter).
+- ``replays: int`` (base defense attribute): the runner takes this many optimizer steps on each
+  mini-batch (Free-AT's m); the learning rate is scheduled per replay.
+- ``epoch_end(model, task, batch, generator) -> dict[str, float]``: after an epoch's training,
+  before validation, with the epoch's first training batch. The values go into the history; a
+  ``"stop"`` value > 0 ends training *without* this epoch: ``last`` stays the previous epoch's
+  weights (Fast-AT's guard against catastrophic overfitting).
+"""
+
+
 KINDS: Mapping[str, str] = {
     "task_kinds": "task kind",
     "tasks": "task",
     "defenses": "defense",
     "regularizers": "regularizer",
     "perturbations": "weight perturbation",
+    "averagers": "weight averager",
     "attacks": "attack",
     "suites": "suite",
 }

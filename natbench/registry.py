@@ -4,7 +4,7 @@ Entries are lazy ``"module:attr"`` strings: nothing is imported until a name is 
 registry is filled by import side effects. Task and suite entries point at YAML specs instead.
 
 Third-party packages add plugins through the entry-point groups ``natbench.task_kinds``,
-``natbench.defenses``, ``natbench.regularizers``, ``natbench.perturbations`` and
+``natbench.defenses``, ``natbench.regularizers``, ``natbench.perturbations``, ``natbench.averagers`` and
 ``natbench.attacks`` (value ``"module:attr"``); tasks and suites come from ``natbench.tasks`` and
 ``natbench.suites`` (value: a path to the YAML spec).
 """
@@ -23,7 +23,7 @@ from .errors import ConfigError, unknown
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTRY_FILE = PACKAGE_DIR / "registry.yaml"
 SPECS_DIR = PACKAGE_DIR / "specs"
-CODE_KINDS = ("task_kinds", "defenses", "regularizers", "perturbations", "attacks")
+CODE_KINDS = ("task_kinds", "defenses", "regularizers", "perturbations", "averagers", "attacks")
 SPEC_KINDS = ("tasks", "suites")
 ENTRY_KEYS = {"target", "spec", "cite", "alias", "tasks", "kind"}
 

@@ -88,6 +88,12 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         "seed": seed,
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
+    _apply_sets(reg, cfg, sets, plan)
+    return _validate(reg, cfg, plan, kind_cls)
+
+
+def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:
+    """Apply ``--set key=value`` overrides to the plain config dict (validated later by _validate)."""
     for path, value in parse_set(sets):
         where = ".".join(path)
         if path[0] in TASK_SHORTHANDS:
@@ -105,7 +111,6 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         if len(path) < 2:
             raise ConfigError(f"--set {where}: give a field, e.g. --set training.epochs=3")
         apply_path(cfg, path, value, where)
-    return _validate(reg, cfg, plan, kind_cls)
 
 
 def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> Resolved:
@@ -132,12 +137,15 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
 
 
-def with_defense(reg: Registry, r: Resolved, defense: str) -> Resolved:
-    """The same task, data, model, training and seed, trained with another defense (a dependency)."""
+def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...] | list[str] = ()) -> Resolved:
+    """The same task, data, model, training and seed, trained with another defense (a dependency);
+    ``sets`` are ``--set`` overrides of that run (e.g. ``model.arch=densenet121`` for an adversary
+    of another architecture)."""
     kind_cls = task_kind_cls(reg, r.spec)
     plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), r.spec.kind)
     cfg = copy.deepcopy(r.config)
     cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+    _apply_sets(reg, cfg, sets, plan)
     return _validate(reg, cfg, plan, kind_cls)
 
 

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -113,8 +115,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def lr_at(profile, epoch: int) -> float:
-    return profile.lr * profile.gamma ** sum(epoch >= m for m in profile.milestones)
+def lr_at(profile, epoch: float) -> float:
+    """The learning rate at (fractional) ``epoch``: ``lr_points`` interpolated linearly (a cyclic
+    schedule, set every iteration) or the constant ``lr``, times ``gamma`` per milestone passed."""
+    if profile.lr_points:
+        ts = [t for t, _ in profile.lr_points]
+        lrs = [v for _, v in profile.lr_points]
+        base = float(np.interp(epoch, ts, lrs))
+    else:
+        base = profile.lr
+    return base * profile.gamma ** sum(int(epoch) >= m for m in profile.milestones)
 
 
 def make_optimizer(profile, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -124,14 +134,26 @@ def make_optimizer(profile, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def train_step(composite: Composite, model: torch.nn.Module, batch: Batch, task: Any,
-               optimizer: torch.optim.Optimizer, generator: torch.Generator) -> LossOut:
-    """One optimisation step of the composite loss (what ``benchmarks/overhead.py`` times)."""
-    out = composite.step_loss(model, batch, task, generator)
+               optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               autocast: Any = None) -> LossOut:
+    """One optimisation step of the composite loss (what ``benchmarks/overhead.py`` times):
+    prepare + loss (under ``autocast`` when given), backward, step, restore, after-step hooks."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        out = composite.step_loss(model, batch, task, generator)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()
     composite.restore()
+    composite.after_step(model)
     return out
+
+
+def cuda_speedups(profile, device: torch.device) -> tuple[Any, bool]:
+    """``(autocast context or None, channels_last)`` for training: bf16 autocast and channels_last on
+    CUDA when the profile asks (its defaults do); both off on CPU, where they are slower or unsupported."""
+    if device.type != "cuda":
+        return None, False
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if profile.amp else None), bool(profile.channels_last)
 
 
 # ------------------------------------------------------------------------------------- runner
@@ -172,10 +194,16 @@ class Runner:
             torch.use_deterministic_algorithms(True, warn_only=True)
         composite = Composite.build(r.plan, r.params)
         for component, dep in composite.dependencies():
-            dep_r = with_defense(self.registry, r, dep.defense)
+            dep_r = with_defense(self.registry, r, dep.defense, dep.sets)
+            dep_task = self.task(dep_r)
+            if dep.checkpoint == "init":  # an untrained model: the seeded initialisation of that run
+                self.reporter.message(f"{r.run_id}: {dep.role} model is the untrained initialisation of {dep_r.run_id}")
+                torch.manual_seed(derive_seed(dep_r.seed, "init"))
+                component.bind(dep.role, dep_task.build_model().to(self.device))
+                continue
             self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
             dep_id = self.run(dep_r)
-            component.bind(dep.role, self.load_model(task, dep_id, dep.checkpoint))
+            component.bind(dep.role, self.load_model(dep_task, dep_id, dep.checkpoint))
         run_dir = self.root / r.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:  # from scratch: drop what an earlier attempt left
@@ -224,47 +252,76 @@ class Runner:
         prof = r.profile
         torch.manual_seed(derive_seed(r.seed, "init"))
         model = task.build_model().to(self.device)
+        autocast, channels_last = cuda_speedups(prof, self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(prof, model)
         state_path = run_dir / "state.pt"
-        start, history, best = 0, [], float("-inf")
+        start, history, best, stopped = 0, [], float("-inf"), False
         if state_path.exists():
             state = torch.load(state_path, map_location=self.device, weights_only=True)
             if state.get("config_hash") == r.config_hash and state["epoch"] + 1 <= prof.epochs:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
+                composite.load_state_dict(state.get("components", {}))
                 start, best = state["epoch"] + 1, state["best"]
                 history = json.loads(state["history"])
-                self.reporter.message(f"{r.run_id}: resuming after epoch {start} of {prof.epochs}")
+                stopped = bool(state.get("stopped", False))
+                self.reporter.message(f"{r.run_id}: resuming after epoch {start} of {prof.epochs}"
+                                      + (" (training had stopped early)" if stopped else ""))
+        replays = composite.replays
         bar = self.reporter.start(f"train {r.defense}", prof.epochs)
         self.reporter.advance(bar, start)
-        for epoch in range(start, prof.epochs):
+        for epoch in range(start, prof.epochs if not stopped else start):
             te = time.perf_counter()
             gen = torch.Generator().manual_seed(derive_seed(r.seed, "epoch", epoch))
             torch.manual_seed(derive_seed(r.seed, "global", epoch))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(prof, epoch)
             composite.set_epoch(epoch, prof.epochs)
             train_loader, val_loader, _ = task.loaders(prof.batch_size, gen, prof.eval_batch_size)
+            iters = max(len(train_loader), 1) * replays
             sums: dict[str, float] = {}
-            n = 0
-            for batch in train_loader:
-                out = train_step(composite, model, batch.to(self.device), task, optimizer, gen)
-                for k, v in {"loss": out.loss.item(), **out.parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n += 1
-            val = self.validate(r, task, model, val_loader, epoch)
+            n, first = 0, None
+            for i, batch in enumerate(train_loader):
+                batch = batch.to(self.device)
+                if channels_last and batch.x.dim() == 4:
+                    batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+                if first is None:
+                    first = batch
+                for k in range(replays):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(prof, epoch + (i * replays + k) / iters)
+                    out = train_step(composite, model, batch, task, optimizer, gen, autocast)
+                    for key, v in {"loss": out.loss.item(), **out.parts}.items():
+                        sums[key] = sums.get(key, 0.0) + v
+                    n += 1
+            row = {"epoch": epoch, "lr": lr_at(prof, epoch), **{k: v / max(n, 1) for k, v in sums.items()}}
+            if first is not None:
+                end_vals = composite.epoch_end(model, task, first, gen)
+                row.update({k: v for k, v in end_vals.items()})
+                if end_vals.get("stop", 0.0) > 0 and state_path.exists():  # keep the previous epoch's weights (Fast-AT's guard)
+                    row["seconds"] = round(time.perf_counter() - te, 3)
+                    history.append(row)
+                    self.reporter.message(f"{r.run_id}: stopped at epoch {epoch} by the early-stop guard; "
+                                          f"keeping epoch {epoch - 1}'s weights as last")
+                    state = torch.load(state_path, map_location=self.device, weights_only=True)
+                    state.update(stopped=True, history=json.dumps(history))
+                    atomic_save(state, state_path)
+                    break
+            scored = composite.eval_model(model)
+            val = self.validate(r, task, scored, val_loader, epoch)
             metric = val["val_clean"] if composite.select_on == "clean" else val["val_robust"]
-            row = {"epoch": epoch, "lr": lr_at(prof, epoch), **{k: v / max(n, 1) for k, v in sums.items()}, **val,
-                   "seconds": round(time.perf_counter() - te, 3)}
+            row.update(**val, seconds=round(time.perf_counter() - te, 3))
             history.append(row)
             if metric != metric:  # NaN (an empty validation set) never wins
                 metric = float("-inf")
+            weights = _plain_state(scored)
             if metric > best or not (run_dir / "best.pt").exists():
                 best = metric
-                atomic_save(model.state_dict(), run_dir / "best.pt")
-            atomic_save(model.state_dict(), run_dir / "last.pt")
+                atomic_save(weights, run_dir / "best.pt")
+            atomic_save(weights, run_dir / "last.pt")
             atomic_save({"config_hash": r.config_hash, "epoch": epoch, "best": best, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "history": json.dumps(history)}, state_path)
+                         "optimizer": optimizer.state_dict(), "components": composite.state_dict(),
+                         "history": json.dumps(history)}, state_path)
             self.reporter.advance(bar, 1, **{k: f"{v:.3f}" for k, v in val.items()})
         self.reporter.stop(bar)
         if history:
@@ -311,6 +368,11 @@ class Runner:
             self.reporter.stop(bar)
             checks += [CheckRow(ckpt, c.name, c.passed, c.detail) for c in suite_checks(acc, steps)]
         return results, flags, checks
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A contiguous (not channels_last) copy of the state dict: checkpoints load anywhere."""
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def run_from_dir(root: Path, run_id: str, registry: Registry) -> Resolved:

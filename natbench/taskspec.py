@@ -48,11 +48,19 @@ class ProfileCfg:
     milestones: tuple[int, ...] = ()  # epochs (0-indexed) at which lr is multiplied by gamma
     gamma: float = 0.1  # lr decay factor
     eval_batch_size: int = 256  # batch size of validation and test evaluation
+    lr_points: tuple[tuple[float, float], ...] = ()  # piecewise-linear lr: [[epoch, lr], ...] in fractional epochs, set every iteration (cyclic schedules); () = constant lr
+    amp: bool = True  # bf16 autocast for training forward passes on CUDA (always off on CPU; evaluation stays fp32)
+    channels_last: bool = True  # channels_last memory format on CUDA (off on CPU)
 
     def validate(self, where: str) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"{where}: epochs and batch sizes must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+        if self.lr_points:
+            ts = [t for t, _ in self.lr_points]
+            if ts != sorted(ts) or ts[0] != 0 or any(lr < 0 for _, lr in self.lr_points):
+                raise ConfigError(f"{where}.lr_points: need [[0, lr0], [t1, lr1], ...] with increasing epochs from 0 and lr >= 0, "
+                                  f"e.g. [[0, 0], [6, 0.2], [15, 0]]")
+        if self.lr < 0 or (self.lr == 0 and not self.lr_points) or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError(f"{where}: need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"{where}.optimizer: '{self.optimizer}' is not one of sgd, adam")

@@ -18,7 +18,7 @@ from natbench.registry import CODE_KINDS, PACKAGE_DIR, SPEC_KINDS, SPECS_DIR, Re
 
 REG = get_registry()
 ALL_ENTRIES = [(kind, name) for kind in REG.kinds() for name in REG.names(kind)]
-PLUGIN_DIRS = ("defenses", "regularizers", "perturbations", "attacks", "tasks")
+PLUGIN_DIRS = ("defenses", "regularizers", "perturbations", "averagers", "attacks", "tasks")
 
 
 # ------------------------------------------------------------------------------- contract checks

@@ -16,7 +16,11 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
     ax1.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
     ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
     for key, label in (("val_clean", "clean"), ("val_robust", "robust (PGD)")):
-        ax2.plot(epochs, [100 * h[key] for h in history], marker="o", ms=3, label=label)
+        pts = [(h["epoch"] + 1, 100 * h[key]) for h in history if key in h]  # a guard-stopped epoch has none
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+    stops = [h["epoch"] + 1 for h in history if h.get("stop", 0) > 0]
+    for e in stops:
+        ax2.axvline(e, color="red", ls="--", lw=1, label="early stop (epoch discarded)")
     ax2.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation", ylim=(0, 100))
     ax2.legend(loc="lower right")
     from matplotlib.ticker import MaxNLocator

@@ -1,0 +1,561 @@
+"""NuAT / NuAT2(-WA) defenses and the EMA weight averager against hand computations (float64) on seeded
+tiny BatchNorm models, and inside ``Composite`` on a digits-shaped model (1x8x8, 10 classes)."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from natbench.averagers.ema import EMA
+from natbench.compose import Composite, check_params, plan
+from natbench.contract_check import problems
+from natbench.contracts import Batch, ThreatModel
+from natbench.defenses.nuat import NuAT, bernoulli_start, lam_at, nuclear
+from natbench.defenses.nuat2 import NuAT2
+from natbench.errors import ConfigError
+from natbench.models.small_cnn import SmallCNN
+from natbench.registry import Entry, Registry, get_registry
+
+NEW_ENTRIES = {  # what natbench/registry.yaml gets for these plugins (added here if it lacks them)
+    ("defenses", "nuat"): "natbench.defenses.nuat:NuAT",
+    ("defenses", "nuat2"): "natbench.defenses.nuat2:NuAT2",
+    ("averagers", "ema"): "natbench.averagers.ema:EMA",
+}
+EPS = 0.1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _registry() -> Registry:
+    base = get_registry()
+    entries = {k: {n: base.entry(k, n) for n in base.names(k)} for k in base.kinds()}
+    for (kind, name), target in NEW_ENTRIES.items():
+        entries.setdefault(kind, {}).setdefault(name, Entry(kind=kind, name=name, cite="test", target=target))
+    return Registry(entries)
+
+
+class _Task:
+    threat = ThreatModel(eps=EPS, train_steps=1, train_step_size=EPS)
+
+    def logits(self, model, batch, x):
+        return model(x)
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5)).double()
+
+
+def _batch(seed: int = 3, lo: float = 0.2, hi: float = 0.8) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    return Batch(x, torch.tensor([0, 1, 2, 3]))
+
+
+def _gen(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _start(x, b, seed=7):
+    u = torch.rand(x.shape, generator=_gen(seed), dtype=x.dtype)
+    return (x + b * torch.sign(0.5 - u)).clamp(0, 1)
+
+
+def _step(loss, x_cur, x, step=EPS, eps=EPS):
+    x_cur = x_cur.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(x_cur), x_cur)
+    x_new = (x_cur.detach() + step * g.sign()).clamp(0, 1)
+    return (x + (x_new - x).clamp(-eps, eps)).clamp(0, 1)
+
+
+def _nuc_by_hand(a: torch.Tensor, b: int) -> float:
+    return float(np.linalg.svd(a.detach().numpy(), compute_uv=False).sum() / b)
+
+
+# ----------------------------------------------------------------------------------- nuclear term
+def test_nuclear_term_is_the_sum_of_singular_values_over_b():
+    a = torch.randn(4, 5, generator=_gen(1), dtype=torch.float64)
+    hand = _nuc_by_hand(a, 4)
+    assert nuclear(a, 4).item() == pytest.approx(hand, rel=1e-12)
+    assert nuclear(a, 4).item() == pytest.approx(torch.linalg.svdvals(a).sum().item() / 4, rel=1e-12)
+    assert nuclear(a, 4).item() == pytest.approx(torch.linalg.matrix_norm(a, ord="nuc").item() / 4, rel=1e-12)
+    assert nuclear(a, 4).item() == pytest.approx(torch.norm(a, "nuc").item() / 4, rel=1e-12)  # the reference's call
+    u, v = torch.tensor([1.0, 2.0, 2.0, 0.0], dtype=torch.float64), torch.tensor([3.0, 0, 4.0, 0, 0], dtype=torch.float64)
+    assert nuclear(torch.outer(u, v), 4).item() == pytest.approx(3.0 * 5.0 / 4, rel=1e-12)  # rank 1: |u| |v| / B
+    assert nuclear(a, 4).item() > torch.linalg.matrix_norm(a).item() / 4  # not the Frobenius norm
+
+
+def test_nuclear_term_accepts_bfloat16_logits():
+    """Under the runner's CUDA autocast the logits are bf16; SVD has no bf16 kernel, so it runs in float32."""
+    a = torch.randn(6, 10, generator=_gen(2)).to(torch.bfloat16).requires_grad_(True)
+    n = nuclear(a, 6)
+    assert n.dtype == torch.float32
+    assert n.item() == pytest.approx(_nuc_by_hand(a.detach().float(), 6), rel=1e-5)
+    n.backward()
+    assert a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad.float()).all()
+
+
+# ---------------------------------------------------------------------------------- NuAT attack
+def test_bernoulli_start_is_exactly_plus_minus_b_then_clamped():
+    x = _batch(lo=0.0, hi=1.0).x  # some pixels within b of 0 or 1: those clamp
+    b = 4 / 255
+    x0 = bernoulli_start(x, b, _gen())
+    assert torch.equal(x0, _start(x, b))
+    d = (x0 - x)[(x0 > 0) & (x0 < 1)]
+    assert torch.allclose(d.abs(), torch.full_like(d, b), rtol=0, atol=1e-15)
+    assert 0.3 < (d > 0).double().mean().item() < 0.7  # both signs, about half each
+    clamped = (x0 == 0) | (x0 == 1)
+    assert clamped.any() and (x0[clamped] - x[clamped]).abs().max() < b  # clamped ones moved less
+    # inside prepare: step_size 0 leaves the start; the default b is eps/2
+    for params, b_exp in ((NuAT.Params(step_size=0.0), EPS / 2), (NuAT.Params(step_size=0.0, init=0.03), 0.03)):
+        cache = {}
+        NuAT(params).prepare(_net(), Batch(x, torch.tensor([0, 1, 2, 3])), _Task(), cache, _gen())
+        assert torch.allclose(cache["x_adv"], _start(x, b_exp), rtol=0, atol=1e-15)
+
+
+def _nuat_by_hand(model, batch, lam, alt, ref_mode="train", b=EPS / 2, seed=7):
+    """The reference's step on a copy: train-mode f(x) (updating BN stats), then the eval-mode step."""
+    twin = copy.deepcopy(model)
+    twin.train(ref_mode == "train")
+    with torch.no_grad():
+        z_ref = twin(batch.x)
+    twin.eval()
+
+    def obj(xa):
+        z = twin(xa)
+        ce = F.cross_entropy(z, batch.y)
+        return ce + lam * torch.linalg.matrix_norm(z_ref - z, ord="nuc") / len(batch.y) if alt else ce
+
+    return _step(obj, _start(batch.x, b, seed), batch.x), twin
+
+
+def test_single_step_goes_from_the_start_by_eps_to_the_ball():
+    model, batch = _net().train(), _batch()
+    d = NuAT()
+    cache = {}
+    d.prepare(model, batch, _Task(), cache, _gen())  # counter 0: the CE step
+    hand, twin = _nuat_by_hand(_net().train(), batch, 0.0, alt=False)
+    assert torch.equal(cache["x_adv"], hand)
+    delta = cache["x_adv"] - batch.x
+    assert delta.abs().max().item() == pytest.approx(EPS, rel=1e-12)
+    mags = delta.abs().flatten()
+    on_ball = (mags - EPS).abs() < 1e-12
+    half = (mags - EPS / 2).abs() < 1e-12
+    assert bool((on_ball | half).all())  # nothing clamps at [0, 1] for x in [0.2, 0.8]
+    assert on_ball.sum() > 0 and half.sum() > 0  # start sign agrees with the gradient: eps; disagrees: eps/2
+    init_sign = torch.sign(_start(batch.x, EPS / 2) - batch.x).flatten()
+    assert torch.equal(on_ball, torch.sign(delta.flatten()) == init_sign)
+    # the attack's own forward pass was eval mode; the one train-mode pass updated BN stats once
+    assert model.training
+    assert model[2].num_batches_tracked.item() == 1
+    assert torch.equal(model[2].running_mean, twin[2].running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_alternation_odd_steps_use_the_nuclear_term_with_train_mode_reference():
+    batch = _batch()
+    d = NuAT(NuAT.Params(lam_max=90.0, hold=0))
+    d.set_epoch(1, 10)  # lam = 9
+    assert d.lam == pytest.approx(9.0)
+    out = []
+    for _ in range(3):
+        cache = {}
+        d.prepare(_net().train(), batch, _Task(), cache, _gen())  # same model state and start each time
+        out.append(cache["x_adv"])
+    even, _ = _nuat_by_hand(_net(), batch, 9.0, alt=False)
+    odd, _ = _nuat_by_hand(_net(), batch, 9.0, alt=True)
+    odd_eval_ref, _ = _nuat_by_hand(_net(), batch, 9.0, alt=True, ref_mode="eval")
+    assert torch.equal(out[0], even) and torch.equal(out[2], even)
+    assert torch.equal(out[1], odd)
+    assert not torch.equal(odd, even)  # the objective changed
+    assert not torch.equal(odd, odd_eval_ref)  # and the reference logits are the train-mode ones
+    assert d.counter == 3
+    d.set_epoch(2, 10)
+    assert d.counter == 0  # restarts every epoch, as the reference's counter
+
+
+def test_odd_step_with_zero_lambda_is_the_ce_step():
+    batch = _batch()
+    d = NuAT()
+    d.set_epoch(0, 100)
+    assert d.lam == 0.0
+    xs = []
+    for _ in range(2):
+        cache = {}
+        d.prepare(_net(), batch, _Task(), cache, _gen())
+        xs.append(cache["x_adv"])
+    assert torch.equal(xs[0], xs[1])
+
+
+def _reference_ramp(lam_max, epochs, hold):
+    """val-iisc/NuAT: Nuc_reg = 0; after each epoch e: if e < epochs - hold: Nuc_reg += Nuc_max/(epochs - hold)."""
+    lam, used = 0.0, []
+    for e in range(epochs):
+        used.append(lam)
+        if e < epochs - hold:
+            lam += lam_max / (epochs - hold)
+    return used
+
+
+def test_lambda_ramp_values():
+    d = NuAT()  # lam_max 4.5, hold 10
+    expected = {0: 0.0, 1: 0.05, 2: 0.1, 45: 2.25, 89: 4.45, 90: 4.5, 91: 4.5, 99: 4.5}
+    for e, v in expected.items():
+        d.set_epoch(e, 100)
+        assert d.lam == pytest.approx(v, rel=1e-12, abs=1e-15), e
+    assert [lam_at(e, 100, 4.5, 10) for e in range(100)] == _reference_ramp(4.5, 100, 10)  # bit-identical
+    w = NuAT2()  # WA / NuAT2: lam_max 4, hold 0
+    for e, v in {0: 0.0, 1: 0.05, 40: 2.0, 79: 3.95}.items():
+        w.set_epoch(e, 80)
+        assert w.lam == pytest.approx(v, rel=1e-12, abs=1e-15), e
+    assert [lam_at(e, 80, 4.0, 0) for e in range(80)] == _reference_ramp(4.0, 80, 0)
+    assert [lam_at(e, 55, 4.0, 0) for e in range(55)] == _reference_ramp(4.0, 55, 0)  # NuAT2 (55 epochs)
+    assert all(lam_at(e, 8, 4.5, 10) == 0.0 for e in range(8))  # E <= hold: the reference never ramps
+
+
+def test_state_dict_round_trip_continues_the_counter():
+    batch = _batch()
+    a = NuAT(NuAT.Params(lam_max=90.0, hold=0))
+    a.set_epoch(3, 20)
+    a.prepare(_net(), batch, _Task(), {}, _gen(1))  # counter 0 -> 1
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = NuAT(NuAT.Params(lam_max=90.0, hold=0))
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    b.set_epoch(3, 20)  # the epoch it was counting: the counter stays
+    assert b.counter == 1 and b.lam == a.lam
+    ca, cb = {}, {}
+    a.prepare(_net(), batch, _Task(), ca, _gen())
+    b.prepare(_net(), batch, _Task(), cb, _gen())
+    assert torch.equal(ca["x_adv"], cb["x_adv"])
+    odd, _ = _nuat_by_hand(_net(), batch, a.lam, alt=True)
+    assert torch.equal(cb["x_adv"], odd)  # the resumed one continued with the odd (nuclear) step
+    fresh = NuAT(NuAT.Params(lam_max=90.0, hold=0))
+    fresh.set_epoch(3, 20)
+    cf = {}
+    fresh.prepare(_net(), batch, _Task(), cf, _gen())
+    assert not torch.equal(cf["x_adv"], cb["x_adv"])  # without the state it would take the even step
+
+
+# ------------------------------------------------------------------------------ training loss
+@pytest.mark.parametrize("cls", [NuAT, NuAT2])
+def test_training_loss_by_hand_adv_pass_first(cls):
+    batch, task = _batch(), _Task()
+    d = cls(cls.Params(lam_max=4.5, hold=0))
+    d.set_epoch(3, 10)
+    lam = d.lam
+    assert lam == pytest.approx(1.35)
+    model = _net().train()
+    cache = {}
+    d.prepare(model, batch, task, cache, _gen())
+    twin, other = copy.deepcopy(model), copy.deepcopy(model)
+    out = d.loss(model, batch, task, cache)
+    z_adv = twin(cache["x_adv"])
+    z = twin(batch.x)
+    ce = F.cross_entropy(z, batch.y).item()
+    nuc = _nuc_by_hand(z - z_adv, 4)
+    assert out.loss.item() == pytest.approx(ce + lam * nuc, rel=1e-12)
+    assert out.parts["ce_clean"] == pytest.approx(ce, rel=1e-12)
+    assert out.parts["nuc"] == pytest.approx(nuc, rel=1e-12)
+    assert out.parts["lam"] == lam and all(math.isfinite(v) for v in out.parts.values())
+    assert nuc > 0
+    # BatchNorm statistics: the adversarial pass, then the clean one (the opposite order differs)
+    assert torch.allclose(model[2].running_mean, twin[2].running_mean, rtol=0, atol=1e-15)
+    other(batch.x)
+    other(cache["x_adv"])
+    assert not torch.allclose(model[2].running_mean, other[2].running_mean, rtol=0, atol=1e-12)
+    out.loss.backward()  # both branches carry gradient, nothing detached
+    assert cache["logits_clean"].requires_grad and cache["logits_adv"].requires_grad
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    d.set_epoch(0, 10)
+    out0 = d.loss(_net().train(), batch, task, dict(cache))
+    assert out0.loss.item() == pytest.approx(out0.parts["ce_clean"], rel=1e-12)  # lam 0: clean CE only
+    assert out0.parts["nuc"] > 0
+    nb = cls(cls.Params(nuc_batch=64))
+    nb.set_epoch(3, 10)
+    out64 = nb.loss(_net().train(), batch, task, dict(cache))
+    assert out64.parts["nuc"] == pytest.approx(out0.parts["nuc"] * 4 / 64, rel=1e-12)  # the reference's constant
+
+
+# -------------------------------------------------------------------------------------- NuAT2
+def _nuat2_by_hand(model, batch, lam, step0_model=None, seed=7):
+    """Eval mode: step 0 on step0_model (CE + lam * nuc with its detached clean logits), step 1 on model (CE)."""
+    m = copy.deepcopy(model).eval()
+    g = m if step0_model is None else step0_model.eval()
+    with torch.no_grad():
+        z_ref = g(batch.x)
+
+    def obj0(xa):
+        z = g(xa)
+        return F.cross_entropy(z, batch.y) + lam * torch.linalg.matrix_norm(z_ref - z, ord="nuc") / len(batch.y)
+
+    x1 = _step(obj0, _start(batch.x, EPS / 2, seed), batch.x)
+    return _step(lambda xa: F.cross_entropy(m(xa), batch.y), x1, batch.x), x1
+
+
+def test_nuat2_two_steps_by_hand_in_eval_mode():
+    batch = _batch()
+    d = NuAT2(NuAT2.Params(lam_max=90.0))
+    d.set_epoch(1, 10)  # lam 9
+    model = _net().train()
+    before = _state(model)
+    cache = {}
+    d.prepare(model, batch, _Task(), cache, _gen())
+    hand, x1 = _nuat2_by_hand(_net(), batch, 9.0)
+    assert torch.equal(cache["x_adv"], hand)
+    ce_only, _ = _nuat2_by_hand(_net(), batch, 0.0)
+    assert not torch.equal(hand, ce_only)  # step 0 has the nuclear term
+    assert not torch.equal(hand, x1)  # step 1 moved it
+    delta = (cache["x_adv"] - batch.x).abs()
+    assert delta.max().item() == pytest.approx(EPS, rel=1e-12) and delta.max() <= EPS + 1e-15
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # eval: no BN update
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _sgd_steps(model, n, seed=11, after=()):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    states = []
+    for i in range(n):
+        b = _batch(seed + i)
+        opt.zero_grad()
+        F.cross_entropy(model(b.x), b.y).backward()
+        opt.step()
+        for f in after:
+            f(model)
+        states.append(_state(model))
+    return states
+
+
+def _ema_by_hand(states, decay):
+    ema = {k: v.clone() for k, v in states[0].items()}  # the reference's aliased start: the post-step weights
+    for s in states:
+        ema = {k: (1 - decay) * v + decay * ema[k] for k, v in s.items()}
+    return ema
+
+
+def test_nuat2_wa_attacks_with_the_ema_model_after_epoch_0():
+    batch = _batch()
+    wa = NuAT2(NuAT2.Params(lam_max=90.0, attack_ema=0.99))
+    plain = NuAT2(NuAT2.Params(lam_max=90.0))
+    model = _net().train()
+    states = _sgd_steps(model, 3, after=[wa.after_step])
+    for d in (wa, plain):
+        d.set_epoch(0, 10)
+    c_wa, c_plain = {}, {}
+    wa.prepare(model, batch, _Task(), c_wa, _gen())
+    plain.prepare(model, batch, _Task(), c_plain, _gen())
+    assert torch.equal(c_wa["x_adv"], c_plain["x_adv"])  # epoch 0: the current model plays both roles
+    for d in (wa, plain):
+        d.set_epoch(1, 10)
+    c_wa, c_plain = {}, {}
+    wa.prepare(model, batch, _Task(), c_wa, _gen())
+    plain.prepare(model, batch, _Task(), c_plain, _gen())
+    ema = _ema_by_hand(states, 0.99)
+    g = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, t in g.state_dict().items():
+            t.copy_(ema[k])
+    hand, _ = _nuat2_by_hand(model, batch, wa.lam, step0_model=g)
+    assert torch.equal(c_wa["x_adv"], hand)
+    assert not torch.equal(c_wa["x_adv"], c_plain["x_adv"])
+    for k, v in wa.state_dict()["ema"].items():  # the EMA is the state dict's, buffers included
+        assert torch.allclose(v.double(), ema[k].double(), rtol=1e-12, atol=1e-12), k
+    # resumed from state_dict: the same attack
+    buf = io.BytesIO()
+    torch.save(wa.state_dict(), buf)
+    buf.seek(0)
+    back = NuAT2(NuAT2.Params(lam_max=90.0, attack_ema=0.99))
+    back.load_state_dict(torch.load(buf, weights_only=True))
+    c_back = {}
+    back.prepare(model, batch, _Task(), c_back, _gen())
+    assert torch.equal(c_back["x_adv"], c_wa["x_adv"])
+    assert model.training
+
+
+# ----------------------------------------------------------------------------------------- EMA
+def test_ema_update_equals_hand_formula_for_parameters_and_buffers():
+    decay = 0.9
+    model = _net().train()
+    w0 = _state(model)
+    avg = EMA(EMA.Params(decay=decay))
+    states = _sgd_steps(model, 3, after=[avg.update])  # each step's forward also moves the BN buffers
+    ema = avg.state_dict()["ema"]
+    s1, s2, s3 = states
+    assert set(ema) == set(w0)
+    for k in ema:
+        if ema[k].is_floating_point() and s1[k].is_floating_point():
+            closed = (1 - decay) * s3[k] + decay * (1 - decay) * s2[k] + decay ** 2 * s1[k]
+            assert torch.allclose(ema[k], closed, rtol=1e-12, atol=1e-14), k
+    for k, v in _ema_by_hand(states, decay).items():
+        assert torch.equal(ema[k], v), k
+    # it starts from the first post-step weights, not from the initial ones
+    one = EMA(EMA.Params(decay=decay))
+    m1 = _net().train()
+    (t1,) = _sgd_steps(m1, 1, after=[one.update])
+    assert torch.allclose(one.state_dict()["ema"]["1.weight"], t1["1.weight"], rtol=1e-15, atol=1e-15)
+    assert not torch.allclose(one.state_dict()["ema"]["1.weight"], w0["1.weight"])
+    # BN running statistics are averaged too, and num_batches_tracked as a float (1, 2, 3 -> 1.29)
+    rm = "2.running_mean"
+    assert not torch.equal(s1[rm], s3[rm])
+    assert torch.allclose(ema[rm], (1 - decay) * s3[rm] + decay * (1 - decay) * s2[rm] + decay ** 2 * s1[rm], rtol=1e-12)
+    nbt = ema["2.num_batches_tracked"]
+    assert nbt.is_floating_point() and nbt.item() == pytest.approx(0.1 * 3 + 0.09 * 2 + 0.81 * 1, rel=1e-6)
+    assert avg.updates == 3
+
+
+def test_ema_averaged_model_and_resume():
+    decay = 0.9
+    model = _net().train()
+    avg = EMA(EMA.Params(decay=decay))
+    first = avg.averaged(model)  # before any update: the model itself (a copy)
+    assert first is not model and all(torch.equal(first.state_dict()[k], v) for k, v in model.state_dict().items())
+    states = _sgd_steps(model, 3, after=[avg.update])
+    av = avg.averaged(model)
+    assert av is first  # one copy, refreshed at every call
+    assert av.training == model.training
+    ema = _ema_by_hand(states, decay)
+    for k, v in av.state_dict().items():
+        if v.is_floating_point():
+            assert torch.equal(v, ema[k]), k
+    assert av.state_dict()["2.num_batches_tracked"].dtype == torch.long
+    assert av.state_dict()["2.num_batches_tracked"].item() == 1  # trunc(1.29), as load_state_dict would
+    assert not torch.equal(av[1].weight, model[1].weight)
+    assert all(p.grad is None for p in av.parameters())
+    model.eval()
+    assert not avg.averaged(model).training
+    model.train()
+    # resume: the loaded averager continues the same average
+    buf = io.BytesIO()
+    torch.save(avg.state_dict(), buf)
+    buf.seek(0)
+    back = EMA(EMA.Params(decay=decay))
+    back.load_state_dict(torch.load(buf, weights_only=True))
+    assert back.updates == 3
+    _sgd_steps(model, 1, seed=30, after=[avg.update, back.update])
+    for k, v in avg.state_dict()["ema"].items():
+        assert torch.equal(back.state_dict()["ema"][k], v), k
+
+
+def test_bad_params_are_rejected():
+    for bad in (dict(lam_max=-1.0), dict(hold=-1), dict(init=-0.1), dict(step_size=-0.1), dict(nuc_batch=0)):
+        with pytest.raises(ConfigError):
+            NuAT(NuAT.Params(**bad))
+    with pytest.raises(ConfigError):
+        NuAT2(NuAT2.Params(attack_ema=1.0))
+    with pytest.raises(ConfigError):
+        EMA(EMA.Params(decay=1.5))
+
+
+def test_contracts_and_class_attributes():
+    reg = _registry()
+    for (kind, name) in NEW_ENTRIES:
+        assert problems(reg.entry(kind, name), reg) == [], name
+    for cls in (NuAT, NuAT2):
+        assert cls.ce_on == frozenset({"clean"}) and cls.select_on == "robust"
+        assert {"x_adv", "logits_clean", "logits_adv"} <= cls.provides and cls.requires == frozenset({"logits"})
+    assert (NuAT.Params().lam_max, NuAT.Params().hold, NuAT2.Params().lam_max, NuAT2.Params().hold) == (4.5, 10, 4.0, 0)
+    assert EMA.Params().decay == 0.9998 and NuAT2.Params().attack_ema == 0.0
+
+
+# ------------------------------------------------------------------------------ composite / digits
+def _composite(spec: str, params: dict | None = None) -> Composite:
+    p = plan(spec, _registry(), frozenset({"logits"}))
+    return Composite.build(p, check_params(p, params or {}))
+
+
+class _DigitsTask(_Task):
+    threat = ThreatModel(eps=0.2, train_steps=1, train_step_size=0.2)
+
+
+@pytest.mark.parametrize("spec,params", [
+    ("nuat", {"nuat": {"hold": 0}}),
+    ("nuat+ema", {"nuat": {"lam_max": 4.0, "hold": 0}}),
+    ("nuat2", {}),
+    ("nuat2+ema", {"nuat2": {"attack_ema": 0.99}}),
+])
+def test_a_few_steps_on_a_digits_shaped_model(spec, params):
+    comp = _composite(spec, params)
+    assert comp.plan.canonical == spec
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, width=4).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    task = _DigitsTask()
+    gen = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(16, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=g)
+    before = _state(model)
+    losses = []
+    for epoch in range(3):
+        comp.set_epoch(epoch, 3)
+        for _ in range(2):  # the runner's step: loss, backward, step, restore, after_step
+            out = comp.step_loss(model, Batch(x, y), task, gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            comp.restore()
+            comp.after_step(model)
+            assert math.isfinite(out.loss.item())
+            assert {"ce_clean", "nuc", "lam"} <= set(out.parts) and all(math.isfinite(v) for v in out.parts.values())
+            losses.append(out.parts["ce_clean"])
+    assert out.parts["lam"] == pytest.approx(2 * 4.0 / 3 if "nuat2" in spec or "ema" in spec else 2 * 4.5 / 3)
+    assert model.training
+    assert not torch.equal(model.state_dict()["fc.weight"], before["fc.weight"])
+    assert all(torch.isfinite(v.double()).all() for v in model.state_dict().values())
+    ev = comp.eval_model(model)
+    if "ema" in spec:
+        assert ev is not model and comp.averager.updates == 6
+        assert any(not torch.equal(ev.state_dict()[k], v) for k, v in model.state_dict().items())
+    else:
+        assert ev is model
+    state = comp.state_dict()
+    assert set(state) >= {spec.split("+")[0]} | ({"ema"} if "ema" in spec else set())
+
+
+@pytest.mark.parametrize("spec", ["nuat", "nuat+ema", "nuat2+ema"])
+def test_two_steps_on_the_real_digits_task(spec):
+    from natbench.resolve import resolve
+    from natbench.runner import make_optimizer, train_step
+    from natbench.tasks.classification import ClassificationTask
+
+    r = resolve(get_registry(), "digits", "pgd-at", seed=0)
+    task = ClassificationTask(r.spec)
+    torch.manual_seed(0)
+    model = task.build_model()
+    comp = _composite(spec, {"nuat2": {"attack_ema": 0.99}} if "nuat2" in spec else None)
+    comp.set_epoch(1, r.profile.epochs)
+    opt = make_optimizer(r.profile, model)
+    gen = torch.Generator().manual_seed(0)
+    train, _, _ = task.loaders(r.profile.batch_size, gen)
+    it = iter(train)
+    before = _state(model)
+    for _ in range(2):
+        out = train_step(comp, model, next(it), task, opt, gen)  # runs the after_step hooks (EMA updates)
+        assert math.isfinite(out.loss.item())
+        assert {"ce_clean", "nuc", "lam"} <= set(out.parts) and all(math.isfinite(v) for v in out.parts.values())
+        assert out.parts["lam"] > 0 and out.parts["nuc"] > 0
+    assert model.training
+    assert not torch.equal(model.state_dict()["1.fc.weight"], before["1.fc.weight"])
+    if "ema" in spec:
+        assert comp.averager.updates == 2
+        ev = comp.eval_model(model)
+        assert ev is not model and not torch.equal(ev.state_dict()["1.fc.weight"], model.state_dict()["1.fc.weight"])
+    if "nuat2" in spec:
+        assert comp.base.state_dict()["ema"]  # the attack EMA was updated after each step

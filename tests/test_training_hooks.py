@@ -1,0 +1,129 @@
+"""The runner's training-loop hooks: per-iteration lr schedules, replays (Free-AT), the early-stop
+guard (Fast-AT), weight averaging (EMA) and exact resumption of component state."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from natbench.defenses.fast_at import FastAT
+from natbench.registry import get_registry
+from natbench.resolve import resolve
+from natbench.runner import Runner, lr_at
+from natbench.taskspec import ProfileCfg
+
+REG = get_registry()
+SMALL = ["threat_model.train_steps=2", "training.epochs=2", "training.batch_size=128"]
+
+
+def _run(root, defense, *sets, suite="smoke"):
+    r = resolve(REG, "digits", defense, profile="quick", sets=[*SMALL, *sets], suite=suite)
+    Runner(root, registry=REG).run(r)
+    return r, root / r.run_id
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------- lr schedules
+def test_lr_points_are_interpolated_per_iteration_and_decayed_at_milestones():
+    p = ProfileCfg(lr=0.2, lr_points=((0, 0.0), (7.5, 0.2), (15, 0.0)), epochs=15)
+    assert lr_at(p, 0) == 0.0
+    assert lr_at(p, 3.75) == pytest.approx(0.1)
+    assert lr_at(p, 7.5) == pytest.approx(0.2)
+    assert lr_at(p, 7.5 + 3.75) == pytest.approx(0.1)
+    assert lr_at(p, 15) == 0.0
+    q = ProfileCfg(lr=0.1, lr_points=((0, 0.0), (40, 0.1), (80, 0.02)), milestones=(85, 90), epochs=100)  # NuAT's
+    assert lr_at(q, 84.9) == pytest.approx(0.02)
+    assert lr_at(q, 85.0) == pytest.approx(0.002)
+    assert lr_at(q, 95) == pytest.approx(0.0002)
+    assert lr_at(ProfileCfg(lr=0.05, milestones=(2,)), 1.5) == 0.05  # step schedule unchanged
+
+
+def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
+    seen = []
+    import natbench.runner as runner_mod
+
+    real = runner_mod.train_step
+
+    def spy(composite, model, batch, task, optimizer, generator, autocast=None):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real(composite, model, batch, task, optimizer, generator, autocast)
+
+    monkeypatch.setattr(runner_mod, "train_step", spy)
+    _run(tmp_path, "vanilla", "training.lr_points=[[0,0],[1,0.2],[2,0]]", "training.epochs=2")
+    n = len(seen) // 2  # batches per epoch
+    assert len(seen) == 2 * n and n >= 2
+    assert seen == pytest.approx([min(t, 2 - t) * 0.2 for t in (i / n for i in range(2 * n))])
+
+
+# ---------------------------------------------------------------------------------- replays
+def test_free_at_takes_m_optimizer_steps_per_batch(tmp_path):
+    r, run_dir = _run(tmp_path, "free-at", "free-at.m=3", "training.optimizer=adam", "training.epochs=1")
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    batches = -(-1293 // 128)  # digits' training split / batch 128
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {3 * batches}
+    assert "free-at" in state["components"]  # the persistent delta is saved for resumption
+
+
+# ---------------------------------------------------------------------------------- early stop
+def test_guard_stop_keeps_previous_epochs_weights(tmp_path, monkeypatch):
+    calls = []
+
+    def stop_at_second_call(self, model, task, batch, generator):  # the real guard also moves BN stats
+        calls.append(1)
+        return {"guard_robust": 0.5, "stop": 1.0 if len(calls) == 2 else 0.0}
+
+    monkeypatch.setattr(FastAT, "epoch_end", stop_at_second_call)
+    _, one = _run(tmp_path / "a", "fast-at", "training.epochs=1")
+    calls.clear()
+    r, three = _run(tmp_path / "b", "fast-at", "training.epochs=3")
+    history = json.loads((three / "record.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[1]["stop"] == 1.0 and "val_robust" not in history[1]
+    assert _same(_weights(three / "last.pt"), _weights(one / "last.pt"))  # epoch 0's weights
+    assert torch.load(three / "state.pt", weights_only=True)["stopped"] is True
+    # starting it again does not train further
+    Runner(tmp_path / "b", registry=REG).run(r, force=False)
+    assert _same(_weights(three / "last.pt"), _weights(one / "last.pt"))
+
+
+# ---------------------------------------------------------------------------------- averaging
+def test_ema_checkpoints_hold_the_averaged_model(tmp_path):
+    r, run_dir = _run(tmp_path, "pgd-at+ema", "ema.decay=0.5")
+    raw = torch.load(run_dir / "state.pt", weights_only=True)["model"]
+    last = _weights(run_dir / "last.pt")
+    assert set(last) == set(raw)
+    assert not _same(last, raw)
+    _, plain = _run(tmp_path / "plain", "pgd-at")
+    assert _same(torch.load(plain / "state.pt", weights_only=True)["model"], _weights(plain / "last.pt"))
+    assert _same(raw, torch.load(plain / "state.pt", weights_only=True)["model"])  # EMA does not change training
+
+
+# ---------------------------------------------------------------------------------- resumption
+@pytest.mark.parametrize("defense", ["free-at", "nuat2+ema"])
+def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
+    sets = ["free-at.m=2"] if defense == "free-at" else ["nuat2.attack_ema=0.99"]
+    _, ref = _run(tmp_path / "ref", defense, *sets)
+
+    real = Runner.validate
+
+    def crash_at_epoch_1(self, r, task, model, loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, r, task, model, loader, epoch)
+
+    monkeypatch.setattr(Runner, "validate", crash_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", defense, *sets)
+    monkeypatch.setattr(Runner, "validate", real)
+    _, cut = _run(tmp_path / "cut", defense, *sets)
+    assert _same(_weights(cut / "last.pt"), _weights(ref / "last.pt"))
+    assert _same(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
