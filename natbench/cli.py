@@ -77,6 +77,7 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
     seed: List[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several runs)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)"),
+    sweep: List[str] = typer.Option([], "--sweep", help="Run once per value: key.path=v1,v2,... (repeatable: every combination); one leaderboard row per value"),
     suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's; natbench list suites)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     root: Optional[Path] = RootOpt,
@@ -93,7 +94,9 @@ def run(
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     reg = get_registry()
-    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=set_, suite=suite) for s in seed]  # all checks first
+    combos = [list(set_) + list(extra) for extra in _sweep_sets(sweep)]
+    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=c, suite=suite)
+                for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg)
@@ -101,6 +104,22 @@ def run(
         runner.run(r, force=force)
     if show:
         _print_leaderboard(runner.store, resolved[0].task, "table")
+
+
+def _sweep_sets(sweep: List[str]) -> list[tuple[str, ...]]:
+    """``["nat.omega=0.006,0.06", "trades.beta=1,6"]`` -> one tuple of ``--set`` strings per combination."""
+    import itertools
+
+    axes = []
+    for item in sweep:
+        key, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or not all(vals):
+            raise ConfigError(f"--sweep {item!r}: expected key.path=v1,v2,..., e.g. --sweep nat.omega=0.006,0.03,0.06")
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"--sweep {item!r}: a value is listed twice; list each value once")
+        axes.append([f"{key.strip()}={v}" for v in vals])
+    return [tuple(c) for c in itertools.product(*axes)] if axes else [()]
 
 
 @app.command("eval")

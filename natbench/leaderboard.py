@@ -45,6 +45,8 @@ def table(
     column is the mean over seeds and ``<col>_std`` the sample std (ddof=1). ``profile`` keeps one
     recipe profile; when it is ``None`` and the task has runs of several profiles, a ``profile``
     column is added after ``defense`` so runs of different recipes are never averaged together.
+    Likewise a ``variant`` column (the run's ``--set`` values that differ from the spec, e.g.
+    ``nat.omega=0.06``) appears when any run has one: a sweep gives one row per value.
     Re-runs of an identical config (same config hash) count once: the newest is kept.
     """
     res = store.results(task)
@@ -65,7 +67,9 @@ def table(
     if sel.empty:
         raise RunError(f"No '{metric}' results for task '{task}' in {store.path}. "
                        f"Available metrics: {', '.join(sorted(res['metric'].unique()))}")
-    key = ["defense", "profile", "checkpoint"] if runs["profile"].nunique() > 1 else _KEY
+    key = ["defense", "profile", "checkpoint"] if runs["profile"].nunique() > 1 else list(_KEY)
+    if (runs["variant"] != "").any():  # runs with --set values are separate rows (a sweep: one row per value)
+        key.insert(key.index("checkpoint"), "variant")
 
     attacks = _attack_order(runs["suite"], sel["attack"])
     # one row per (run, checkpoint), one column per attack, in percent

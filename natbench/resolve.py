@@ -11,10 +11,13 @@ component of the composed defense (e.g. ``nat.omega=0.06``, ``trades.beta=3``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from . import compose
 from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
@@ -42,6 +45,8 @@ class Resolved:
     params: dict[str, Any]  # component -> Params instance
     suite: SuiteSpec
     seed: int
+    variant: str = ""  # what differs from the spec's defaults ("nat.omega=0.06 training.epochs=4"); a leaderboard key
+    pristine: dict | None = None  # the config without any --set (to derive dependencies' variants)
 
     @property
     def task(self) -> str:
@@ -88,8 +93,38 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         "seed": seed,
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
+    pristine = _validate(reg, copy.deepcopy(cfg), plan, kind_cls).config
     _apply_sets(reg, cfg, sets, plan)
-    return _validate(reg, cfg, plan, kind_cls)
+    return _with_variant(_validate(reg, cfg, plan, kind_cls), pristine)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def variant_of(pristine: dict, cfg: dict) -> str:
+    """The --set keys (short form) whose resolved values differ from ``pristine``, sorted:
+    ``"nat.omega=0.06 training.epochs=4"``. Seed and suite are not part of a variant."""
+    a = _flat({k: v for k, v in pristine.items() if k not in ("seed", "suite")})
+    b = _flat({k: v for k, v in cfg.items() if k not in ("seed", "suite")})
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key == "defense.canonical" or a.get(key, None) == b.get(key, None):
+            continue
+        short = key.removeprefix("defense.params.").removeprefix("task.")
+        value = b.get(key)
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        out.append(f"{short}={text}")
+    return " ".join(out)
+
+
+def _with_variant(r: Resolved, pristine: dict) -> Resolved:
+    return dataclasses.replace(r, variant=variant_of(pristine, r.config), pristine=pristine)
 
 
 def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:
@@ -146,7 +181,13 @@ def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...]
     cfg = copy.deepcopy(r.config)
     cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
     _apply_sets(reg, cfg, sets, plan)
-    return _validate(reg, cfg, plan, kind_cls)
+    out = _validate(reg, cfg, plan, kind_cls)
+    if r.pristine is None:
+        return out
+    pristine = copy.deepcopy(r.pristine)
+    pristine["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+    pristine["profile"] = r.config["profile"]
+    return _with_variant(out, _validate(reg, pristine, plan, kind_cls).config)
 
 
 def from_run_config(reg: Registry, cfg: dict) -> Resolved:

@@ -221,7 +221,7 @@ class Runner:
             config_hash=r.config_hash, git_rev=git_revision(), versions=versions(), device=str(self.device),
             started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             wall_train_s=round(t1 - t0, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
-            suite=["clean", *(a.id for a in r.suite.attacks)],
+            suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
         )
         self.store.record_run(record, results, flags, checks)
         atomic_write_text(run_dir / "record.json", json.dumps({

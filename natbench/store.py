@@ -23,7 +23,7 @@ from natbench.errors import RunError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.variant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started TEXT NOT NULL, finished TEXT NOT NULL,  -- ISO-8601 UTC
     wall_train_s REAL NOT NULL, wall_eval_s REAL NOT NULL,
     config_json TEXT NOT NULL,                     -- resolved config
-    suite_json TEXT NOT NULL                       -- attack ids in suite order, "clean" first
+    suite_json TEXT NOT NULL,                      -- attack ids in suite order, "clean" first
+    variant TEXT NOT NULL DEFAULT ''               -- --set values differing from the spec ("nat.omega=0.06")
 );
 CREATE INDEX IF NOT EXISTS runs_task ON runs(task);
 CREATE INDEX IF NOT EXISTS runs_config_hash ON runs(config_hash);
@@ -63,7 +64,7 @@ CREATE INDEX IF NOT EXISTS checks_run ON checks(run_id);
 _RUN_COLUMNS = (
     "run_id", "task", "defense", "profile", "seed", "config_hash", "status", "git_rev",
     "versions_json", "device", "started", "finished", "wall_train_s", "wall_eval_s",
-    "config_json", "suite_json",
+    "config_json", "suite_json", "variant",
 )
 
 
@@ -86,6 +87,7 @@ class RunRecord:
     wall_eval_s: float
     config: dict = field(default_factory=dict)  # resolved config (stored as JSON)
     suite: list[str] = field(default_factory=list)  # attack ids in suite order, "clean" first
+    variant: str = ""  # --set values that differ from the spec's defaults (a leaderboard key)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class Store:
                 f"({SCHEMA_VERSION}). Upgrade natbench or use another --root."
             )
         with self._conn:
+            if version == 1:  # a store written before variants existed: every run is its spec's default
+                self._conn.execute("ALTER TABLE runs ADD COLUMN variant TEXT NOT NULL DEFAULT ''")
             self._conn.executescript(SCHEMA)
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -173,7 +177,7 @@ class Store:
             run.run_id, run.task, run.defense, run.profile, int(run.seed), run.config_hash,
             "complete", run.git_rev, json.dumps(dict(run.versions), sort_keys=True), run.device,
             run.started, run.finished, float(run.wall_train_s), float(run.wall_eval_s),
-            json.dumps(run.config, sort_keys=True, default=str), json.dumps(list(run.suite)),
+            json.dumps(run.config, sort_keys=True, default=str), json.dumps(list(run.suite)), run.variant,
         )
         rows = _rows(run.run_id, results, flags, checks)
         placeholders = ", ".join("?" * len(_RUN_COLUMNS))
@@ -269,10 +273,10 @@ class Store:
     def results(self, task: str | None = None) -> pd.DataFrame:
         """All results of complete runs (optionally of one task), in recording order.
 
-        Columns: run_id, task, defense, profile, seed, checkpoint, attack, metric, value.
+        Columns: run_id, task, defense, profile, variant, seed, checkpoint, attack, metric, value.
         """
         sql = (
-            "SELECT r.run_id, r.task, r.defense, r.profile, r.seed, x.checkpoint, x.attack, "
+            "SELECT r.run_id, r.task, r.defense, r.profile, r.variant, r.seed, x.checkpoint, x.attack, "
             "x.metric, x.value FROM results x JOIN runs r ON r.run_id = x.run_id "
             "WHERE r.status = 'complete'"
         )
@@ -280,8 +284,8 @@ class Store:
         if task is not None:
             sql, params = sql + " AND r.task = ?", (task,)
         rows = self._conn.execute(sql + " ORDER BY r.started, r.run_id, x.rowid", params).fetchall()
-        cols = ["run_id", "task", "defense", "profile", "seed", "checkpoint", "attack", "metric",
-                "value"]
+        cols = ["run_id", "task", "defense", "profile", "variant", "seed", "checkpoint", "attack",
+                "metric", "value"]
         df = pd.DataFrame(rows, columns=cols)
         return df.astype({"seed": "int64", "value": float})
 

@@ -66,6 +66,9 @@ def _bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str | None]]:
         "unknown-suite": ([*run, "--suite", "nosuch"], "nosuch"),
         "bad-device": ([*run, "--device", "tpu"], "tpu"),
         "negative-seed": ([*run, "--seed", "-1"], "seed"),
+        "sweep-malformed": ([*run, "--sweep", "training.lr"], "key.path=v1,v2"),
+        "sweep-duplicate-value": ([*run, "--sweep", "training.lr=0.1,0.1"], "twice"),
+        "sweep-bad-value": ([*run, "--sweep", "training.epochs=1,0"], "epochs"),
         "second-seed-bad-set": ([*run, "--seed", "0", "--seed", "1", "--set", "training.epochs=0"], "epochs"),
         "eval-unknown-run": (["eval", "no-such-run"], "no-such-run"),
         "eval-bad-checkpoint": (["eval", "no-such-run", "--checkpoint", "middle"], "middle"),
@@ -80,7 +83,7 @@ BAD_IDS = [
     "unknown-task", "unknown-defense", "two-bases", "unknown-component", "malformed-task-file", "dupkey-task-file",
     "missing-task-file", "set-unknown-top", "set-unknown-leaf", "set-malformed", "set-eps-negative",
     "set-eps-not-a-number", "set-component-not-composed", "missing-data-root", "unknown-profile", "unknown-suite",
-    "bad-device", "negative-seed", "second-seed-bad-set", "eval-unknown-run", "eval-bad-checkpoint",
+    "bad-device", "negative-seed", "sweep-malformed", "sweep-duplicate-value", "sweep-bad-value", "second-seed-bad-set", "eval-unknown-run", "eval-bad-checkpoint",
     "leaderboard-no-store", "leaderboard-bad-format", "list-unknown-kind", "fixture-unknown-dataset",
 ]
 

@@ -14,13 +14,13 @@ from natbench.store import CheckRow, FlagRow, ResultRow, RunRecord, Store
 
 
 def make_run(run_id="r1", *, task="digits", defense="vanilla", seed=0, config_hash="h1",
-             suite=("clean", "pgd-20")) -> RunRecord:
+             suite=("clean", "pgd-20"), variant="") -> RunRecord:
     return RunRecord(
         run_id=run_id, task=task, defense=defense, profile="smoke", seed=seed,
         config_hash=config_hash, git_rev="abc123", versions={"torch": "2.3.0", "numpy": "1.26"},
         device="cpu", started="2024-01-01T00:00:00Z", finished="2024-01-01T00:10:00Z",
         wall_train_s=12.5, wall_eval_s=3.25, config={"lr": 0.1, "eps": 8 / 255, "nested": {"a": [1, 2]}},
-        suite=list(suite),
+        suite=list(suite), variant=variant,
     )
 
 
@@ -58,7 +58,7 @@ def test_round_trip(store):
     assert store.find_complete("other") is None
 
     res = store.results()
-    assert list(res.columns) == ["run_id", "task", "defense", "profile", "seed", "checkpoint",
+    assert list(res.columns) == ["run_id", "task", "defense", "profile", "variant", "seed", "checkpoint",
                                  "attack", "metric", "value"]
     assert list(zip(res.checkpoint, res.attack, res.value)) == [
         (r.checkpoint, r.attack, r.value) for r in RESULTS]
@@ -168,12 +168,33 @@ def test_wal_mode_and_schema_version(store):
     con = sqlite3.connect(store.path)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     finally:
         con.close()
     assert {"runs", "results", "flags", "checks", "runs_task", "runs_config_hash"} <= names
     assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_version_1_store_is_migrated(tmp_path):
+    """A store written before ``runs.variant`` existed opens, keeps its runs, and gets variant ''."""
+    from natbench.store import SCHEMA
+
+    path = tmp_path / "natbench.sqlite"
+    v1 = SCHEMA.replace('suite_json TEXT NOT NULL,', 'suite_json TEXT NOT NULL').split("variant TEXT", 1)
+    v1 = v1[0] + ");" + v1[1].split(");", 1)[1]
+    con = sqlite3.connect(path)
+    con.executescript(v1)
+    con.execute("INSERT INTO runs VALUES ('old', 'digits', 'vanilla', 'default', 0, 'h0', 'complete', 'x', '{}', "
+                "'cpu', 's', 'f', 1.0, 1.0, '{}', '[\"clean\"]')")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    store = Store(path)
+    assert store.get_run("old").variant == ""
+    store.record_run(make_run("r2", config_hash="h2", variant="nat.omega=0.06"), RESULTS, FLAGS, CHECKS)
+    assert store.get_run("r2").variant == "nat.omega=0.06"
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_newer_schema_is_refused(tmp_path):
