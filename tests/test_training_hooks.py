@@ -127,3 +127,25 @@ def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
     _, cut = _run(tmp_path / "cut", defense, *sets)
     assert _same(_weights(cut / "last.pt"), _weights(ref / "last.pt"))
     assert _same(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
+
+
+@pytest.mark.parametrize("name", ["nuat", "nuat2", "fast"])
+def test_cyclic_profiles_match_torch_cycliclr_as_the_references_step_it(name):
+    """The cifar10 recipe profiles against torch's CyclicLR driven the way each reference drives it."""
+    prof = resolve(REG, "cifar10", "pgd-at", profile=name).profile
+    iters = 8
+    up, down, stop_at, drops = {"nuat": (40, 50, 80, (85, 90)), "nuat2": (20, 20, 35, (40, 45)),
+                                "fast": (7.5, 7.5, 15, ())}[name]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    peak = 0.2 if name == "fast" else 0.1
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=peak, step_size_up=int(iters * up),
+                                              step_size_down=int(iters * down), cycle_momentum=False)
+    for epoch in range(prof.epochs):
+        for i in range(iters):
+            assert lr_at(prof, epoch + i / iters) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12), (epoch, i)
+            if epoch < stop_at:
+                opt.step()  # (no gradients: only keeps torch's step-order check quiet)
+                sched.step()
+        if epoch in drops:  # NuAT: "if (epoch - lr_up - lr_down) in [5, 10]: LR /= 10" at the end of the epoch
+            for g in opt.param_groups:
+                g["lr"] /= 10
