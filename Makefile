@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT ?= runs
 DEMO_DEFENSES := vanilla pgd-at trades nat
+COMPARE_DEFENSES := vanilla pgd-at trades mart awp nuat fast-at nat trades+nat pgd-at+nat+awp
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench compare-digits
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +22,13 @@ demo: $(STAMP)
 		$(BIN)/natbench run --task digits --defense $$d --seed 0 --root $(ROOT) --no-leaderboard || exit $$?; \
 	done
 	$(BIN)/natbench leaderboard --task digits --root $(ROOT)
+
+# Issue 3's digits comparison: every defense at the default (full) profile, seed 0; pgd-at and nat
+# also with seeds 1 and 2. Writes leaderboards/digits.* at the end. About 20-30 min on 2 CPU cores.
+compare-digits: $(STAMP)
+	$(BIN)/natbench run --task digits $(foreach d,$(COMPARE_DEFENSES),--defense $(d)) --seed 0 --root $(ROOT) --no-leaderboard
+	$(BIN)/natbench run --task digits --defense pgd-at --defense nat --seed 1 --seed 2 --root $(ROOT) --no-leaderboard
+	$(BIN)/natbench leaderboard --task digits --root $(ROOT) --write
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -73,7 +73,7 @@ def check() -> None:
 @app.command()
 def run(
     task: str = typer.Option(..., "--task", "-t", help="Task name (natbench list tasks) or path to a task YAML"),
-    defense: str = typer.Option(..., "--defense", "-d", help="Defense spec, e.g. vanilla, pgd-at, trades+nat, nat"),
+    defense: List[str] = typer.Option(..., "--defense", "-d", help="Defense spec, e.g. vanilla, pgd-at, trades+nat, nat (repeat for several)"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
     seed: List[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several runs)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)"),
@@ -85,7 +85,9 @@ def run(
     force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
 ) -> None:
-    """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results."""
+    """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results.
+
+    Every --defense x --sweep value x --seed combination is one run; all are checked before the first starts."""
     from .registry import get_registry
     from .resolve import data_root as resolve_data_root, resolve
     from .runner import Runner, pick_device
@@ -95,8 +97,8 @@ def run(
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     reg = get_registry()
     combos = [list(set_) + list(extra) for extra in _sweep_sets(sweep)]
-    resolved = [resolve(reg, task, defense, profile=profile, seed=s, sets=c, suite=suite)
-                for c in combos for s in seed]  # all checks first
+    resolved = [resolve(reg, task, d, profile=profile, seed=s, sets=c, suite=suite)
+                for d in defense for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg)
@@ -202,8 +204,9 @@ def _print_leaderboard(store, task: str, fmt: str) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     table = Table(title=f"{task} — accuracy (%) on the test set", title_justify="left")
-    value_cols = [c for c in df.columns if c not in ("defense", "profile", "checkpoint", "seeds") and not c.endswith("_std")]
-    key_cols = [c for c in ("defense", "profile", "checkpoint", "seeds") if c in df.columns]
+    keys = ("defense", "profile", "variant", "checkpoint", "seeds")
+    value_cols = [c for c in df.columns if c not in keys and not c.endswith("_std")]
+    key_cols = [c for c in keys if c in df.columns]
     for c in key_cols + value_cols:
         table.add_column(c, justify="left" if c in key_cols else "right")
     for _, row in df.iterrows():
