@@ -149,3 +149,24 @@ def test_cyclic_profiles_match_torch_cycliclr_as_the_references_step_it(name):
         if epoch in drops:  # NuAT: "if (epoch - lr_up - lr_down) in [5, 10]: LR /= 10" at the end of the epoch
             for g in opt.param_groups:
                 g["lr"] /= 10
+
+
+def test_amp_and_channels_last_only_on_cuda():
+    from natbench.runner import cuda_speedups
+
+    assert cuda_speedups(ProfileCfg(), torch.device("cpu")) == (None, False)
+    ctx, cl = cuda_speedups(ProfileCfg(amp=False, channels_last=False), torch.device("cuda"))
+    assert ctx is None and cl is False
+    ctx, cl = cuda_speedups(ProfileCfg(), torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and cl is True
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_channels_last_training_run(tmp_path):
+    """On a GPU: a NAT run trains under bf16 autocast + channels_last and evaluates in fp32."""
+    r = resolve(REG, "digits", "pgd-at+nat", profile="quick", sets=SMALL, suite="smoke")
+    Runner(tmp_path, device=torch.device("cuda"), registry=REG).run(r)
+    history = json.loads((tmp_path / r.run_id / "record.json").read_text())["history"]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    state = torch.load(tmp_path / r.run_id / "last.pt", weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
