@@ -219,6 +219,10 @@ class Composite:
 
         def loss_fn(m: torch.nn.Module) -> LossOut:
             cache_i = {k: v for k, v in cache.items() if not k.startswith("logits_")}
+            for r in self.regularizers:  # e.g. NAT's joint_forward fills logits_clean/logits_adv in one forward
+                hook = getattr(r, "pre_loss", None)
+                if callable(hook):
+                    hook(m, batch, task, cache_i)
             out = self.base.loss(m, batch, task, cache_i)
             for r in self.regularizers:
                 out = out + r.loss(m, batch, task, cache_i)

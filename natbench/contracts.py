@@ -158,7 +158,8 @@ class Regularizer(Protocol):
 
     ``loss`` returns the *whole* additive term, its weight included (the weight is a field of the
     regularizer's own ``Params``; see DESIGN deviation note in ``compose.py``). ``needs_cache`` are
-    cache keys a base defense must provide; ``dependencies`` are models the runner must bind first.
+    cache keys a base defense must provide; ``dependencies`` are models the runner must bind first
+    (a class or an instance attribute: NAT builds its own from its params).
     """
 
     name: ClassVar[str]
@@ -190,6 +191,17 @@ class WeightAverager(Protocol):
     def averaged(self, model: nn.Module) -> nn.Module: ...
 
 
+def cached_logits(model: nn.Module, batch: Batch, task: Any, cache: dict, which: str, x: Tensor) -> Tensor:
+    """``cache["logits_<which>"]`` when a component already computed it in this loss evaluation
+    (e.g. NAT's joint clean+adv forward); otherwise ``task.logits(model, batch, x)``, stored so the
+    composed terms share one forward pass."""
+    z = cache.get(f"logits_{which}")
+    if z is None:
+        z = task.logits(model, batch, x)
+        cache[f"logits_{which}"] = z
+    return z
+
+
 HOOKS_DOC = """Optional hooks any component (base, regularizer, perturbation, averager) may define.
 
 The runner calls them; a component without them is unaffected.
@@ -202,6 +214,9 @@ The runner calls them; a component without them is unaffected.
   an EMA, an iteration counter).
 - ``replays: int`` (base defense attribute): the runner takes this many optimizer steps on each
   mini-batch (Free-AT's m); the learning rate is scheduled per replay.
+- ``pre_loss(model, batch, task, cache)`` (regularizers): inside the loss closure, before the base's
+  ``loss``; may fill ``cache["logits_*"]``, which the base and later terms reuse via
+  :func:`cached_logits` (NAT's ``joint_forward``: clean and adversarial logits in one forward).
 - ``epoch_end(model, task, batch, generator) -> dict[str, float]``: after an epoch's training,
   before validation, with the epoch's first training batch. The values go into the history; a
   ``"stop"`` value > 0 ends training *without* this epoch: ``last`` stays the previous epoch's

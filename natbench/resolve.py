@@ -26,6 +26,8 @@ from .registry import Registry
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
+#: config paths left out of the provenance hash and of variants: they cannot change a result
+NOT_HASHED = (("task", "data", "num_workers"),)
 #: task fields that choose *what* runs; they have their own options (or cannot change per run)
 FIXED_TASK_FIELDS = {"task": "the task name is fixed; use --task", "kind": "the task kind is fixed by the spec",
                      "suite": "use --suite", "default_profile": "use --profile", "defense_params": "use --set <component>.<param>=..."}
@@ -114,7 +116,7 @@ def variant_of(pristine: dict, cfg: dict) -> str:
     b = _flat({k: v for k, v in cfg.items() if k not in ("seed", "suite")})
     out = []
     for key in sorted(set(a) | set(b)):
-        if key == "defense.canonical" or a.get(key, None) == b.get(key, None):
+        if key == "defense.canonical" or a.get(key, None) == b.get(key, None) or tuple(key.split(".")) in NOT_HASHED:
             continue
         short = key.removeprefix("defense.params.").removeprefix("task.")
         value = b.get(key)
@@ -167,7 +169,13 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     cfg["defense"]["params"] = {k: to_dict(v) for k, v in params.items()}
     # The provenance hash covers what determines the trained model; the suite only says what to
     # evaluate, so runs that differ in suite share training (missing attacks are evaluated later).
-    h = config_hash({k: v for k, v in cfg.items() if k != "suite"})
+    hashed = copy.deepcopy({k: v for k, v in cfg.items() if k != "suite"})
+    for path in NOT_HASHED:  # performance knobs that cannot change a number
+        parent = hashed
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        parent.pop(path[-1], None)
+    h = config_hash(hashed)
     run_id = f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}"
     return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
 

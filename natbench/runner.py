@@ -169,6 +169,7 @@ class Runner:
         self.root = Path(self.root)
         self.registry = self.registry or get_registry()
         self._store: Store | None = None
+        self._stack: list[str] = []  # config hashes of the runs waiting for a dependency (cycle guard)
 
     @property
     def store(self) -> Store:
@@ -193,17 +194,28 @@ class Runner:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         composite = Composite.build(r.plan, r.params)
+        _, channels_last = cuda_speedups(r.profile, self.device)
         for component, dep in composite.dependencies():
             dep_r = with_defense(self.registry, r, dep.defense, dep.sets)
             dep_task = self.task(dep_r)
-            if dep.checkpoint == "init":  # an untrained model: the seeded initialisation of that run
-                self.reporter.message(f"{r.run_id}: {dep.role} model is the untrained initialisation of {dep_r.run_id}")
-                torch.manual_seed(derive_seed(dep_r.seed, "init"))
-                component.bind(dep.role, dep_task.build_model().to(self.device))
-                continue
-            self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
-            dep_id = self.run(dep_r)
-            component.bind(dep.role, self.load_model(dep_task, dep_id, dep.checkpoint))
+            if dep.checkpoint == "init":  # an untrained model, seeded apart from the target's own init
+                self.reporter.message(f"{r.run_id}: {dep.role} model is an untrained {dep_r.spec.model.arch}")
+                torch.manual_seed(derive_seed(dep_r.seed, "init", "dependency", dep.role))
+                model = dep_task.build_model().to(self.device)
+            else:
+                if dep_r.config_hash in (*self._stack, r.config_hash):
+                    from .errors import CompositionError
+
+                    raise CompositionError(f"{r.run_id}: its {dep.role} dependency ({dep_r.defense}) needs itself; "
+                                           f"check defense_params / --set of {dep.defense}")
+                self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
+                self._stack.append(r.config_hash)
+                try:
+                    dep_id = self.run(dep_r)
+                finally:
+                    self._stack.pop()
+                model = self.load_model(dep_task, dep_id, dep.checkpoint)
+            component.bind(dep.role, model.to(memory_format=torch.channels_last) if channels_last else model)
         run_dir = self.root / r.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:  # from scratch: drop what an earlier attempt left

@@ -18,13 +18,19 @@ class DataCfg:
     val_fraction: float = 0.1  # fraction of the training set held out for checkpoint selection
     test_fraction: float = 0.2  # for datasets without an official test split (digits)
     split_seed: int = 0  # the split is fixed by this seed, independent of the run's seed
-    augment: str = "none"  # training augmentation: "none" | "crop_flip"
+    augment: str = "none"  # training augmentation: "none" | "crop_flip" | "resized_crop_flip" (file datasets only)
+    image_size: int = 224  # file datasets (imagenet100): side of the square crops fed to the model
+    resize: int | None = None  # file datasets: shorter side before the crop (val/test, crop_flip); None = round(image_size * 256 / 224)
+    class_list: str = "cmc"  # imagenet100: pinned 100-class list, "cmc" (Tian et al., CMC) | "gat" (Sriramanan et al., GAT)
+    num_workers: int = 0  # file datasets: decode threads per loader (results do not depend on it; not part of the run hash)
 
     def validate(self, where: str) -> None:
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{where}.{name}: must be in [0, 1), got {v}")
+        if self.image_size < 1 or self.num_workers < 0 or (self.resize is not None and self.resize < self.image_size):
+            raise ConfigError(f"{where}: need image_size >= 1, num_workers >= 0 and resize >= image_size (or null)")
 
 
 @dataclass(frozen=True)

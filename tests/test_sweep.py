@@ -48,3 +48,10 @@ def test_sweep_gives_one_leaderboard_row_per_value(tmp_path):
     assert sorted(set(df["variant"])) == ["training.epochs=1", "training.epochs=1 training.lr=0.1"]
     assert set(df["seeds"]) == {1}
     assert len(df) == 4  # 2 values x {best, last}
+
+
+def test_decode_threads_change_neither_hash_nor_variant():
+    a = resolve(REG, "digits", "vanilla")
+    b = resolve(REG, "digits", "vanilla", sets=["data.num_workers=4"])
+    assert a.config_hash == b.config_hash and b.variant == ""
+    assert b.config["task"]["data"]["num_workers"] == 4  # still saved in config.yaml

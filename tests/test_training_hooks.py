@@ -170,3 +170,45 @@ def test_cuda_bf16_channels_last_training_run(tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     state = torch.load(tmp_path / r.run_id / "last.pt", weights_only=True)
     assert all(v.is_contiguous() for v in state.values())
+
+
+# ---------------------------------------------------------------------------------- dependencies
+def test_random_adversary_is_untrained_and_not_the_targets_init(tmp_path, monkeypatch):
+    from natbench.regularizers.nat import NAT
+
+    bound = {}
+    real_bind = NAT.bind
+
+    def spy(self, role, model):
+        bound[role] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_bind(self, role, model)
+
+    monkeypatch.setattr(NAT, "bind", spy)
+    r, run_dir = _run(tmp_path, "nat", "nat.adversary=random", "training.epochs=1")
+    from natbench.store import Store
+
+    assert list(Store(tmp_path / "natbench.sqlite").runs().defense) == ["pgd-at+nat"]  # nothing else trained
+    torch.manual_seed(__import__("natbench.runner", fromlist=["derive_seed"]).derive_seed(0, "init"))
+    target_init = Runner(tmp_path, registry=REG).task(r).build_model().state_dict()
+    assert not _same(bound["adversary"], target_init)
+
+
+def test_adversary_of_another_architecture_is_a_recorded_run(tmp_path):
+    r, _ = _run(tmp_path, "nat", "nat.adversary_arch=[resnet18]", "training.epochs=1")
+    from natbench.store import Store
+
+    runs = Store(tmp_path / "natbench.sqlite").runs().set_index("defense")
+    assert "model.arch=resnet18" in runs.loc["vanilla", "variant"]
+    assert "nat.adversary_arch=[resnet18]" in runs.loc["pgd-at+nat", "variant"]
+
+
+def test_dependency_cycle_is_refused(tmp_path):
+    from natbench.errors import CompositionError
+
+    spec = tmp_path / "nasty_digits.yaml"
+    from natbench.registry import SPECS_DIR
+
+    spec.write_text(f"include: {SPECS_DIR / 'tasks' / 'digits.yaml'}\ndefense_params: {{nat: {{adversary: nasty}}}}\n")
+    r = resolve(REG, str(spec), "nat", profile="quick", sets=SMALL, suite="smoke")
+    with pytest.raises(CompositionError, match="needs itself"):
+        Runner(tmp_path / "runs", registry=REG).run(r)

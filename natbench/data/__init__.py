@@ -1,11 +1,14 @@
 """Dataset readers (real on-disk formats) and synthetic fixture writers (the same formats).
 
 Readers return :class:`TensorSplits`: uint8/float image tensors in [0, 1] and int64 labels for a
-train pool and a test set; the task carves the validation split from the train pool.
+train pool and a test set; the task carves the validation split from the train pool. Datasets too
+large for memory (ImageNet-100) return :class:`FileSplits` instead: image file paths and labels,
+which the task decodes per batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +23,25 @@ class TensorSplits:
     classes: list[str]
 
 
+@dataclass
+class FileSplits:
+    """Image files (decoded per batch by the task, never all in memory) and their int64 labels."""
+
+    train_files: list[Path]  # the train pool, in a fixed order (the val split is carved from it)
+    train_y: torch.Tensor  # int64 (N,)
+    test_files: list[Path]
+    test_y: torch.Tensor
+    classes: list[str]  # label i is classes[i]
+    hint: str = ""  # appended to errors about one file: the expected layout and the fixture command
+
+
+#: dataset -> "module:function(root, *, test_fraction, split_seed[, class_list]) -> TensorSplits | FileSplits".
+#: The task passes ``class_list`` (DataCfg) only to readers that declare it.
 READERS = {
     "digits": "natbench.data.digits:read",
     "cifar10": "natbench.data.cifar:read_cifar10",
     "cifar100": "natbench.data.cifar:read_cifar100",
+    "imagenet100": "natbench.data.imagenet100:read_imagenet100_files",
 }
 
 #: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
@@ -31,7 +49,7 @@ READERS = {
 FIXTURES: dict[str, str] = {
     "cifar10": "natbench.data.cifar:write_cifar10_fixture",
     "cifar100": "natbench.data.cifar:write_cifar100_fixture",
-    "imagenet100": "natbench.data.imagenet100:write_imagenet100_fixture",
+    "imagenet100": "natbench.data.imagenet100:write_imagenet100_full_fixture",
 }
 
 

@@ -18,19 +18,30 @@ subfolders (any image name is accepted). ``val`` is the test split, as in both p
 
 Labels: torchvision's ``ImageFolder`` labels classes by the ``sorted()`` names of the folders that
 exist, so a partial copy gets a different mapping. Here the label of a wnid is its index in the
-SORTED pinned list, whatever folders exist; folders that are not pinned wnids are ignored and
-missing classes are allowed (fixtures hold a few classes only).
+SORTED pinned list, whatever folders exist; folders that are not pinned wnids are ignored.
+:class:`Imagenet100Folder` allows missing classes (labels unchanged); the task's reader refuses them.
 
-ImageNet does not fit in memory as tensors, so :func:`read_imagenet100` returns a pair of
-:class:`Imagenet100Folder` datasets (``torch.utils.data.Dataset``) instead of ``TensorSplits``; it is
-not in ``READERS`` yet; the classification task will consume it (through a DataLoader) in a later
-change. Transforms follow GAT-ImageNet100.py, with no Normalize (inputs in [0, 1]): train
-``RandomResizedCrop(image_size)`` + horizontal flip; val ``Resize(image_size * 256 / 224)`` +
-``CenterCrop(image_size)``.
+ImageNet does not fit in memory as tensors. The task reads it through :func:`read_imagenet100_files`
+(``READERS["imagenet100"]``), which returns :class:`~natbench.data.FileSplits` (paths + labels) that
+the classification task decodes per batch with its own deterministic transforms (train
+``RandomResizedCrop(image_size)`` + horizontal flip as GAT-ImageNet100.py, or Resize + RandomCrop +
+flip; val/test ``Resize(resize)`` + ``CenterCrop(image_size)``, no Normalize: inputs in [0, 1]; see
+``natbench.tasks.classification``). That reader is strict: every one of the 100 pinned wnids must
+have images in both ``train`` and ``val``, otherwise a :class:`DataError` names the missing ones (a
+partial copy would silently train and test on fewer classes than the leaderboard says).
+
+:class:`Imagenet100Folder` is the permissive ``torch.utils.data.Dataset`` view of one split (missing
+classes allowed, labels unchanged; torchvision transforms drawn from the global RNG), for use with a
+plain DataLoader outside the benchmark. :func:`read_imagenet100` returns a pair of them.
+
+Fixtures: :func:`write_imagenet100_fixture` writes a few classes of one list (or of several);
+:func:`write_imagenet100_full_fixture` (``natbench data fixture imagenet100 --out DIR``) writes every
+wnid of both lists, 3 train + 1 val JPEGs each, so the task runs on it with either class list.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -39,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from . import FileSplits
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +94,22 @@ _LAYOUT = f"<root>/{SUBFOLDER}/{{train,val}}/<wnid>/*.JPEG"
 _FIX = "Fix: sort ImageNet into that layout, or write a synthetic copy with: natbench data fixture imagenet100 --out DIR"
 
 
+HINT = f"Expected {_LAYOUT}. {_FIX}"
+
+
 def _error(path, problem: str) -> DataError:
-    return DataError(f"ImageNet-100 {path}: {problem}. Expected {_LAYOUT}. {_FIX}")
+    return DataError(f"ImageNet-100 {path}: {problem}. {HINT}")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _loose_images(folder: Path) -> str:
+    """A hint when ``folder`` holds images directly (the raw, flat ILSVRC val folder)."""
+    n = sum(1 for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
+    return (f" ({n} images lie directly in it: sort the raw ILSVRC val images into <wnid> subfolders first)"
+            if n else "")
 
 
 def classes(class_list: str = "cmc") -> tuple[str, ...]:
@@ -135,15 +161,15 @@ class Imagenet100Folder(Dataset):
         self.samples: list[tuple[Path, int]] = []
         for wnid in self.classes:  # sorted, so samples are in ImageFolder order
             folder = self.dir / wnid
-            if folder.is_dir():
-                files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-                self.samples += [(p, self.class_to_idx[wnid]) for p in files]
+            if folder.is_dir():  # scandir: no stat() per file (126k train images)
+                files = sorted(e.name for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
+                self.samples += [(folder / f, self.class_to_idx[wnid]) for f in files]
         ignored = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and p.name not in self.class_to_idx)
         if ignored:
             log.info("ImageNet-100 %s: ignoring %d folder(s) not in the '%s' list: %s", self.dir, len(ignored),
                         class_list, ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
         if not self.samples:
-            raise _error(self.dir, f"no images of any of the 100 '{class_list}' wnids")
+            raise _error(self.dir, f"no images of any of the 100 '{class_list}' wnids{_loose_images(self.dir)}")
         present = len({y for _, y in self.samples})
         if present < len(self.classes):
             log.info("ImageNet-100 %s: %d of %d '%s' classes present", self.dir, present, len(self.classes), class_list)
@@ -179,30 +205,77 @@ def read_imagenet100(root, *, class_list: str = "cmc", image_size: int = 224, te
     return Imagenet100Splits(train, test, train.classes)
 
 
-def write_imagenet100_fixture(out_dir, class_list: str = "cmc", n_classes: int = 5, per_class: int = 3,
-                              size: int = 64, seed: int = 0) -> Path:
+def read_imagenet100_files(root, *, class_list: str = "cmc", test_fraction: float = 0.2,
+                           split_seed: int = 0) -> FileSplits:
+    """The task's reader: train and val (= test) file lists with labels = index in the sorted pinned list.
+
+    Strict: every pinned wnid must have at least one image in ``train`` and in ``val``; folders of
+    other wnids are ignored. ``test_fraction``/``split_seed`` are unused (official split).
+    """
+    parts = {}
+    for split in SPLITS:
+        ds = Imagenet100Folder(root, split, class_list, transform=_no_transform)
+        present = set(ds.targets)
+        missing = [w for i, w in enumerate(ds.classes) if i not in present]
+        if missing:
+            raise _error(ds.dir, f"{len(missing)} of the 100 '{class_list}' wnids have no images here "
+                                 f"(e.g. {', '.join(missing[:3])}){_loose_images(ds.dir)}; natbench refuses a "
+                                 f"partial copy (check data.class_list: cmc or gat)")
+        parts[split] = ds
+    train, test = parts["train"], parts["val"]
+    log.info("ImageNet-100 (%s) from %s: %d train, %d val (test) images", class_list, train.dir.parent,
+             len(train), len(test))
+    return FileSplits([p for p, _ in train.samples], torch.tensor(train.targets, dtype=torch.int64),
+                      [p for p, _ in test.samples], torch.tensor(test.targets, dtype=torch.int64),
+                      list(train.classes), hint=HINT)
+
+
+def _no_transform(img):
+    return img
+
+
+def write_imagenet100_fixture(out_dir, class_list: str | tuple[str, ...] = "cmc", n_classes: int = 5,
+                              per_class: int = 3, size: int = 64, seed: int = 0,
+                              val_per_class: int | None = None) -> Path:
     """Write ``<out_dir>/imagenet100/{train,val}/<wnid>/<wnid>_<n>.JPEG`` for ``n_classes`` pinned wnids.
 
-    The wnids are spread over the sorted list (first, last and evenly in between) so their labels
-    are not simply 0..n-1. Images are class-dependent (colour + stripes + noise). Returns ``out_dir``.
+    ``class_list`` is one list name or several (``("cmc", "gat")``: ``n_classes`` of each, the union
+    written once). The wnids are spread over each sorted list (first, last and evenly in between) so
+    their labels are not simply 0..n-1. ``per_class`` images per wnid in ``train`` and
+    ``val_per_class`` (default: ``per_class``) in ``val``. Images are ``size`` x ``size`` and depend
+    on the wnid only (colour + stripes + noise), whichever list labels them. Returns ``out_dir``.
     """
     from PIL import Image
 
     from .cifar import synthetic_images
 
-    wnids = classes(class_list)
-    if not 1 <= n_classes <= len(wnids):
-        raise ValueError(f"n_classes must be in 1..{len(wnids)}, got {n_classes}")
-    picked = sorted({int(i) for i in np.linspace(0, len(wnids) - 1, n_classes).round()})
+    lists = (class_list,) if isinstance(class_list, str) else tuple(class_list)
+    looks = sorted(set().union(*(classes(name) for name in lists)))  # a wnid's look: its index in the union
+    wnids: set[str] = set()
+    for name in lists:
+        pinned = classes(name)
+        if not 1 <= n_classes <= len(pinned):
+            raise ValueError(f"n_classes must be in 1..{len(pinned)}, got {n_classes}")
+        wnids.update(pinned[int(i)] for i in np.linspace(0, len(pinned) - 1, n_classes).round())
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     for split in SPLITS:
-        for label in picked:
-            folder = out_dir / SUBFOLDER / split / wnids[label]
+        k = per_class if split == "train" or val_per_class is None else val_per_class
+        for wnid in sorted(wnids):
+            folder = out_dir / SUBFOLDER / split / wnid
             folder.mkdir(parents=True, exist_ok=True)
-            numbers = rng.choice(np.arange(1, 20_000), size=per_class, replace=False)
-            for number, img in zip(numbers, synthetic_images([label] * per_class, rng, size)):
-                Image.fromarray(img).save(folder / f"{wnids[label]}_{number}.JPEG", format="JPEG", quality=90)
-    log.info("wrote a synthetic ImageNet-100 (%s) fixture with %d classes to %s", class_list, len(picked),
+            numbers = rng.choice(np.arange(1, 20_000), size=k, replace=False)
+            for number, img in zip(numbers, synthetic_images([looks.index(wnid)] * k, rng, size)):
+                Image.fromarray(img).save(folder / f"{wnid}_{number}.JPEG", format="JPEG", quality=90)
+    log.info("wrote a synthetic ImageNet-100 (%s) fixture with %d classes to %s", "+".join(lists), len(wnids),
              out_dir / SUBFOLDER)
     return out_dir
+
+
+def write_imagenet100_full_fixture(out_dir) -> Path:
+    """``natbench data fixture imagenet100``: all wnids of both lists (188), 3 train + 1 val JPEGs each, 64 px.
+
+    A task run on it works with ``data.class_list`` cmc or gat (100 classes either way).
+    """
+    return write_imagenet100_fixture(out_dir, class_list=tuple(CLASS_LISTS), n_classes=100, per_class=3,
+                                     val_per_class=1, size=64)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
 from ._common import bn_mode
 
@@ -107,8 +107,7 @@ class FastAT:
         cache["x_adv"] = (x + delta).clamp(0.0, 1.0).detach()  # the clamp only absorbs rounding
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = task.logits(model, batch, cache["x_adv"])
-        cache["logits_adv"] = z_adv
+        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = F.cross_entropy(z_adv, batch.y)
         return LossOut(ce, {"ce_adv": ce.item()})
 

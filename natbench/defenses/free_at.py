@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
 
 
@@ -95,8 +95,7 @@ class FreeAT:
         cache["x_adv"] = torch.where((z >= 0) & (z <= 1), z, z.detach().clamp(0.0, 1.0))  # not detached: reaches delta
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = task.logits(model, batch, cache["x_adv"])
-        cache["logits_adv"] = z_adv
+        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = F.cross_entropy(z_adv, batch.y)
         return LossOut(ce, {"ce_adv": ce.item()})
 

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ._common import attack_budget, bn_mode, gaussian_start_ascent
 
 
@@ -86,9 +86,8 @@ class MART:
                                                    step_size=step_size, init_std=p.init_std, generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z = task.logits(model, batch, batch.x)
-        z_adv = task.logits(model, batch, cache["x_adv"])
-        cache["logits_clean"], cache["logits_adv"] = z, z_adv
+        z = cached_logits(model, batch, task, cache, "clean", batch.x)
+        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         t = mart_parts(z, z_adv, batch.y)
         loss = t["ce_adv"] + t["margin"] + self.params.beta * t["kl_w"]
         return LossOut(loss, {"ce_adv": t["ce_adv"].item(), "mart_bce": (t["ce_adv"] + t["margin"]).item(),

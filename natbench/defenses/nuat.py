@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
 from ._common import bn_mode
 
@@ -96,9 +96,8 @@ def signed_step(loss: Callable[[Tensor], Tensor], x_cur: Tensor, x: Tensor, *, s
 
 def nuat_training_loss(model, batch: Batch, task, cache: dict, lam: float, divisor: float) -> LossOut:
     """``CE(f(x), y) + lam * ||f(x) - f(x')||_* / divisor`` in the caller's (train) mode; f(x') first."""
-    z_adv = task.logits(model, batch, cache["x_adv"])
-    z = task.logits(model, batch, batch.x)
-    cache["logits_clean"], cache["logits_adv"] = z, z_adv
+    z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])  # adversarial pass first, as the reference
+    z = cached_logits(model, batch, task, cache, "clean", batch.x)
     ce = F.cross_entropy(z, batch.y)
     nuc = nuclear(z - z_adv, divisor)
     return LossOut(ce + lam * nuc, {"ce_clean": ce.item(), "nuc": nuc.item(), "lam": float(lam)})

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from ..attacks.pgd import PGD
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ._common import attack_budget, bn_mode
 
 
@@ -45,7 +45,6 @@ class PGDAT:
             cache["x_adv"] = attack(task.objective(model, batch, "ce"), batch.x, eps=tm.eps, generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = task.logits(model, batch, cache["x_adv"])
-        cache["logits_adv"] = z_adv
+        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = torch.nn.functional.cross_entropy(z_adv, batch.y)
         return LossOut(ce, {"ce_adv": ce.item()})

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 from ._common import attack_budget, bn_mode, gaussian_start_ascent
 
 
@@ -61,9 +61,8 @@ class TRADES:
                                                    init_std=p.init_std, generator=generator)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z = task.logits(model, batch, batch.x)
-        z_adv = task.logits(model, batch, cache["x_adv"])
-        cache["logits_clean"], cache["logits_adv"] = z, z_adv
+        z = cached_logits(model, batch, task, cache, "clean", batch.x)
+        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = F.cross_entropy(z, batch.y)
         kl = trades_kl(z, z_adv) / len(batch)
         return LossOut(ce + self.params.beta * kl, {"ce_clean": ce.item(), "trades_kl": kl.item()})

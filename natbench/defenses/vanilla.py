@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..contracts import Batch, LossOut
+from ..contracts import Batch, LossOut, cached_logits
 
 
 class Vanilla:
@@ -29,7 +29,6 @@ class Vanilla:
         pass
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z = task.logits(model, batch, batch.x)
-        cache["logits_clean"] = z
+        z = cached_logits(model, batch, task, cache, "clean", batch.x)
         ce = torch.nn.functional.cross_entropy(z, batch.y)
         return LossOut(ce, {"ce_clean": ce.item()})

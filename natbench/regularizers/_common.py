@@ -1,14 +1,6 @@
-"""Pieces shared by regularizers."""
+"""Pieces shared by regularizers (``cached_logits`` lives in natbench.contracts: bases use it too)."""
 from __future__ import annotations
 
-import torch
+from ..contracts import cached_logits
 
-
-def cached_logits(model, batch, task, cache: dict, which: str, x: torch.Tensor) -> torch.Tensor:
-    """``cache["logits_<which>"]`` when the base (or another regularizer) computed it this step;
-    otherwise ``task.logits(model, batch, x)``, stored so composed terms share one forward pass."""
-    z = cache.get(f"logits_{which}")
-    if z is None:
-        z = task.logits(model, batch, x)
-        cache[f"logits_{which}"] = z
-    return z
+__all__ = ["cached_logits"]
