@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/nat_overhead.py --arch small_cnn --batch 64 --n-images 512 --repeats 15 --threads 1
 
 clean:
 	rm -rf $(VENV) $(ROOT) .pytest_cache

@@ -16,9 +16,8 @@ x' (one no-grad forward on 2B rows). Both are timed on their own and the ratio t
 On CUDA: bf16 autocast and channels_last (``--no-amp`` turns both off), ``torch.backends.cudnn.benchmark``.
 
 ``--joint-forward`` sets ``nat.joint_forward=true`` (the target's clean and adversarial logits from
-one train-mode forward on cat([x, x'])). It needs the composite to call NAT's ``pre_loss`` hook and
-PGD-AT's loss to reuse ``cache["logits_adv"]``; until compose.py / pgd_at.py do, this benchmark
-prototypes both (``_ProtoComposite``, ``_CachedPGDAT``) and says so.
+one train-mode forward on cat([x, x']), through NAT's ``pre_loss`` hook; PGD-AT reuses the cached
+``logits_adv``).
 
 On a CPU shared with other work, use ``--threads 1``: with OpenMP threads competing for cores a
 step can be many times slower and the ratio is noise. CPU runs also print the ratio by process CPU
@@ -33,72 +32,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import statistics
 import time
 from contextlib import nullcontext
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from natbench.compose import Composite
 from natbench.contracts import Batch, LossOut
-from natbench.defenses.pgd_at import PGDAT
 from natbench.registry import get_registry
-from natbench.regularizers._common import cached_logits
 from natbench.resolve import resolve, task_kind_cls
 from natbench.runner import make_optimizer, pick_device, train_step
 
 PAPER = {"resnet18": (108.6, 129.8), "wrn34_10": (1047.2, 1165.8)}  # Table 9: PGD-AT s, NAT s (one epoch, RTX 4090)
 SPATIAL = {"digits": 8, "cifar10": 32, "cifar100": 32}
-_STEP_TAKES_AUTOCAST = "autocast" in inspect.signature(train_step).parameters
-
-
-# ------------------------------------------------------------------ joint_forward prototype
-class _CachedPGDAT(PGDAT):
-    """PGD-AT whose outer loss reuses ``cache["logits_adv"]`` when a component computed it (the
-    pgd_at.py change that ``nat.joint_forward`` needs)."""
-
-    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
-        ce = F.cross_entropy(z_adv, batch.y)
-        return LossOut(ce, {"ce_adv": ce.item()})
-
-
-class _ProtoComposite(Composite):
-    """``Composite.step_loss`` plus the ``pre_loss`` hook (the compose.py change ``joint_forward`` needs):
-    inside the loss closure, before the base's loss, each regularizer's ``pre_loss`` may fill ``logits_*``."""
-
-    def step_loss(self, model, batch, task, generator):
-        cache: dict[str, Any] = {"ce_on": self.base.ce_on}
-        model.train()
-        self.base.prepare(model, batch, task, cache, generator)
-        model.train()
-
-        def loss_fn(m):
-            cache_i = {k: v for k, v in cache.items() if not k.startswith("logits_")}
-            for c in self.regularizers:
-                hook = getattr(c, "pre_loss", None)
-                if callable(hook):
-                    hook(m, batch, task, cache_i)
-            out = self.base.loss(m, batch, task, cache_i)
-            for r in self.regularizers:
-                out = out + r.loss(m, batch, task, cache_i)
-            return out
-
-        self._restore = None
-        if self.perturbation is not None:
-            self._restore = self.perturbation.apply(model, lambda m: loss_fn(m).loss)
-        return loss_fn(model)
-
-
-def _compose_has_pre_loss() -> bool:
-    return "pre_loss" in inspect.getsource(Composite.step_loss)
-
-
-def _pgdat_reuses_logits() -> bool:
-    return "cached_logits" in inspect.getsource(PGDAT.loss)
 
 
 # ------------------------------------------------------------------ set-up
@@ -111,17 +59,13 @@ def build_run(defense: str, a, task_name: str, device: torch.device, init_state:
     task = task_kind_cls(reg, r.spec)(r.spec, None)
     model = task.build_model()
     model.load_state_dict(init_state)
-    proto = a.joint_forward and "nat" in defense and not _compose_has_pre_loss()
-    comp = (_ProtoComposite if proto else Composite).build(r.plan, r.params)
-    if a.joint_forward and "nat" in defense and not _pgdat_reuses_logits():
-        comp.base = _CachedPGDAT(comp.base.params)
-        proto = True
+    comp = Composite.build(r.plan, r.params)
     fmt = torch.channels_last if a.amp else torch.contiguous_format
     for c, dep in comp.dependencies():  # a vanilla adversary of the same arch; random weights cost the same
         torch.manual_seed(1)
         c.bind(dep.role, task.build_model().to(device, memory_format=fmt))
     model = model.to(device, memory_format=fmt)
-    return {"r": r, "task": task, "model": model, "comp": comp, "opt": make_optimizer(r.profile, model), "proto": proto}
+    return {"r": r, "task": task, "model": model, "comp": comp, "opt": make_optimizer(r.profile, model)}
 
 
 def sync(device: torch.device) -> None:
@@ -132,18 +76,15 @@ def sync(device: torch.device) -> None:
 def run_epoch(run, X, Y, batch: int, gen, device, amp: bool, limit: int | None = None) -> tuple[float, float, LossOut]:
     """One pass over ``X`` (or its first ``limit`` batches): (wall seconds, process CPU seconds, last LossOut)."""
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if amp else None
-    # runner.train_step runs the forward under ``autocast=`` and the backward outside it (the runner's
-    # training loop); an older train_step without that argument is wrapped whole.
-    kw, ctx = ({"autocast": ac}, nullcontext()) if _STEP_TAKES_AUTOCAST else ({}, ac or nullcontext())
+    # runner.train_step runs the forward under ``autocast=`` and the backward outside it (the runner's loop)
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     out = None
     for k, i in enumerate(range(0, len(X), batch)):
         if limit is not None and k >= limit:
             break
-        with ctx:
-            out = train_step(run["comp"], run["model"], Batch(X[i:i + batch], Y[i:i + batch]), run["task"], run["opt"],
-                             gen, **kw)
+        out = train_step(run["comp"], run["model"], Batch(X[i:i + batch], Y[i:i + batch]), run["task"], run["opt"],
+                         gen, autocast=ac)
     sync(device)
     return time.perf_counter() - t0, time.process_time() - c0, out
 
@@ -222,8 +163,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
           f"{torch.get_num_threads()} threads, amp bf16+channels_last: {a.amp}")
     print(f"{a.arch} on {task_name} shape {spec.in_channels}x{hw}x{hw}, batch {a.batch}, {n} images/epoch ({nb} steps), "
-          f"{tm.train_steps}-step PGD, {repeats} A/B pairs, nat.joint_forward={a.joint_forward}"
-          + (" (prototype pre_loss hook / PGD-AT reusing cached logits)" if runs["pgd-at+nat"]["proto"] else ""))
+          f"{tm.train_steps}-step PGD, {repeats} A/B pairs, nat.joint_forward={a.joint_forward}")
 
     for d, run in runs.items():  # warm-up (allocator, cudnn autotune, oneDNN primitive caches)
         run_epoch(run, X, Y, a.batch, gens[d], device, a.amp, limit=warmup)
