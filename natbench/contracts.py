@@ -20,6 +20,19 @@ from torch import Tensor, nn
 Objective = Callable[[Tensor], Tensor]
 
 
+class LogitsObjective:
+    """Objective kind ``"logits"``: ``x' -> logits (B, C)``, differentiable in ``x'``, for attacks that
+    need the class scores themselves (APGD-DLR/-T, FAB, Square, AutoAttack). ``y`` are the labels
+    of the batch and ``num_classes`` the number of classes. Built by the task; the attack never sees
+    the model (so it cannot change its train/eval mode)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], y: Tensor, num_classes: int):
+        self.fn, self.y, self.num_classes = fn, y, int(num_classes)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
 @dataclass
 class Batch:
     """One mini-batch. ``x`` are images in [0, 1]; ``y`` the labels; ``index`` the dataset indices."""

@@ -240,3 +240,22 @@ def test_helpers():
     torch.testing.assert_close(projected, torch.tensor([0.0, 0.6, 0.95]))
     start = uniform_start(x.expand(1000, 3), 0.1, torch.Generator().manual_seed(0))
     assert ((start - x).abs() <= 0.1 + 1e-7).all() and start.min() >= 0 and start.max() <= 1
+
+
+def test_logits_objective_exposes_labels_and_class_count():
+    from natbench.contracts import Batch, LogitsObjective
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve, task_kind_cls
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla")
+    task = task_kind_cls(reg, r.spec)(r.spec, None)
+    model = task.build_model().eval()
+    x = torch.rand(4, 1, 8, 8, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    obj = task.objective(model, Batch(x, y), "logits")
+    assert isinstance(obj, LogitsObjective) and obj.num_classes == 10 and torch.equal(obj.y, y)
+    z = obj(x)
+    assert z.shape == (4, 10) and torch.allclose(z, model(x))
+    (g,) = torch.autograd.grad(z.sum(), x)
+    assert g.abs().sum() > 0

@@ -3,6 +3,8 @@
 Capabilities ``{"logits"}``; headline metric ``accuracy``. Objectives an attack can ask for:
 
 - ``"ce"``: per-sample cross-entropy ``CE(f(x'), y)``;
+- ``"logits"``: a :class:`~natbench.contracts.LogitsObjective` (``x' -> logits`` with ``.y``), for
+  attacks that need the class scores (APGD-DLR/-T, FAB, Square, AutoAttack);
 - ``"cw"``: the Carlini-Wagner margin ``-clamp(z_y - max_{j!=y} z_j + kappa, min=0)``, kappa = 50
   (as CW-inf in the FAT / CAT evaluations, notes Sec. 9.1).
 
@@ -43,7 +45,7 @@ from torch import Tensor, nn
 from ..analysis import sparsity
 from ..attacks._base import cw_margin_loss
 from ..checks import assert_in_ball
-from ..contracts import Batch, EvalOut, Objective
+from ..contracts import Batch, EvalOut, LogitsObjective, Objective
 from ..data import READERS, FileSplits, stratified_pick
 from ..errors import ConfigError, DataError, UnknownNameError, suggest
 from ..registry import load_target
@@ -255,7 +257,7 @@ class ClassificationTask:
 
     capabilities = frozenset({"logits"})
     headline_metric = "accuracy"
-    OBJECTIVES = ("ce", "cw")
+    OBJECTIVES = ("ce", "cw", "logits")
 
     def __init__(self, spec: TaskSpec, data_root: Path | None = None):
         self.spec = spec
@@ -369,6 +371,8 @@ class ClassificationTask:
             return lambda z: F.cross_entropy(model(z), y, reduction="none")
         if kind == "cw":
             return lambda z: cw_margin_loss(model(z), y, kappa=50.0)
+        if kind == "logits":
+            return LogitsObjective(model, y, self.spec.model.num_classes)
         raise ConfigError(f"objective '{kind}' is not offered by task kind classification.{suggest(kind, self.OBJECTIVES)} Available: {', '.join(self.OBJECTIVES)}")
 
     # ------------------------------------------------------------------ evaluation
