@@ -24,7 +24,9 @@ class LogitsObjective:
     """Objective kind ``"logits"``: ``x' -> logits (B, C)``, differentiable in ``x'``, for attacks that
     need the class scores themselves (APGD-DLR/-T, FAB, Square, AutoAttack). ``y`` are the labels
     of the batch and ``num_classes`` the number of classes. Built by the task; the attack never sees
-    the model (so it cannot change its train/eval mode)."""
+    the model (so it cannot change its train/eval mode). Attacks call it on *subsets* of the rows
+    (the points still robust, paired with ``y[idx]``), so each row's logits must not depend on the
+    other rows (true for a model in eval mode)."""
 
     def __init__(self, fn: Callable[[Tensor], Tensor], y: Tensor, num_classes: int):
         self.fn, self.y, self.num_classes = fn, y, int(num_classes)

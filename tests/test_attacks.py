@@ -259,3 +259,49 @@ def test_logits_objective_exposes_labels_and_class_count():
     assert z.shape == (4, 10) and torch.allclose(z, model(x))
     (g,) = torch.autograd.grad(z.sum(), x)
     assert g.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- every registered attack
+def _registered_attacks():
+    from natbench.registry import get_registry
+
+    reg = get_registry()
+    return [(n, reg.load("attacks", n)) for n in reg.names("attacks")]
+
+
+def _fast(cls):
+    """Default Params with the iteration budgets cut (the invariants do not depend on them)."""
+    import dataclasses
+
+    cuts = {"steps": 5, "n_iter": 5, "n_queries": 40, "eot_iter": 2}
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    return cls(cls.Params(**{k: v for k, v in cuts.items() if k in fields
+                             and not (k == "eot_iter" and getattr(cls.Params(), k) == 1)}))
+
+
+@pytest.mark.parametrize("name,cls", _registered_attacks(), ids=[n for n, _ in _registered_attacks()])
+@pytest.mark.parametrize("training", [False, True])
+def test_every_attack_stays_in_the_ball_keeps_the_mode_and_is_reproducible(name, cls, training):
+    from natbench.contracts import Batch
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve, task_kind_cls
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla")
+    task = task_kind_cls(reg, r.spec)(r.spec, None)
+    torch.manual_seed(0)
+    model = task.build_model().train(training)
+    x, y = data(12)
+    eps = 0.1
+    atk = _fast(cls)
+    outs = []
+    for _ in range(2):
+        obj = task.objective(model, Batch(x, y), atk.objective_kind)
+        out = atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(5))
+        assert model.training is training, f"{name} changed the model's train/eval mode"
+        assert out.shape == x.shape and not out.requires_grad
+        assert (out - x).abs().max() <= eps + 1e-6, f"{name} left the eps-ball"
+        assert out.min() >= 0 and out.max() <= 1, f"{name} left [0, 1]"
+        outs.append(out)
+    if not training:  # in train mode BatchNorm batch statistics depend on the rows an attack queries
+        assert torch.equal(outs[0], outs[1]), f"{name} is not reproducible under a fixed generator"

@@ -1,0 +1,164 @@
+"""AutoAttack: the parameter-free ensemble APGD-CE, APGD-T, FAB-T, Square, each on the points still robust.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (Sec. 5). Mirrors the authors' ``version='standard'`` (L-inf) of
+``fra31/auto-attack @ a392200 : autoattack/autoattack.py`` (``set_version`` and
+``run_standard_evaluation``; notes Sec. 8.1):
+
+- components, in order: APGD-CE (100 iterations, 1 restart, rho 0.75), APGD-T (100 iterations,
+  9 target classes, 1 restart each), FAB-T (9 targets, 100 iterations, 1 restart; alpha_max 0.1,
+  eta 1.05, beta 0.9), Square (5000 queries, p_init 0.8, 1 restart, the p schedule not rescaled);
+- the cascade: the clean-correct points are the robust set; each component runs only on the points
+  still robust, in chunks of ``bs`` (250) of them, and any point it flips gets its adversarial example
+  and leaves the set. The output is the adversarial example where some component succeeded and the
+  clean input elsewhere (so the accuracy on it is the robust accuracy, and a clean-misclassified point
+  is never attacked).
+
+:class:`AutoAttackRand` is ``version='rand'``: APGD-CE then APGD-DLR, 100 iterations, 1 restart, EOT
+over 20 gradient passes (for randomised defenses).
+
+Seeds. The original sets every component's ``seed`` to the AutoAttack seed before each chunk, and each
+component reseeds the global RNG with it at the start of its ``perturb``. Here each component, for
+each chunk, gets a **fresh** ``torch.Generator`` (on the given generator's device) seeded with
+``generator.initial_seed()``: the given generator fixes the seed and is never advanced, so every batch
+of an evaluation reuses the same seed, as the original does across its chunks. ``generator=None``
+takes ``torch.initial_seed()`` (the global RNG's seed; nothing is drawn from the global RNG).
+
+The original's diagnostic checks (randomised model, softmax output, dynamic graph, class count) only
+print warnings and are not run. The components come from :mod:`natbench.attacks.apgd`,
+``natbench.attacks.fab:FABT`` and ``natbench.attacks.square:Square``, imported when an AutoAttack
+that uses them is built, so this module imports without them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks.apgd import logits_parts
+from natbench.contracts import LogitsObjective
+from natbench.errors import ConfigError, suggest
+
+log = logging.getLogger(__name__)
+
+#: Component name -> "module:Class".
+COMPONENTS: dict[str, str] = {
+    "apgd-ce": "natbench.attacks.apgd:APGDCE",
+    "apgd-dlr": "natbench.attacks.apgd:APGDDLR",
+    "apgd-t": "natbench.attacks.apgd:APGDT",
+    "fab-t": "natbench.attacks.fab:FABT",
+    "square": "natbench.attacks.square:Square",
+}
+
+
+def _load(name: str) -> type:
+    module, cls = COMPONENTS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"AutoAttack component '{name}' needs {COMPONENTS[name]}, which cannot be loaded ({e}); "
+            f"run a subset, e.g. params attacks: [apgd-ce, apgd-t]"
+        ) from e
+
+
+def _make(name: str, **values: Any) -> Any:
+    """``Cls(Cls.Params(**values))`` for component ``name``; a field the Params lack is a ConfigError."""
+    cls = _load(name)
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    missing = sorted(set(values) - fields)
+    if missing:
+        raise ConfigError(f"AutoAttack component '{name}' ({COMPONENTS[name]}) has no parameter(s) {', '.join(missing)}")
+    return cls(cls.Params(**values))
+
+
+def subset_objective(objective: Any, idx: Tensor, num_classes: int) -> LogitsObjective:
+    """The logits objective of rows ``idx`` of the batch: same callable, labels ``objective.y[idx]``."""
+    return LogitsObjective(objective, objective.y[idx], num_classes)
+
+
+class AutoAttack(LinfAttack):
+    """AutoAttack, standard version (Croce & Hein, ICML 2020): APGD-CE, APGD-T, FAB-T, Square in cascade."""
+
+    name = "autoattack"
+    objective_kind = "logits"
+
+    @dataclass(frozen=True)
+    class Params:
+        attacks: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")  # components, run in this order
+        n_iter: int = 100  # iterations of APGD-CE/-DLR/-T and FAB-T (original: 100)
+        n_target_classes: int = 9  # target classes of APGD-T and FAB-T (original: 9)
+        n_queries: int = 5000  # Square's query budget (original: 5000)
+        eot_iter: int = 1  # EOT gradient passes of APGD-CE/-DLR (original: 1; 'rand' version: 20)
+        bs: int = 250  # still-robust points per component call (original run_standard_evaluation bs)
+
+    def __init__(self, params: "AutoAttack.Params | None" = None) -> None:
+        super().__init__(params)
+        p = self.params
+        unknown = [a for a in p.attacks if a not in COMPONENTS]
+        if unknown:
+            raise ConfigError(f"attack '{self.name}': unknown component '{unknown[0]}'.{suggest(unknown[0], COMPONENTS)} "
+                              f"Available: {', '.join(COMPONENTS)}")
+        if not p.attacks or p.n_iter < 1 or p.n_target_classes < 1 or p.n_queries < 1 or p.eot_iter < 1 or p.bs < 1:
+            raise ConfigError(f"attack '{self.name}' needs at least one component and n_iter, n_target_classes, "
+                              f"n_queries, eot_iter, bs >= 1; got {p}.")
+        self.components = [(a, self._component(a)) for a in p.attacks]
+
+    def _component(self, name: str) -> Any:
+        p = self.params
+        if name in ("apgd-ce", "apgd-dlr"):  # the original's self.apgd: eot_iter applies to it only
+            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=p.eot_iter)
+        if name == "apgd-t":
+            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=1, n_target_classes=p.n_target_classes)
+        if name == "fab-t":
+            return _make(name, n_iter=p.n_iter, restarts=1, n_target_classes=p.n_target_classes)
+        return _make(name, n_queries=p.n_queries, p_init=0.8, restarts=1, rescale_schedule=False)
+
+    def __call__(self, objective: Any, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
+        eps = check_eps(eps)
+        forward, y, num_classes = logits_parts(objective, self.name)
+        seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+        device = generator.device if generator is not None else torch.device("cpu")
+        x = x.detach()
+        y = y.to(x.device).long()
+        with torch.no_grad():
+            clean = forward(x)
+        robust = clean.max(1)[1] == y
+        if num_classes is None:
+            num_classes = int(clean.shape[1])
+        x_adv = x.clone()
+        for name, attack in self.components:
+            todo = robust.nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            for idx in todo.split(self.params.bs):
+                g = torch.Generator(device=device).manual_seed(seed)
+                adv = attack(subset_objective(objective, idx, num_classes), x[idx], eps=eps, generator=g).detach()
+                with torch.no_grad():
+                    fooled = forward(adv).max(1)[1] != y[idx]
+                robust[idx[fooled]] = False
+                x_adv[idx[fooled]] = adv[fooled]
+            log.debug("autoattack: robust after %s: %d / %d", name, int(robust.sum()), len(robust))
+        return x_adv
+
+
+class AutoAttackRand(AutoAttack):
+    """AutoAttack, 'rand' version (Croce & Hein, ICML 2020): APGD-CE and APGD-DLR with EOT over 20 passes."""
+
+    name = "autoattack-rand"
+    objective_kind = "logits"
+
+    @dataclass(frozen=True)
+    class Params(AutoAttack.Params):
+        attacks: tuple[str, ...] = ("apgd-ce", "apgd-dlr")  # components, run in this order
+        n_iter: int = 100  # iterations of each APGD (original: 100)
+        n_target_classes: int = 9  # only used if apgd-t / fab-t are added
+        n_queries: int = 5000  # only used if square is added
+        eot_iter: int = 20  # EOT gradient passes of APGD-CE/-DLR (original 'rand': 20)
+        bs: int = 250  # still-robust points per component call

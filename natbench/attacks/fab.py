@@ -1,0 +1,187 @@
+"""FAB-T: the targeted L-inf Fast Adaptive Boundary attack, as AutoAttack runs it.
+
+Croce & Hein, "Minimally distorted Adversarial Examples with a Fast Adaptive Boundary Attack",
+ICML 2020 (Sec. 3, Alg. 1; the targeted version of "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks", ICML 2020). Implemented after
+``fra31/auto-attack @ a392200 : autoattack/fab_base.py, fab_pt.py, fab_projections.py``
+(``FABAttack_PT``, ``targeted=True``) with AutoAttack's ``version='standard'`` settings:
+``n_target_classes=9, n_iter=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9``.
+
+For target rank k = 2, ..., n_target_classes + 1 (target ``t`` = the class with the k-th largest
+clean logit) and every restart, on the images still robust (clean-correct and not yet fooled):
+
+- f(x') = z_t(x') - z_y(x') and its input gradient g (``torch.autograd`` on the logits objective;
+  the original's ``get_diff_logits_grads_batch_targeted``). The linearised boundary at the iterate
+  x1 is the hyperplane ``{z : g.z = g.x1 - f(x1)}``;
+- d1, d2: the minimal L-inf steps from x1 and from the clean x0 onto that hyperplane inside the box
+  [0, 1]^d (:func:`project_linf_hyperplane`, Croce & Hein's Prop. 3.1 solved by sorting);
+- ``alpha = clamp(|d1|_inf / (|d1|_inf + |d2|_inf), 0, alpha_max)`` (norms floored at 1e-8);
+  ``x1 <- clamp((1 - alpha)(x1 + eta d1) + alpha (x0 + eta d2), 0, 1)``;
+- if x1 is misclassified (any class != y): keep it when ``|x1 - x0|_inf`` is the smallest so far,
+  then step back towards x0: ``x1 <- x0 + beta (x1 - x0)``.
+
+The first restart starts at x0; restart r > 0 at ``x0 + (eps/2) u / |u|_inf``, ``u ~ U(-1, 1)``
+(drawn from ``generator``), clamped to [0, 1]. With the standard single restart FAB-T is
+deterministic. Final check (as the original): the minimal point found counts, and is returned, only
+if it is misclassified and ``|x_adv - x|_inf <= eps``; every other image is returned unchanged.
+``n_target_classes`` is capped at ``num_classes - 1``.
+
+Objective kind ``"logits"``: the objective is called on sub-batches of rows (the still-robust
+ones), as the original calls the model. Threat model: ``||x_adv - x||_inf <= eps``, [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from natbench.attacks._base import LinfAttack, check_eps
+from natbench.errors import ConfigError
+
+
+def project_linf_hyperplane(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Row-wise minimal L-inf step ``d`` with ``w.(t + d) = b`` and ``t + d`` in [0, 1]^n.
+
+    ``t``, ``w``: (N, n), ``t`` in the box; ``b``: (N,). Orient the hyperplane so that
+    ``c = w.t - b >= 0``; the cheapest way to lower ``w.z`` by ``c`` moves every coordinate with
+    ``w_i > 0`` down and every one with ``w_i < 0`` up by ``min(lam, r_i)``, where ``r_i`` is the room
+    to the box face in that direction. ``g(lam) = sum_i |w_i| min(lam, r_i)`` is piecewise linear
+    and nondecreasing; with the rooms sorted, ``g`` at breakpoint k is
+    ``sum_{j<k} |w_j| r_j + r_k sum_{j>=k} |w_j|``, so the solution of ``g(lam) = c`` lies in the first
+    segment whose end reaches ``c``. When the box does not reach the hyperplane (``c`` above the
+    total room) every coordinate moves to its face (the original's behaviour). Coordinates with
+    ``w_i = 0`` never move.
+    """
+    c = (w * t).sum(1) - b
+    flip = torch.where(c >= 0, 1.0, -1.0).to(w.dtype)
+    w = w * flip.unsqueeze(1)
+    c = c * flip
+    up = w < 0
+    room = torch.where(up, 1 - t, t)
+    aw = w.abs()
+    room_s, order = room.sort(dim=1)
+    aw_s = aw.gather(1, order)
+    done = torch.cumsum(aw_s * room_s, dim=1) - aw_s * room_s  # sum_{j<k} |w_j| r_j
+    tail = torch.flip(torch.cumsum(torch.flip(aw_s, (1,)), dim=1), (1,))  # sum_{j>=k} |w_j|
+    g = done + room_s * tail
+    k = (g < c.unsqueeze(1)).sum(1)
+    n = w.shape[1]
+    feasible = k < n
+    kk = k.clamp(max=n - 1).unsqueeze(1)
+    lam = (c - done.gather(1, kk).squeeze(1)) / tail.gather(1, kk).squeeze(1).clamp_min(1e-30)
+    lam = torch.where(feasible, lam.clamp_min(0), torch.full_like(lam, float("inf")))
+    step = torch.minimum(lam.unsqueeze(1), room)
+    return torch.where(up, step, -step) * (w != 0).to(w.dtype)
+
+
+def _linf(d: Tensor) -> Tensor:
+    return d.flatten(1).abs().amax(dim=1)
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def diff_logits_grad(objective, x: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``f = z_target - z_y`` at ``x`` (B,) and its gradient w.r.t. ``x`` (input only)."""
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        z = objective(xr)
+        rows = torch.arange(x.shape[0], device=x.device)
+        f = z[rows, target] - z[rows, y]
+        (g,) = torch.autograd.grad(f.sum(), xr)
+    return f.detach(), g.detach()
+
+
+def fab_random_start(x0: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """The start of restarts r > 0: ``clamp(x0 + (eps / 2) u / |u|_inf, 0, 1)``, ``u ~ U(-1, 1)`` per
+    pixel from ``generator`` (on its own device; the global RNG of ``x0``'s device when None)."""
+    dev = x0.device if generator is None else generator.device
+    u = (2 * torch.rand(x0.shape, generator=generator, device=dev) - 1).to(x0.device, x0.dtype)
+    return (x0 + eps * u / _view(_linf(u), u) * 0.5).clamp(0.0, 1.0)
+
+
+def fab_targeted_single_run(
+    objective, x0: Tensor, y: Tensor, target: Tensor, *, n_iter: int, alpha_max: float, eta: float,
+    beta: float, start: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One targeted FAB run (L-inf): ``(adv, dist)``, the misclassified point of smallest L-inf
+    distance found per image (``dist = inf`` and ``adv = x0`` where none was found)."""
+    bs = x0.shape[0]
+    x0f = x0.flatten(1)
+    x1 = x0.clone() if start is None else start.clone()
+    adv = x0.clone()
+    dist = torch.full((bs,), float("inf"), device=x0.device, dtype=x0.dtype)
+    for _ in range(n_iter):
+        f, g = diff_logits_grad(objective, x1, y, target)
+        w = g.flatten(1)
+        b = (w * x1.flatten(1)).sum(1) - f
+        d = project_linf_hyperplane(torch.cat((x1.flatten(1), x0f)), torch.cat((w, w)), torch.cat((b, b)))
+        a = _linf(d).clamp_min(1e-8)
+        a1, a2 = a[:bs], a[bs:]
+        alpha = _view((a1 / (a1 + a2)).clamp(0.0, alpha_max), x0)
+        d1, d2 = d[:bs].view_as(x0), d[bs:].view_as(x0)
+        x1 = ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0.0, 1.0)
+        with torch.no_grad():
+            is_adv = objective(x1).argmax(1) != y
+        if bool(is_adv.any()):
+            t = _linf(x1 - x0)
+            better = is_adv & (t < dist)
+            adv = torch.where(_view(better, x0), x1, adv)
+            dist = torch.where(better, t, dist)
+            x1 = torch.where(_view(is_adv, x0), x0 + (x1 - x0) * beta, x1)
+    return adv, dist
+
+
+class FABT(LinfAttack):
+    """Targeted L-inf FAB (Croce & Hein, ICML 2020) with AutoAttack's standard FAB-T settings."""
+
+    name = "fab-t"
+    objective_kind = "logits"
+
+    @dataclass(frozen=True)
+    class Params:
+        n_target_classes: int = 9  # targets: the classes with the 2nd..(n+1)-th largest clean logit
+        n_iter: int = 100  # iterations per target and restart
+        restarts: int = 1  # per target; restart r > 0 starts at a random point at L-inf distance eps/2
+        alpha_max: float = 0.1  # cap of the step's bias towards the clean image
+        eta: float = 1.05  # overshoot of the projection step
+        beta: float = 0.9  # backward step towards the clean image after a success
+
+    def __init__(self, params: "FABT.Params | None" = None) -> None:
+        super().__init__(params)
+        p = self.params
+        if p.n_target_classes < 1 or p.n_iter < 0 or p.restarts < 1 or not (0 <= p.alpha_max <= 1):
+            raise ConfigError(
+                f"attack '{self.name}' needs n_target_classes >= 1, n_iter >= 0, restarts >= 1, "
+                f"0 <= alpha_max <= 1; got {p}."
+            )
+
+    def __call__(self, objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
+        eps = check_eps(eps)
+        p = self.params
+        x = x.detach()
+        y = objective.y.to(x.device).long()
+        out = x.clone()
+        with torch.no_grad():
+            clean = objective(x)
+        robust = clean.argmax(1) == y  # only clean-correct images are attacked
+        num_classes = int(getattr(objective, "num_classes", clean.shape[1]))
+        ranking = clean.sort(dim=1)[1]  # ascending: the k-th largest logit is column -k
+        for k in range(2, min(p.n_target_classes, num_classes - 1) + 2):
+            for r in range(p.restarts):
+                idx = robust.nonzero().flatten()
+                if idx.numel() == 0:
+                    return out
+                x0, y0, t0 = x[idx], y[idx], ranking[idx, -k]
+                start = fab_random_start(x0, eps, generator) if r > 0 else None
+                adv, _ = fab_targeted_single_run(
+                    objective, x0, y0, t0, n_iter=p.n_iter, alpha_max=p.alpha_max, eta=p.eta, beta=p.beta,
+                    start=start,
+                )
+                with torch.no_grad():
+                    fooled = (objective(adv).argmax(1) != y0) & (_linf(adv - x0) <= eps)
+                out[idx[fooled]] = adv[fooled]
+                robust[idx[fooled]] = False
+        return out
