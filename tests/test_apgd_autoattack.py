@@ -485,12 +485,6 @@ def test_bad_configuration_raises_config_error():
         AutoAttack(AutoAttack.Params(attacks=()))
 
 
-@pytest.mark.skipif(HAVE_FAB_SQUARE, reason="FAB-T and Square exist")
-def test_autoattack_without_fab_square_says_what_is_missing():
-    with pytest.raises(ConfigError, match="fab-t"):
-        AutoAttack()
-
-
 def test_contract_check():
     base = get_registry()
     entries = {k: {n: base.entry(k, n) for n in base.names(k)} for k in base.kinds()}
