@@ -205,15 +205,18 @@ def _print_leaderboard(store, task: str, fmt: str) -> None:
         return
     table = Table(title=f"{task} — accuracy (%) on the test set", title_justify="left")
     keys = ("defense", "profile", "variant", "checkpoint", "seeds")
-    value_cols = [c for c in df.columns if c not in keys and not c.endswith("_std")]
+    value_cols = [c for c in df.columns if c not in (*keys, "flags") and not c.endswith("_std")]
     key_cols = [c for c in keys if c in df.columns]
-    for c in key_cols + value_cols:
-        table.add_column(c, justify="left" if c in key_cols else "right")
+    flagged = "flags" in df.columns and bool((df["flags"] != "").any())
+    for c in key_cols + value_cols + (["flags"] if flagged else []):
+        table.add_column(c, justify="left" if c in (*key_cols, "flags") else "right")
     for _, row in df.iterrows():
         cells = [str(row[c]) for c in key_cols]
         for c in value_cols:
             v, s = row[c], row.get(f"{c}_std")
             cells.append("" if v != v else (f"{v:.2f} ± {s:.2f}" if s is not None and s == s else f"{v:.2f}"))
+        if flagged:
+            cells.append(f"[yellow]{row['flags']}[/yellow]" if row["flags"] else "")
         table.add_row(*cells)
     out.print(table)
 

@@ -45,6 +45,10 @@ def table(
     column is the mean over seeds and ``<col>_std`` the sample std (ddof=1). ``profile`` keeps one
     recipe profile; when it is ``None`` and the task has runs of several profiles, a ``profile``
     column is added after ``defense`` so runs of different recipes are never averaged together.
+    With clean plus two or more attacks, ``worst-case`` is the per-sample worst case: the percentage
+    of test samples correct on clean inputs and under every attack of the run (from the stored
+    flags). ``flags`` names the sanity checks (``natbench.checks``) any run of the row failed,
+    pointing at ``docs/flags.md``; the column is there only when some row failed a check.
     Likewise a ``variant`` column (the run's ``--set`` values that differ from the spec, e.g.
     ``nat.omega=0.06``) appears when any run has one: a sweep gives one row per value.
     Re-runs of an identical config (same config hash) count once: the newest is kept.
@@ -79,6 +83,11 @@ def table(
     wide["avg"] = wide[attacks].mean(axis=1, skipna=True)
     wide = wide.reset_index()
     value_cols = [*attacks, "avg"]
+    if metric == "accuracy" and len(attacks) > 2:  # clean + at least two attacks: a worst case says more
+        worst = [_worst_case(store, r.run_id, r.checkpoint) for r in wide.itertuples()]
+        if any(w == w for w in worst):  # only when per-sample flags were stored
+            wide["worst-case"] = worst
+            value_cols.append("worst-case")
 
     grouped = wide.groupby(key, sort=False, dropna=False)
     out = grouped["run_id"].nunique().rename("seeds").to_frame()
@@ -91,8 +100,11 @@ def table(
             out[f"{col}_std"] = std[col]
     out = out.reset_index()
     out["seeds"] = out["seeds"].astype(int)
+    flags = [_failed_checks(store, wide, key, row) for row in out.itertuples(index=False)]
+    if any(flags):  # a column only when some row carries a warning
+        out["flags"] = flags
     out = out.sort_values(key, key=_sort_key, kind="stable").reset_index(drop=True)
-    num = [c for c in out.columns if c not in (*key, "seeds")]
+    num = [c for c in out.columns if c not in (*key, "seeds", "flags")]
     out[num] = out[num].astype(float).round(2)
     out.attrs.update(task=task, metric=metric)
     return out
@@ -163,6 +175,28 @@ def write(store, out_dir: Path, task: str | None = None) -> list[Path]:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _worst_case(store, run_id: str, checkpoint: str) -> float:
+    """Percent of test samples correct on clean inputs AND under every attack of the run (per-sample
+    flags); NaN when the run has flags of different lengths or none."""
+    flags = store.flags(run_id, checkpoint)
+    arrays = list(flags.values())
+    if len(arrays) < 2 or len({a.shape[0] for a in arrays}) != 1 or not arrays[0].size:
+        return float("nan")
+    return 100.0 * float(np.logical_and.reduce(arrays).mean())
+
+
+def _failed_checks(store, wide: pd.DataFrame, key: list[str], row) -> str:
+    """``"! name, name (docs/flags.md)"`` for the sanity checks any run of the row failed, else ''."""
+    cols = dict(zip(key, [getattr(row, k) for k in key]))
+    runs = wide.loc[(wide[list(cols)] == pd.Series(cols)).all(axis=1), "run_id"].unique()
+    failed: dict[str, None] = {}
+    for run_id in runs:
+        chk = store.checks(run_id)
+        chk = chk[(chk["checkpoint"] == cols["checkpoint"]) & ~chk["passed"]]
+        failed.update(dict.fromkeys(chk["name"]))
+    return f"! {', '.join(failed)} (docs/flags.md)" if failed else ""
 
 
 def _attack_order(suites: pd.Series, present: pd.Series) -> list[str]:

@@ -181,3 +181,22 @@ def test_tasks_and_write(store, tmp_path):
 def test_write_empty_store_raises(store, tmp_path):
     with pytest.raises(RunError, match="No results"):
         leaderboard.write(store, tmp_path / "lb")
+
+
+def test_worst_case_and_flags_columns(store):
+    from natbench.store import CheckRow, FlagRow
+
+    run = RunRecord(run_id="w", task="cifar10", defense="pgd-at", profile="paper", seed=0, config_hash="hw",
+                    git_rev="g", versions={}, device="cpu", started="2024-01-01T00:00:00Z",
+                    finished="2024-01-01T01:00:00Z", wall_train_s=1.0, wall_eval_s=1.0, config={},
+                    suite=["clean", "pgd-20", "aa"])
+    correct = {"clean": np.array([1, 1, 1, 1, 0], bool), "pgd-20": np.array([1, 1, 0, 1, 0], bool),
+               "aa": np.array([1, 0, 1, 1, 1], bool)}
+    rows = [ResultRow("best", a, "accuracy", float(c.mean())) for a, c in correct.items()]
+    store.record_run(run, rows, [FlagRow("best", a, c) for a, c in correct.items()],
+                     [CheckRow("best", "more_steps_not_weaker", False, "pgd-20 weaker"),
+                      CheckRow("best", "clean_is_upper_bound", True, "ok")])
+    df = leaderboard.table(store, "cifar10")
+    assert df["worst-case"].tolist() == [40.0]  # samples 0 and 3 survive clean, pgd-20 and aa
+    assert df["flags"].tolist() == ["! more_steps_not_weaker (docs/flags.md)"]
+    assert df["avg"].tolist() == [round((80 + 60 + 80) / 3, 2)]  # worst-case is not part of avg
