@@ -55,13 +55,21 @@ def weaker(stronger: torch.Tensor, weaker_flags: torch.Tensor) -> tuple[bool, st
     return b - c > max(1.0, 2.0 * math.sqrt(b + c)), f"{b} vs {c} discordant samples"
 
 
-def suite_checks(flags: dict[str, torch.Tensor], steps: dict[str, int]) -> list[Check]:
+def suite_checks(flags: dict[str, torch.Tensor], steps: dict[str, int],
+                 black_box: set[str] | frozenset[str] = frozenset()) -> list[Check]:
     """Gradient-masking symptoms from per-sample correctness (``flags`` includes ``clean``).
 
-    ``steps`` maps iterative white-box attack ids to their step counts. Each check compares two
-    evaluations of the same samples with :func:`weaker`.
+    ``steps`` maps iterative white-box attack ids to their step counts; ``black_box`` names the
+    query/transfer attacks (Square, transfer), which a white-box attack must not be significantly
+    weaker than. Each check compares two evaluations of the same samples with :func:`weaker`.
     """
     out = []
+    bb = [a for a in black_box if a in flags]
+    if bb:
+        wb = [a for a in flags if a != "clean" and a not in black_box]
+        bad = [f"{w} weaker than {b} ({d})" for w in wb for b in bb for weak, d in [weaker(flags[w], flags[b])] if weak]
+        out.append(Check("whitebox_not_above_blackbox", not bad,
+                         "ok" if not bad else "gradient masking? " + "; ".join(bad)))
     clean = flags.get("clean")
     if clean is not None:
         bad = [f"{a} ({d})" for a, f in flags.items() if a != "clean" for w, d in [weaker(f, clean)] if w]
@@ -76,4 +84,50 @@ def suite_checks(flags: dict[str, torch.Tensor], steps: dict[str, int]) -> list[
            if s2 > s1 for w, d in [weaker(flags[a2], flags[a1])] if w]
     if len(ordered) > 1:
         out.append(Check("more_steps_not_weaker", not bad, "ok" if not bad else "; ".join(bad)))
+    return out
+
+
+#: checks whose failure calls for a gradient-free attack (natbench then runs Square itself)
+MASKING_CHECKS = frozenset({"iterative_beats_single_step", "more_steps_not_weaker", "large_eps_reaches_zero",
+                            "gradient_nonzero", "whitebox_not_above_blackbox"})
+
+
+def model_checks(task, model, loader, *, device, generator: torch.Generator | None = None,
+                 large_eps: float = 1.0, max_large_eps_acc: float = 0.05, min_nonzero_grad: float = 0.5) -> list[Check]:
+    """Checks that need the model itself (Athalye et al. 2018, Sec. 3.1; Carlini et al. 2019, Sec. 5):
+
+    - ``deterministic``: two eval-mode forward passes give the same logits (else the defense is
+      randomized: evaluate it with EOT, ``autoattack-rand``);
+    - ``gradient_nonzero``: the input gradient of the CE objective is non-zero for at least
+      ``min_nonzero_grad`` of the test samples;
+    - ``large_eps_reaches_zero``: PGD-20 at ``large_eps`` (1.0 = any image is reachable) leaves at
+      most ``max_large_eps_acc`` accuracy.
+    """
+    from .attacks.pgd import PGD
+
+    was = model.training
+    model.eval()
+    max_diff, nonzero, total = 0.0, 0, 0
+    try:
+        for batch in loader:
+            batch = batch.to(device)
+            with torch.no_grad():
+                z1 = task.logits(model, batch, batch.x)
+                z2 = task.logits(model, batch, batch.x)
+            max_diff = max(max_diff, (z1 - z2).abs().max().item() if z1.numel() else 0.0)
+            x = batch.x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(task.objective(model, batch, "ce")(x).sum(), x)
+            nonzero += int((g.flatten(1).abs().amax(1) > 0).sum())
+            total += len(x)
+    finally:
+        model.train(was)
+    out = [Check("deterministic", max_diff == 0.0, f"max |logit difference| between two passes {max_diff:.3g}")]
+    frac = nonzero / max(total, 1)
+    out.append(Check("gradient_nonzero", frac >= min_nonzero_grad,
+                     f"input gradient non-zero for {nonzero}/{total} samples"))
+    attack = PGD(PGD.Params(steps=20, step_size=large_eps / 4))
+    acc = task.evaluate(model, loader, attack, eps=large_eps, generator=generator, device=device).metrics["accuracy"]
+    out.append(Check("large_eps_reaches_zero", acc <= max_large_eps_acc,
+                     f"accuracy {100 * acc:.2f}% under PGD-20 at eps {large_eps:g}"))
     return out

@@ -40,10 +40,14 @@ from .contracts import Batch, LossOut
 from .registry import Registry, get_registry
 from .resolve import Resolved, from_run_config, task_kind_cls, with_defense
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store
-from .checks import suite_checks
+from .checks import MASKING_CHECKS, model_checks, suite_checks
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = ("best", "last")
+#: attacks that use no gradient of the evaluated model (a white-box attack must not be weaker)
+BLACK_BOX_ATTACKS = frozenset({"square"})
+#: the id under which an attack scheduled by a failed gradient-masking check is recorded
+ESCALATED = "escalated-square"
 
 
 # ------------------------------------------------------------------------------------- progress
@@ -362,23 +366,46 @@ class Runner:
             model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
             jobs: list[tuple[str, Any, str]] = [("clean", None, "ce")]
             steps: dict[str, int] = {}
+            black_box: set[str] = set()
             for a in suite.attacks:
                 cls = self.registry.load("attacks", a.attack)
                 attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
                 jobs.append((a.id, attack, a.objective or cls.objective_kind))
                 if a.attack == "pgd":
                     steps[a.id] = attack.params.steps
+                if a.attack in BLACK_BOX_ATTACKS:
+                    black_box.add(a.id)
             bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(jobs) * len(test_loader))
             acc: dict[str, torch.Tensor] = {}
-            for aid, attack, objective in jobs:
+
+            def run_job(aid: str, attack: Any, objective: str) -> None:
                 gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
                 out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
                                     on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
                 acc[aid] = out.correct
-                results += [ResultRow(ckpt, aid, m, v) for m, v in out.metrics.items()]
+                results.extend(ResultRow(ckpt, aid, m, v) for m, v in out.metrics.items())
                 flags.append(FlagRow(ckpt, aid, out.correct.numpy()))
+
+            for aid, attack, objective in jobs:
+                run_job(aid, attack, objective)
             self.reporter.stop(bar)
-            checks += [CheckRow(ckpt, c.name, c.passed, c.detail) for c in suite_checks(acc, steps)]
+            found = suite_checks(acc, steps, black_box)
+            if "ce" in getattr(task, "OBJECTIVES", ()):
+                found += model_checks(task, model, test_loader, device=self.device,
+                                      generator=torch.Generator().manual_seed(derive_seed(r.seed, "check", ckpt)))
+            failed = {c.name for c in found if not c.passed}
+            if failed & MASKING_CHECKS and not black_box and "logits" in getattr(task, "OBJECTIVES", ()):
+                # a gradient-masking symptom and no gradient-free attack in the suite: run one (Square)
+                from .attacks.square import Square
+
+                self.reporter.message(f"{r.run_id} [{ckpt}]: {', '.join(sorted(failed & MASKING_CHECKS))} failed; "
+                                      f"running the gradient-free Square attack ({ESCALATED}) as docs/flags.md says")
+                bar = self.reporter.start(f"eval {r.defense} [{ckpt}] {ESCALATED}", len(test_loader))
+                run_job(ESCALATED, Square(), "logits")
+                self.reporter.stop(bar)
+                found = [c for c in found if c.name != "whitebox_not_above_blackbox"]
+                found += [c for c in suite_checks(acc, steps, {ESCALATED}) if c.name == "whitebox_not_above_blackbox"]
+            checks += [CheckRow(ckpt, c.name, c.passed, c.detail) for c in found]
         return results, flags, checks
 
 
