@@ -155,6 +155,9 @@ def eval_(
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
     results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
     runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)])
+    from .runner import PARTIAL
+
+    (runner.root / run_id / PARTIAL).unlink(missing_ok=True)
     _print_leaderboard(runner.store, r.task, "table")
 
 

@@ -48,6 +48,8 @@ CHECKPOINTS = ("best", "last")
 BLACK_BOX_ATTACKS = frozenset({"square"})
 #: the id under which an attack scheduled by a failed gradient-masking check is recorded
 ESCALATED = "escalated-square"
+#: finished evaluations of a run not yet recorded in the store (deleted once they are)
+PARTIAL = "eval-partial.pt"
 
 
 # ------------------------------------------------------------------------------------- progress
@@ -223,7 +225,7 @@ class Runner:
         run_dir = self.root / r.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:  # from scratch: drop what an earlier attempt left
-            for name in ("state.pt", "best.pt", "last.pt", "record.json"):
+            for name in ("state.pt", "best.pt", "last.pt", "record.json", PARTIAL):
                 (run_dir / name).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -240,6 +242,7 @@ class Runner:
             suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
         )
         self.store.record_run(record, results, flags, checks)
+        (run_dir / PARTIAL).unlink(missing_ok=True)
         atomic_write_text(run_dir / "record.json", json.dumps({
             **to_dict(record), "history": history,
             "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
@@ -256,6 +259,7 @@ class Runner:
             suite = dataclasses.replace(r.suite, attacks=tuple(missing))
             results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
             self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)])
+            (self.root / run_id / PARTIAL).unlink(missing_ok=True)
 
     def load_model(self, task: Any, run_id: str, checkpoint: str) -> torch.nn.Module:
         model = task.build_model().to(self.device)
@@ -362,6 +366,8 @@ class Runner:
         _, _, test_loader = task.loaders(r.profile.eval_batch_size, torch.Generator().manual_seed(0), r.profile.eval_batch_size)
         results, flags, checks = [], [], []
         model = task.build_model().to(self.device)
+        partial_path = run_dir / PARTIAL
+        partial = torch.load(partial_path, weights_only=True) if partial_path.exists() else {}
         for ckpt in checkpoints:
             model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
             jobs: list[tuple[str, Any, str]] = [("clean", None, "ce")]
@@ -377,14 +383,32 @@ class Runner:
                     black_box.add(a.id)
             bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(jobs) * len(test_loader))
             acc: dict[str, torch.Tensor] = {}
+            ckpt_sha = hashlib.sha256((run_dir / f"{ckpt}.pt").read_bytes()).hexdigest()
 
             def run_job(aid: str, attack: Any, objective: str) -> None:
-                gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
-                out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
-                                    on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
-                acc[aid] = out.correct
-                results.extend(ResultRow(ckpt, aid, m, v) for m, v in out.metrics.items())
-                flags.append(FlagRow(ckpt, aid, out.correct.numpy()))
+                # Finished (checkpoint, attack) evaluations are kept in eval-partial.pt so a killed
+                # evaluation resumes; the key covers everything that determines the numbers, so a
+                # result computed with another configuration is never reused (nor mixed in).
+                key = derive_seed(ckpt, ckpt_sha, aid, type(attack).__name__,
+                                  to_dict(attack.params) if attack is not None else None, objective,
+                                  task.threat.eps, r.seed, r.profile.eval_batch_size)
+                done = partial.get(f"{ckpt}/{aid}")
+                if done is not None and done["key"] == key:
+                    out_metrics, correct = done["metrics"], done["correct"]
+                    self.reporter.advance(bar, len(test_loader))
+                else:
+                    if done is not None:
+                        self.reporter.message(f"{run_dir.name} [{ckpt}] {aid}: a stored partial result was computed "
+                                              f"with another configuration; evaluating again")
+                    gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
+                    out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
+                                        on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
+                    out_metrics, correct = out.metrics, out.correct
+                    partial[f"{ckpt}/{aid}"] = {"key": key, "metrics": out_metrics, "correct": correct}
+                    atomic_save(partial, partial_path)
+                acc[aid] = correct
+                results.extend(ResultRow(ckpt, aid, m, v) for m, v in out_metrics.items())
+                flags.append(FlagRow(ckpt, aid, correct.numpy()))
 
             for aid, attack, objective in jobs:
                 run_job(aid, attack, objective)

@@ -72,3 +72,45 @@ def test_runner_escalates_to_square_and_it_breaks_the_masked_model(masked, tmp_p
     assert acc["pgd-5"] > 0.5  # the gradient attack is fooled by the masking...
     assert acc[ESCALATED] < acc["pgd-5"] - 0.3  # ...the gradient-free one is not
     assert "whitebox_not_above_blackbox" in failed
+
+
+def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_path, monkeypatch):
+    """eval-partial.pt keeps finished (checkpoint, attack) results; a rerun reuses them only when
+    the attack's configuration is the same."""
+    import dataclasses
+
+    from natbench.runner import PARTIAL
+
+    r, task, _, run_dir = masked
+    (run_dir / PARTIAL).unlink(missing_ok=True)  # another test evaluated these checkpoints
+    calls = []
+    real = type(task).evaluate
+
+    def counting(self, model, loader, attack=None, **kw):
+        calls.append(getattr(attack, "name", "clean"))
+        if len(calls) == 3 and not getattr(self, "_crashed", False):
+            self._crashed = True
+            raise KeyboardInterrupt
+        return real(self, model, loader, attack, **kw)
+
+    monkeypatch.setattr(type(task), "evaluate", counting)
+    runner = Runner(tmp_path, registry=REG)
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(r, task, run_dir, ("best",))
+    assert (run_dir / PARTIAL).exists()
+    calls.clear()
+    resumed = runner.evaluate(r, task, run_dir, ("best",))
+    assert calls[:1] == ["pgd"], calls  # clean and fgsm came from the partial file
+    monkeypatch.setattr(type(task), "evaluate", real)
+    (run_dir / PARTIAL).unlink()
+    fresh = Runner(tmp_path, registry=REG).evaluate(r, task, run_dir, ("best",))
+    key = lambda rows: sorted((x.attack, x.metric, x.value) for x in rows)  # noqa: E731
+    assert key(resumed[0]) == key(fresh[0])
+    # the same attack id with another configuration is evaluated again, not reused
+    changed = dataclasses.replace(r.suite.attacks[1], params={"steps": 2})
+    r2 = dataclasses.replace(r, suite=dataclasses.replace(r.suite, attacks=(r.suite.attacks[0], changed)))
+    monkeypatch.setattr(type(task), "evaluate", counting)
+    calls.clear()
+    Runner(tmp_path, registry=REG).evaluate(r2, task, run_dir, ("best",))
+    assert "pgd" in calls
+    (run_dir / PARTIAL).unlink()
