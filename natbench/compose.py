@@ -185,12 +185,13 @@ class Composite:
     def epoch_end(self, model: torch.nn.Module, task: Any, batch: Batch, generator: torch.Generator) -> dict[str, float]:
         """Merge every component's ``epoch_end`` values (a ``stop`` > 0 from any of them wins)."""
         out: dict[str, float] = {}
+        stop = 0.0
         for _, hook in self._hooks("epoch_end"):
             vals = dict(hook(model, task, batch, generator) or {})
-            stop = max(out.get("stop", 0.0), float(vals.pop("stop", 0.0)))
+            stop = max(stop, float(vals.pop("stop", 0.0)))
             out.update(vals)
-            if stop > 0 or "stop" in out:
-                out["stop"] = stop
+        if stop > 0:
+            out["stop"] = stop
         return out
 
     def state_dict(self) -> dict[str, Any]:

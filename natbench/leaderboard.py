@@ -178,13 +178,12 @@ def write(store, out_dir: Path, task: str | None = None) -> list[Path]:
 
 
 def _worst_case(store, run_id: str, checkpoint: str) -> float:
-    """Percent of test samples correct on clean inputs AND under every attack of the run (per-sample
-    flags); NaN when the run has flags of different lengths or none."""
-    flags = store.flags(run_id, checkpoint)
-    arrays = list(flags.values())
-    if len(arrays) < 2 or len({a.shape[0] for a in arrays}) != 1 or not arrays[0].size:
+    """Percent of test samples correct on clean inputs AND under every attack of the run
+    (:meth:`Store.worst_case` over all stored flags); NaN without flags or with flags of different lengths."""
+    try:
+        return 100.0 * store.worst_case(run_id, checkpoint)
+    except (RunError, ValueError):
         return float("nan")
-    return 100.0 * float(np.logical_and.reduce(arrays).mean())
 
 
 def _failed_checks(store, wide: pd.DataFrame, key: list[str], row) -> str:

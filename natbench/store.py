@@ -297,11 +297,14 @@ class Store:
         ).fetchall()
         return {attack: unpack_flags(n, packed) for attack, n, packed in rows}
 
-    def worst_case(self, run_id: str, checkpoint: str, attacks: list[str]) -> float:
-        """Fraction of samples classified correctly under EVERY attack in ``attacks`` (from flags)."""
+    def worst_case(self, run_id: str, checkpoint: str, attacks: list[str] | None = None) -> float:
+        """Fraction of samples classified correctly under EVERY attack in ``attacks`` (from flags);
+        ``None``: every evaluation stored for the checkpoint (clean included)."""
+        flags = self.flags(run_id, checkpoint)
+        if attacks is None:
+            attacks = list(flags)
         if not attacks:
             raise ValueError("worst_case needs at least one attack id")
-        flags = self.flags(run_id, checkpoint)
         missing = [a for a in attacks if a not in flags]
         if missing:
             raise RunError(

@@ -21,7 +21,7 @@ from natbench.contracts import Batch, Dependency, Regularizer, ThreatModel
 from natbench.errors import CompositionError, ConfigError
 from natbench.models import build as build_model
 from natbench.registry import get_registry
-from natbench.regularizers._common import cached_logits
+from natbench.contracts import cached_logits
 from natbench.regularizers.nat import ADVERSARY_STATES, NAT, adversary_dependencies, nasty_kl
 from natbench.resolve import resolve
 from natbench.taskspec import ModelCfg

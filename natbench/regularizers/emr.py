@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..contracts import Batch, LossOut
-from ._common import cached_logits
+from ..contracts import Batch, LossOut, cached_logits
 
 
 def train_logits(model, batch: Batch, task, cache: dict) -> tuple[str, torch.Tensor]:

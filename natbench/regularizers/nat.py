@@ -66,9 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contracts import Batch, Dependency, LossOut
+from ..contracts import Batch, Dependency, LossOut, cached_logits
 from ..errors import CompositionError, ConfigError
-from ._common import cached_logits
 
 #: ``adversary`` keyword -> (defense spec of the adversary run, checkpoint bound)
 ADVERSARY_STATES: dict[str, tuple[str, str]] = {
