@@ -3,7 +3,9 @@
 Readers return :class:`TensorSplits`: uint8/float image tensors in [0, 1] and int64 labels for a
 train pool and a test set; the task carves the validation split from the train pool. Datasets too
 large for memory (ImageNet-100) return :class:`FileSplits` instead: image file paths and labels,
-which the task decodes per batch.
+which the task decodes per batch. Re-identification data (Market-1501) returns
+:class:`natbench.data.market1501.ReIDSplits` (train / query / gallery items with person and camera
+ids) and is read by the ``reid`` task kind only.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ READERS = {
     "cifar10": "natbench.data.cifar:read_cifar10",
     "cifar100": "natbench.data.cifar:read_cifar100",
     "imagenet100": "natbench.data.imagenet100:read_imagenet100_files",
+    # person re-identification: returns natbench.data.market1501.ReIDSplits (read by the reid task kind)
+    "market1501": "natbench.data.market1501:read_market1501",
 }
 
 #: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
@@ -50,6 +54,7 @@ FIXTURES: dict[str, str] = {
     "cifar10": "natbench.data.cifar:write_cifar10_fixture",
     "cifar100": "natbench.data.cifar:write_cifar100_fixture",
     "imagenet100": "natbench.data.imagenet100:write_imagenet100_full_fixture",
+    "market1501": "natbench.data.market1501:write_market1501_fixture",
 }
 
 
