@@ -57,8 +57,15 @@ class ProfileCfg:
     lr_points: tuple[tuple[float, float], ...] = ()  # piecewise-linear lr: [[epoch, lr], ...] in fractional epochs, set every iteration (cyclic schedules); () = constant lr
     amp: bool = True  # bf16 autocast for training forward passes on CUDA (always off on CPU; evaluation stays fp32)
     channels_last: bool = True  # channels_last memory format on CUDA (off on CPU)
+    sets: tuple[str, ...] = ()  # "key=value" overrides of the task spec (--set syntax) that come with this profile, e.g. ["model.arch=reid_cnn", "task.params.height=64"]; applied before the user's --set
 
     def validate(self, where: str) -> None:
+        if self.sets:
+            from .config import parse_set
+
+            for path, _ in parse_set(self.sets):
+                if path[0] == "training":
+                    raise ConfigError(f"{where}.sets: {'.'.join(path)} sets a training field; write it in the profile itself")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"{where}: epochs and batch sizes must be >= 1")
         if self.lr_points:
@@ -104,6 +111,7 @@ class TaskSpec:
     selection: SelectionCfg = field(default_factory=SelectionCfg)
     suite: str = "digits"  # attack suite (registry section suites)
     defense_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-component param defaults for this task
+    params: dict[str, Any] = field(default_factory=dict)  # task-kind parameters, checked against the kind's own Params dataclass (reid: height, width, num_instances, distance, ...)
 
     def validate(self, where: str) -> None:
         if not self.task:
