@@ -87,9 +87,47 @@ def suite_checks(flags: dict[str, torch.Tensor], steps: dict[str, int],
     return out
 
 
-#: checks whose failure calls for a gradient-free attack (natbench then runs Square itself)
-MASKING_CHECKS = frozenset({"iterative_beats_single_step", "more_steps_not_weaker", "large_eps_reaches_zero",
-                            "gradient_nonzero", "whitebox_not_above_blackbox"})
+#: the checks :func:`suite_checks` makes (recomputed after an escalation)
+SUITE_CHECKS = frozenset({"whitebox_not_above_blackbox", "clean_is_upper_bound", "iterative_beats_single_step",
+                          "more_steps_not_weaker"})
+
+#: ``failed check -> [(result id, attack, params)]``: the stronger evaluation each symptom calls for
+#: (docs/flags.md). Masking of the gradient: the gradient-free Square; an attack whose progress is
+#: not monotone: PGD with 10 restarts at the suite's largest step count; a white-box attack weaker
+#: than a black-box one: a transfer attack from a vanilla model of the same architecture (Athalye et
+#: al. 2018, Sec. 3.1; cheap, and often NAT's adversary already); a randomized model (or an attacked
+#: accuracy above the clean one, its symptom): EOT, AutoAttack's ``rand`` version.
+ESCALATIONS: dict[str, list[tuple[str, str, dict]]] = {
+    "gradient_nonzero": [("escalated-square", "square", {})],
+    "large_eps_reaches_zero": [("escalated-square", "square", {})],
+    "iterative_beats_single_step": [("escalated-square", "square", {})],
+    "more_steps_not_weaker": [("escalated-restarts", "pgd", {"restarts": 10}), ("escalated-square", "square", {})],
+    "whitebox_not_above_blackbox": [("escalated-transfer", "transfer", {"surrogate": "vanilla", "arch": "", "steps": 20})],
+    "deterministic": [("escalated-eot", "autoattack-rand", {})],
+    "clean_is_upper_bound": [("escalated-eot", "autoattack-rand", {})],
+}
+#: objective kind each escalation attack needs from the task
+_NEEDS = {"square": "logits", "pgd": "ce", "transfer": "labels", "autoattack-rand": "logits"}
+
+
+def escalations(failed: set[str], suite: dict[str, str], steps: dict[str, int],
+                objectives: tuple[str, ...] | list[str]) -> list[tuple[str, str, dict]]:
+    """The escalated evaluations ``(id, attack, params)`` that the ``failed`` checks call for
+    (:data:`ESCALATIONS`), each once, skipping an attack the suite (``id -> attack name``) already
+    runs and those whose objective the task (``objectives``) does not offer. The restarts PGD
+    takes the largest step count among the suite's PGD attacks (``steps``; 20 without any)."""
+    out: dict[str, tuple[str, str, dict]] = {}
+    in_suite = set(suite.values())
+    for name in sorted(failed):
+        for aid, attack, params in ESCALATIONS.get(name, ()):
+            if aid in out or _NEEDS[attack] not in objectives:
+                continue
+            if attack == "pgd":
+                params = {**params, "steps": max(steps.values(), default=20)}
+            elif attack in in_suite:
+                continue
+            out[aid] = (aid, attack, params)
+    return list(out.values())
 
 
 def model_checks(task, model, loader, *, device, generator: torch.Generator | None = None,

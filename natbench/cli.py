@@ -84,6 +84,7 @@ def run(
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
     force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
+    eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
 ) -> None:
     """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results.
 
@@ -101,7 +102,7 @@ def run(
                 for d in defense for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
-    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg)
+    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16)
     for r in resolved:
         runner.run(r, force=force)
     if show:
@@ -132,11 +133,12 @@ def eval_(
     device: str = typer.Option("auto", "--device"),
     root: Optional[Path] = RootOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root"),
+    eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
 ) -> None:
     """Evaluate a finished run again (another suite, or one checkpoint) and add the results."""
     from .config import from_dict
     from .registry import get_registry
-    from .resolve import data_root as resolve_data_root
+    from .resolve import check_suite, data_root as resolve_data_root, task_kind_cls
     from .runner import CHECKPOINTS, Runner, pick_device, run_from_dir
     from .taskspec import SuiteSpec, load_suite_spec
     from .ui import RichReporter, setup_logging
@@ -146,8 +148,9 @@ def eval_(
     reg = get_registry()
     r = run_from_dir(_root(root), run_id, reg)
     s = load_suite_spec(reg.entry("suites", suite).spec_path()) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
+    check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
     setup_logging()
-    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg)
+    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16)
     if runner.store.get_run(run_id) is None:
         from .errors import RunError
 

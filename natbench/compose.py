@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .config import from_dict
-from .contracts import Batch, LossOut
+from .contracts import AdaptiveInput, Batch, DefenseObjective, LossOut
 from .errors import CompositionError, suggest
 from .registry import Registry
 
@@ -233,6 +233,40 @@ class Composite:
         if self.perturbation is not None:
             self._restore = self.perturbation.apply(model, lambda m: loss_fn(m).loss)
         return loss_fn(model)
+
+    def adaptive_objective(self, model: torch.nn.Module, batch: Batch, task: Any) -> DefenseObjective:
+        """The composition's own training loss as the objective of an adaptive attack (objective kind
+        ``"defense"``): per sample, the sum of each base/regularizer's ``adaptive_loss`` at the attacked
+        input (e.g. ``pgd-at+nat``: ``CE(f_t(x'), y) - omega tau^2 KL(p_t(x') || p_a(x'))``, the NAT
+        paper's Eq. 14). Weight perturbations and averagers add nothing (the evaluated weights are
+        fixed); regularizers without ``adaptive_loss`` (LASSO: no input; mixup: couples samples) are
+        left out. The model's train/eval mode is the caller's (the evaluation sets eval)."""
+        terms = [c.adaptive_loss for c in (self.base, *self.regularizers) if callable(getattr(c, "adaptive_loss", None))]
+        if not callable(getattr(self.base, "adaptive_loss", None)):
+            raise CompositionError(f"attack 'adaptive': the base defense {self.base.name} does not define its "
+                                   f"training objective (adaptive_loss); drop the adaptive attack from the suite")
+        makes_adv = "x_adv" in self.base.provides
+        ce_on = frozenset(self.base.ce_on)
+        clean: list[torch.Tensor] = []
+
+        def clean_logits() -> torch.Tensor:
+            if not clean:
+                with torch.no_grad():
+                    clean.append(task.logits(model, batch, batch.x).detach())
+            return clean[0]
+
+        def loss_logits(x_adv: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            sub = batch if idx is None else Batch(batch.x[idx], batch.y[idx], None if batch.index is None else batch.index[idx],
+                                                  {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in batch.extra.items()})
+            z = task.logits(model, sub, x_adv)
+            inp = AdaptiveInput(model, task, sub, x_adv, z, (lambda: clean_logits() if idx is None else clean_logits()[idx]),
+                                makes_adv, ce_on)
+            loss = terms[0](inp)
+            for term in terms[1:]:
+                loss = loss + term(inp)
+            return loss, z
+
+        return DefenseObjective(loss_logits, batch.y, task.spec.model.num_classes)
 
     def restore(self) -> None:
         if self._restore is not None:

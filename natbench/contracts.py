@@ -35,6 +35,54 @@ class LogitsObjective:
         return self.fn(x)
 
 
+class Labels:
+    """Objective kind ``"labels"``: only the labels ``y`` (and ``num_classes``) of the batch, nothing of
+    the evaluated model. For attacks that must not query the target at all (a transfer attack
+    crafts its examples on its own surrogate model)."""
+
+    def __init__(self, y: Tensor, num_classes: int):
+        self.y, self.num_classes = y, int(num_classes)
+
+
+class DefenseObjective:
+    """Objective kind ``"defense"``: the composed defense's own training loss as a function of the
+    input the attacker controls (built by :meth:`natbench.compose.Composite.adaptive_objective`), for
+    adaptive attacks (e.g. NAT's Eq. 14: ``CE(f_t(x'), y) - omega * KL(f_t(x') || f_a(x'))``).
+
+    ``loss_logits(x', idx)`` returns ``(per-sample loss (n,), target logits (n, C))`` for the rows
+    ``idx`` of the batch (all rows when ``idx`` is None), in one forward of each model involved;
+    calling the objective gives the loss of all rows (so any loss-maximising attack, PGD, can use
+    it). ``y``/``num_classes`` are the batch's labels and the class count.
+    """
+
+    def __init__(self, loss_logits: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]], y: Tensor,
+                 num_classes: int):
+        self.loss_logits, self.y, self.num_classes = loss_logits, y, int(num_classes)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.loss_logits(x, None)[0]
+
+
+class AdaptiveInput:
+    """What a component's optional ``adaptive_loss(inp) -> (n,)`` sees when an adaptive attack
+    evaluates the composition's training loss at the attacked input ``x_adv``.
+
+    ``batch`` holds the clean inputs and labels of the attacked rows; ``logits_adv`` are the target's
+    logits at ``x_adv`` (differentiable in ``x_adv``); :meth:`logits_clean` the target's logits at the
+    clean inputs (constant: no gradient). ``base_makes_adv`` says whether the base defense trains on
+    adversarial examples: then the attacked input plays the role of ``x'`` in the training loss,
+    otherwise (``vanilla``) that of the clean ``x``. ``base_ce_on`` is the base's ``ce_on``.
+    """
+
+    def __init__(self, model: nn.Module, task: Any, batch: "Batch", x_adv: Tensor, logits_adv: Tensor,
+                 clean: Callable[[], Tensor], base_makes_adv: bool, base_ce_on: frozenset[str]):
+        self.model, self.task, self.batch, self.x_adv, self.logits_adv = model, task, batch, x_adv, logits_adv
+        self._clean, self.base_makes_adv, self.base_ce_on = clean, base_makes_adv, base_ce_on
+
+    def logits_clean(self) -> Tensor:
+        return self._clean()
+
+
 @dataclass
 class Batch:
     """One mini-batch. ``x`` are images in [0, 1]; ``y`` the labels; ``index`` the dataset indices."""
@@ -89,6 +137,7 @@ class Dependency:
     defense: str = "vanilla"  # defense spec used to train it
     checkpoint: str = "best"  # "best", "last", or "init" (the untrained, seeded initialisation; nothing is trained)
     sets: tuple[str, ...] = ()  # --set overrides of the dependency run, e.g. ("model.arch=densenet121",)
+    run: str = ""  # an existing run id under the results root: its checkpoint is used (defense/sets ignored)
 
 
 @runtime_checkable
@@ -232,6 +281,10 @@ The runner calls them; a component without them is unaffected.
 - ``pre_loss(model, batch, task, cache)`` (regularizers): inside the loss closure, before the base's
   ``loss``; may fill ``cache["logits_*"]``, which the base and later terms reuse via
   :func:`cached_logits` (NAT's ``joint_forward``: clean and adversarial logits in one forward).
+- ``adaptive_loss(inp: AdaptiveInput) -> Tensor (n,)`` (base defenses and regularizers): the
+  component's per-sample training loss term as a function of the attacked input (with its weight
+  applied), for the ``adaptive`` attack; terms that do not depend on the input (LASSO) or that
+  couple samples (mixup) have none. Every base defense must define it for ``adaptive`` to run.
 - ``epoch_end(model, task, batch, generator) -> dict[str, float]``: after an epoch's training,
   before validation, with the epoch's first training batch. The values go into the history; a
   ``"stop"`` value > 0 ends training *without* this epoch: ``last`` stays the previous epoch's

@@ -21,13 +21,15 @@ import yaml
 
 from . import compose
 from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
-from .errors import DataError, suggest
+from .errors import CompositionError, DataError, suggest
 from .registry import Registry
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
 #: config paths left out of the provenance hash and of variants: they cannot change a result
 NOT_HASHED = (("task", "data", "num_workers"),)
+#: objective kind built by the runner from the run's composition (adaptive attacks), not by the task
+DEFENSE_OBJECTIVE = "defense"
 #: task fields that choose *what* runs; they have their own options (or cannot change per run)
 FIXED_TASK_FIELDS = {"task": "the task name is fixed; use --task", "kind": "the task kind is fixed by the spec",
                      "suite": "use --suite", "default_profile": "use --profile", "defense_params": "use --set <component>.<param>=..."}
@@ -156,12 +158,7 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     profile = from_dict(ProfileCfg, cfg["training"], "training")
     params = compose.check_params(plan, cfg["defense"]["params"])
     suite = from_dict(SuiteSpec, cfg["suite"], "suite")
-    for a in suite.attacks:
-        cls = reg.load("attacks", a.attack)
-        from_dict(cls.Params, a.params, f"suite.{a.id}.params")
-        obj = a.objective or cls.objective_kind
-        if obj not in getattr(kind_cls, "OBJECTIVES", (obj,)):
-            raise ConfigError(f"suite.{a.id}: objective '{obj}' is not offered by task kind {spec.kind}")
+    check_suite(reg, suite, plan, kind_cls, spec)
     # Canonical, typed values (e.g. "8/255" -> 0.0313...) are what is saved and hashed.
     cfg = copy.deepcopy(cfg)
     cfg["task"] = {k: v for k, v in to_dict(spec).items() if k not in ("profiles", "default_profile")}
@@ -178,6 +175,24 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     h = config_hash(hashed)
     run_id = f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}"
     return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
+
+
+def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: type, spec: TaskSpec) -> None:
+    """Every attack of ``suite`` exists, takes its params, gets an objective the task (or, for kind
+    ``"defense"``, the run's composition) offers, and names dependency defenses that exist."""
+    for a in suite.attacks:
+        cls = reg.load("attacks", a.attack)
+        attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
+        obj = a.objective or cls.objective_kind
+        if obj == DEFENSE_OBJECTIVE:  # built by the runner from the composition, not by the task
+            if not callable(getattr(plan.base.cls, "adaptive_loss", None)):
+                raise CompositionError(f"suite.{a.id}: objective 'defense' needs the training objective of the base "
+                                       f"defense, which {plan.base.name} does not define; drop {a.id} from the suite")
+        elif obj not in getattr(kind_cls, "OBJECTIVES", (obj,)):
+            raise ConfigError(f"suite.{a.id}: objective '{obj}' is not offered by task kind {spec.kind}")
+        for dep in getattr(attack, "dependencies", ()):  # a bad surrogate name fails now, not after training
+            if not dep.run:
+                compose.plan(dep.defense, reg, frozenset(kind_cls.capabilities), spec.kind)
 
 
 def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...] | list[str] = ()) -> Resolved:

@@ -38,15 +38,13 @@ from .compose import Composite
 from .config import from_dict, to_dict
 from .contracts import Batch, LossOut
 from .registry import Registry, get_registry
-from .resolve import Resolved, from_run_config, task_kind_cls, with_defense
+from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store
-from .checks import MASKING_CHECKS, model_checks, suite_checks
+from .checks import SUITE_CHECKS, escalations, model_checks, suite_checks
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = ("best", "last")
-#: attacks that use no gradient of the evaluated model (a white-box attack must not be weaker)
-BLACK_BOX_ATTACKS = frozenset({"square"})
-#: the id under which an attack scheduled by a failed gradient-masking check is recorded
+#: the id under which the gradient-free Square attack scheduled by a failed masking check is recorded
 ESCALATED = "escalated-square"
 #: finished evaluations of a run not yet recorded in the store (deleted once they are)
 PARTIAL = "eval-partial.pt"
@@ -170,9 +168,15 @@ class Runner:
     device: torch.device = torch.device("cpu")
     reporter: Reporter = Reporter()
     registry: Registry | None = None
+    eval_bf16: bool = False  # evaluate (attacks included) under bf16 autocast; CUDA only, recorded per result
 
     def __post_init__(self):
         self.root = Path(self.root)
+        if self.eval_bf16 and self.device.type != "cuda":
+            from .errors import ConfigError
+
+            raise ConfigError(f"--eval-bf16: bf16 autocast evaluation needs a CUDA device (device is {self.device}); "
+                              f"drop --eval-bf16 or use --device cuda")
         self.registry = self.registry or get_registry()
         self._store: Store | None = None
         self._stack: list[str] = []  # config hashes of the runs waiting for a dependency (cycle guard)
@@ -202,25 +206,7 @@ class Runner:
         composite = Composite.build(r.plan, r.params)
         _, channels_last = cuda_speedups(r.profile, self.device)
         for component, dep in composite.dependencies():
-            dep_r = with_defense(self.registry, r, dep.defense, dep.sets)
-            dep_task = self.task(dep_r)
-            if dep.checkpoint == "init":  # an untrained model, seeded apart from the target's own init
-                self.reporter.message(f"{r.run_id}: {dep.role} model is an untrained {dep_r.spec.model.arch}")
-                torch.manual_seed(derive_seed(dep_r.seed, "init", "dependency", dep.role))
-                model = dep_task.build_model().to(self.device)
-            else:
-                if dep_r.config_hash in (*self._stack, r.config_hash):
-                    from .errors import CompositionError
-
-                    raise CompositionError(f"{r.run_id}: its {dep.role} dependency ({dep_r.defense}) needs itself; "
-                                           f"check defense_params / --set of {dep.defense}")
-                self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
-                self._stack.append(r.config_hash)
-                try:
-                    dep_id = self.run(dep_r)
-                finally:
-                    self._stack.pop()
-                model = self.load_model(dep_task, dep_id, dep.checkpoint)
+            model = self.dependency_model(r, dep)
             component.bind(dep.role, model.to(memory_format=torch.channels_last) if channels_last else model)
         run_dir = self.root / r.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +235,41 @@ class Runner:
         }, indent=1, default=str))
         self.reporter.message(f"{r.run_id}: complete (train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s)")
         return r.run_id
+
+    def dependency_model(self, r: Resolved, dep: Any, evaluated: str | None = None) -> torch.nn.Module:
+        """The model behind a component's or an attack's :class:`~natbench.contracts.Dependency`: a
+        run of ``dep.defense`` on ``r``'s task, profile and seed (trained now unless a complete run
+        with the same provenance hash exists), its untrained seeded initialisation (checkpoint
+        ``init``), or the checkpoint of an existing run ``dep.run``. ``evaluated`` is the directory
+        of the run being evaluated: an attack whose dependency is that very run gets its own model
+        (a transfer attack whose surrogate is the evaluated run itself)."""
+        from .errors import CompositionError, RunError
+
+        if dep.run:
+            if not (self.root / "natbench.sqlite").exists() or self.store.get_run(dep.run) is None:
+                raise RunError(f"{r.run_id}: its {dep.role} run '{dep.run}' is not a complete run in {self.store.path}; "
+                               f"list runs with: natbench leaderboard --format csv")
+            dep_r = run_from_dir(self.root, dep.run, self.registry)
+            return self.load_model(self.task(dep_r), dep.run, dep.checkpoint)
+        dep_r = with_defense(self.registry, r, dep.defense, dep.sets)
+        dep_task = self.task(dep_r)
+        if dep.checkpoint == "init":  # an untrained model, seeded apart from the target's own init
+            self.reporter.message(f"{r.run_id}: {dep.role} model is an untrained {dep_r.spec.model.arch}")
+            torch.manual_seed(derive_seed(dep_r.seed, "init", "dependency", dep.role))
+            return dep_task.build_model().to(self.device)
+        if evaluated is not None and dep_r.config_hash == r.config_hash:
+            self.reporter.message(f"{r.run_id}: its {dep.role} model is the run itself ({dep.checkpoint} checkpoint)")
+            return self.load_model(dep_task, evaluated, dep.checkpoint)
+        if dep_r.config_hash in (*self._stack, r.config_hash):
+            raise CompositionError(f"{r.run_id}: its {dep.role} dependency ({dep_r.defense}) needs itself; "
+                                   f"check defense_params / --set of {dep.defense}")
+        self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
+        self._stack.append(r.config_hash)
+        try:
+            dep_id = self.run(dep_r)
+        finally:
+            self._stack.pop()
+        return self.load_model(dep_task, dep_id, dep.checkpoint)
 
     def _complete_suite(self, r: Resolved, run_id: str) -> None:
         """Evaluate the attacks of ``r``'s suite that the finished run ``run_id`` has not seen yet."""
@@ -362,75 +383,120 @@ class Runner:
     # --------------------------------------------------------------------------------- evaluate
     def evaluate(self, r: Resolved, task: Any, run_dir: Path, checkpoints: tuple[str, ...] = CHECKPOINTS,
                  suite=None) -> tuple[list[ResultRow], list[FlagRow], list[CheckRow]]:
+        """Evaluate ``checkpoints`` of the run in ``run_dir`` under clean inputs and every attack of
+        ``suite`` (default: the run's), then the sanity checks; a failed check schedules the stronger
+        evaluation it calls for (:data:`natbench.checks.ESCALATIONS`), recorded under its own id.
+
+        Attack dependencies (a transfer surrogate) are trained or loaded first; an adaptive attack
+        (objective ``"defense"``) gets the run's composition with its own dependencies bound.
+        """
         suite = suite or r.suite
         _, _, test_loader = task.loaders(r.profile.eval_batch_size, torch.Generator().manual_seed(0), r.profile.eval_batch_size)
+        jobs = [self._job(r, run_dir, a.id, a.attack, a.params, a.objective) for a in suite.attacks]
+        composite = self._adaptive_composite(r, jobs)
         results, flags, checks = [], [], []
         model = task.build_model().to(self.device)
         partial_path = run_dir / PARTIAL
         partial = torch.load(partial_path, weights_only=True) if partial_path.exists() else {}
         for ckpt in checkpoints:
             model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
-            jobs: list[tuple[str, Any, str]] = [("clean", None, "ce")]
-            steps: dict[str, int] = {}
-            black_box: set[str] = set()
-            for a in suite.attacks:
-                cls = self.registry.load("attacks", a.attack)
-                attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
-                jobs.append((a.id, attack, a.objective or cls.objective_kind))
-                if a.attack == "pgd":
-                    steps[a.id] = attack.params.steps
-                if a.attack in BLACK_BOX_ATTACKS:
-                    black_box.add(a.id)
-            bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(jobs) * len(test_loader))
+            steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
+            black_box = {j.id for j in jobs if j.black_box}
             acc: dict[str, torch.Tensor] = {}
             ckpt_sha = hashlib.sha256((run_dir / f"{ckpt}.pt").read_bytes()).hexdigest()
 
-            def run_job(aid: str, attack: Any, objective: str) -> None:
+            def run_job(job: "_Job") -> None:
                 # Finished (checkpoint, attack) evaluations are kept in eval-partial.pt so a killed
                 # evaluation resumes; the key covers everything that determines the numbers, so a
                 # result computed with another configuration is never reused (nor mixed in).
-                key = derive_seed(ckpt, ckpt_sha, aid, type(attack).__name__,
-                                  to_dict(attack.params) if attack is not None else None, objective,
-                                  task.threat.eps, r.seed, r.profile.eval_batch_size)
-                done = partial.get(f"{ckpt}/{aid}")
+                key = derive_seed(ckpt, ckpt_sha, job.id, type(job.attack).__name__,
+                                  to_dict(job.attack.params) if job.attack is not None else None, job.objective,
+                                  task.threat.eps, r.seed, r.profile.eval_batch_size, self.eval_bf16)
+                done = partial.get(f"{ckpt}/{job.id}")
                 if done is not None and done["key"] == key:
                     out_metrics, correct = done["metrics"], done["correct"]
                     self.reporter.advance(bar, len(test_loader))
                 else:
                     if done is not None:
-                        self.reporter.message(f"{run_dir.name} [{ckpt}] {aid}: a stored partial result was computed "
+                        self.reporter.message(f"{run_dir.name} [{ckpt}] {job.id}: a stored partial result was computed "
                                               f"with another configuration; evaluating again")
-                    gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", aid))
-                    out = task.evaluate(model, test_loader, attack, objective=objective, generator=gen, device=self.device,
-                                        on_batch=lambda: self.reporter.advance(bar, 1), with_sparsity=attack is None)
-                    out_metrics, correct = out.metrics, out.correct
-                    partial[f"{ckpt}/{aid}"] = {"key": key, "metrics": out_metrics, "correct": correct}
+                    gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", job.id))
+                    objective = job.objective
+                    if objective == DEFENSE_OBJECTIVE:
+                        objective = lambda m, b: composite.adaptive_objective(m, b, task)  # noqa: E731
+                    with self._eval_autocast():
+                        out = task.evaluate(model, test_loader, job.attack, objective=objective, generator=gen,
+                                            device=self.device, on_batch=lambda: self.reporter.advance(bar, 1),
+                                            with_sparsity=job.attack is None)
+                    out_metrics, correct = dict(out.metrics), out.correct
+                    if self.eval_bf16:  # recorded with the result, shown on the leaderboard
+                        out_metrics["bf16_autocast"] = 1.0
+                    partial[f"{ckpt}/{job.id}"] = {"key": key, "metrics": out_metrics, "correct": correct}
                     atomic_save(partial, partial_path)
-                acc[aid] = correct
-                results.extend(ResultRow(ckpt, aid, m, v) for m, v in out_metrics.items())
-                flags.append(FlagRow(ckpt, aid, correct.numpy()))
+                acc[job.id] = correct
+                results.extend(ResultRow(ckpt, job.id, m, v) for m, v in out_metrics.items())
+                flags.append(FlagRow(ckpt, job.id, correct.numpy()))
 
-            for aid, attack, objective in jobs:
-                run_job(aid, attack, objective)
+            all_jobs = [_Job("clean", "clean", None, "ce"), *jobs]
+            bar = self.reporter.start(f"eval {r.defense} [{ckpt}]", len(all_jobs) * len(test_loader))
+            for job in all_jobs:
+                run_job(job)
             self.reporter.stop(bar)
             found = suite_checks(acc, steps, black_box)
             if "ce" in getattr(task, "OBJECTIVES", ()):
                 found += model_checks(task, model, test_loader, device=self.device,
                                       generator=torch.Generator().manual_seed(derive_seed(r.seed, "check", ckpt)))
             failed = {c.name for c in found if not c.passed}
-            if failed & MASKING_CHECKS and not black_box and "logits" in getattr(task, "OBJECTIVES", ()):
-                # a gradient-masking symptom and no gradient-free attack in the suite: run one (Square)
-                from .attacks.square import Square
-
-                self.reporter.message(f"{r.run_id} [{ckpt}]: {', '.join(sorted(failed & MASKING_CHECKS))} failed; "
-                                      f"running the gradient-free Square attack ({ESCALATED}) as docs/flags.md says")
-                bar = self.reporter.start(f"eval {r.defense} [{ckpt}] {ESCALATED}", len(test_loader))
-                run_job(ESCALATED, Square(), "logits")
+            extra = [self._job(r, run_dir, *e) for e in escalations(failed, {j.id: j.name for j in jobs}, steps,
+                                                                    getattr(task, "OBJECTIVES", ()))]
+            if extra:
+                # a gradient-masking symptom: run the stronger attack it calls for (docs/flags.md)
+                self.reporter.message(f"{r.run_id} [{ckpt}]: {', '.join(sorted(failed))} failed; running "
+                                      f"{', '.join(j.id for j in extra)} as docs/flags.md says")
+                bar = self.reporter.start(f"eval {r.defense} [{ckpt}] escalated", len(extra) * len(test_loader))
+                for job in extra:
+                    run_job(job)
                 self.reporter.stop(bar)
-                found = [c for c in found if c.name != "whitebox_not_above_blackbox"]
-                found += [c for c in suite_checks(acc, steps, {ESCALATED}) if c.name == "whitebox_not_above_blackbox"]
+                black_box |= {j.id for j in extra if j.black_box}
+                found = [c for c in found if c.name not in SUITE_CHECKS] + suite_checks(acc, steps, black_box)
             checks += [CheckRow(ckpt, c.name, c.passed, c.detail) for c in found]
         return results, flags, checks
+
+    def _job(self, r: Resolved, run_dir: Path, aid: str, name: str, params: dict, objective: str | None = None) -> "_Job":
+        """One attack of a suite (or an escalation), instantiated, its dependencies bound."""
+        cls = self.registry.load("attacks", name)
+        attack = cls(from_dict(cls.Params, params, f"suite.{aid}.params"))
+        for dep in getattr(attack, "dependencies", ()):
+            model = self.dependency_model(r, dep, evaluated=run_dir.name)
+            attack.bind(dep.role, model)
+        return _Job(aid, name, attack, objective or cls.objective_kind, bool(getattr(cls, "black_box", False)))
+
+    def _adaptive_composite(self, r: Resolved, jobs: list["_Job"]) -> Composite | None:
+        """The run's composition with its dependencies bound, when an attack maximises its training
+        objective (objective kind ``"defense"``); None otherwise."""
+        if not any(j.objective == DEFENSE_OBJECTIVE for j in jobs):
+            return None
+        composite = Composite.build(r.plan, r.params)
+        for component, dep in composite.dependencies():
+            component.bind(dep.role, self.dependency_model(r, dep))
+        return composite
+
+    def _eval_autocast(self) -> Any:
+        """bf16 autocast for an evaluation when asked for (``eval_bf16``, CUDA only); fp32 otherwise."""
+        if not self.eval_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One evaluation: result id, registry name, attack instance (None: clean), objective kind."""
+
+    id: str
+    name: str
+    attack: Any
+    objective: str
+    black_box: bool = False
 
 
 def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -294,9 +294,23 @@ def test_every_attack_stays_in_the_ball_keeps_the_mode_and_is_reproducible(name,
     x, y = data(12)
     eps = 0.1
     atk = _fast(cls)
+    for dep in getattr(atk, "dependencies", ()):  # a transfer surrogate: another model of the task
+        torch.manual_seed(1)
+        atk.bind(dep.role, task.build_model())
+    composite = None
+    if atk.objective_kind == "defense":  # the adaptive attack: pgd-at+nat's objective, adversary bound
+        from natbench.compose import Composite
+
+        rn = resolve(reg, "digits", "nat")
+        composite = Composite.build(rn.plan, rn.params)
+        torch.manual_seed(2)
+        composite.regularizers[0].bind("adversary", task.build_model())
     outs = []
     for _ in range(2):
-        obj = task.objective(model, Batch(x, y), atk.objective_kind)
+        if composite is not None:
+            obj = composite.adaptive_objective(model, Batch(x, y), task)
+        else:
+            obj = task.objective(model, Batch(x, y), atk.objective_kind)
         out = atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(5))
         assert model.training is training, f"{name} changed the model's train/eval mode"
         assert out.shape == x.shape and not out.requires_grad

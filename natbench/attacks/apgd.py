@@ -144,26 +144,37 @@ def _draw_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Ten
     return torch.clamp(x + eps * t / (norm + 1e-12), 0.0, 1.0)
 
 
-def _loss_grad(forward: Forward, loss_fn: LossFn, x_adv: Tensor, y: Tensor, eot_iter: int
-               ) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits, per-sample loss) of the last EOT pass and the gradient averaged over ``eot_iter`` passes."""
+#: ``x -> (per-sample loss, logits)`` in one pass, for objectives that are not a function of the
+#: logits alone (an adaptive attack's defense objective also runs NAT's adversary model).
+Joint = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def _loss_grad(forward: Forward | None, loss_fn: LossFn | None, x_adv: Tensor, y: Tensor, eot_iter: int,
+               joint: Joint | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits, per-sample loss) of the last EOT pass and the gradient averaged over ``eot_iter`` passes
+    (``joint`` replaces ``loss_fn(forward(x), y)`` when given)."""
     grad = torch.zeros_like(x_adv)
     with torch.enable_grad():
         for _ in range(eot_iter):
             xa = x_adv.detach().requires_grad_(True)
-            logits = forward(xa)
-            loss_indiv = loss_fn(logits, y)
+            if joint is not None:
+                loss_indiv, logits = joint(xa)
+            else:
+                logits = forward(xa)
+                loss_indiv = loss_fn(logits, y)
             (g,) = torch.autograd.grad(loss_indiv.sum(), xa)
             grad += g.detach()
     return logits.detach(), loss_indiv.detach(), grad / float(eot_iter)
 
 
-def apgd_single_run(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: float, n_iter: int,
-                    rho: float = 0.75, eot_iter: int = 1, generator: torch.Generator | None = None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: LossFn | None, *, eps: float, n_iter: int,
+                    rho: float = 0.75, eot_iter: int = 1, generator: torch.Generator | None = None,
+                    joint: Joint | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One APGD run from a random start: ``(x_best, robust, loss_best, x_best_adv)`` as the original's
     ``attack_single_run``: the highest-loss point, per-sample "never misclassified" flags, its loss,
-    and the latest misclassified iterate (the start where never misclassified)."""
+    and the latest misclassified iterate (the start where never misclassified). ``joint`` (``x ->
+    (loss, logits)``) replaces ``forward``/``loss_fn`` for objectives that are not a function of the
+    logits alone; the schedule is unchanged."""
     b = x.shape[0]
     view = (-1, *([1] * (x.dim() - 1)))
     n_first, n_min, size_decr = schedule(n_iter)
@@ -173,7 +184,7 @@ def apgd_single_run(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, 
     x_best_adv = x_adv.clone()
     loss_steps = torch.zeros(n_iter, b, device=x.device)
 
-    logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter)
+    logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter, joint)
     grad_best = grad.clone()
     acc = logits.max(1)[1] == y
     loss_best = loss_indiv.clone()
@@ -195,7 +206,7 @@ def apgd_single_run(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, 
         x_adv = torch.clamp(torch.min(torch.max(x_adv + (z - x_adv) * a + momentum * (1 - a), lo), hi), 0.0, 1.0)
 
         # ---- gradient, success tracking
-        logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter)
+        logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter, joint)
         pred = logits.max(1)[1] == y
         acc = acc & pred
         wrong = ~pred

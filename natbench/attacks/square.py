@@ -130,6 +130,7 @@ class Square(LinfAttack):
 
     name = "square"
     objective_kind = "logits"
+    black_box = True  # queries the model's outputs only, never its gradient
 
     @dataclass(frozen=True)
     class Params:

@@ -6,6 +6,8 @@
 - :func:`attack_budget`: a defense's ``steps``/``step_size`` params, None meaning the task's
   threat-model values (an explicit 0 is kept).
 - :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1).
+- :func:`adaptive_ce` / :func:`kl_per_sample` / :func:`nuclear_adaptive`: per-sample training-loss
+  terms at the attacked input, for the ``adaptive`` attack (``adaptive_loss`` hooks).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from torch import nn
 
@@ -50,3 +53,22 @@ def gaussian_start_ascent(loss_sum: Callable[[torch.Tensor], torch.Tensor], x: t
         x_adv = x_adv.detach() + step_size * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach().clamp(0.0, 1.0)
+
+
+def adaptive_ce(inp) -> torch.Tensor:
+    """Per-sample ``CE(f(x'), y)`` at the attacked input: the ``adaptive_loss`` of every base whose
+    training loss is a CE on one input (vanilla on x; PGD-AT, Fast-AT, Free-AT on x')."""
+    return F.cross_entropy(inp.logits_adv, inp.batch.y, reduction="none")
+
+
+def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per sample (sum over classes), shape ``(B,)``."""
+    return F.kl_div(F.log_softmax(logits_q, dim=1), F.softmax(logits_p, dim=1), reduction="none").sum(dim=1)
+
+
+def nuclear_adaptive(inp, lam: float) -> torch.Tensor:
+    """NuAT's training loss ``CE(f(x), y) + lam * ||f(x) - f(x')||_* / B`` per sample: the nuclear norm
+    of one row (a 1 x C matrix, B = 1) is that row's L2 norm (the batch norm couples samples; a
+    per-sample attack objective cannot)."""
+    z_clean = inp.logits_clean()
+    return F.cross_entropy(z_clean, inp.batch.y, reduction="none") + lam * (z_clean - inp.logits_adv).norm(p=2, dim=1)

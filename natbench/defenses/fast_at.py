@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
-from ._common import bn_mode
+from ._common import adaptive_ce, bn_mode
 
 
 def _uniform(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
@@ -105,6 +105,10 @@ class FastAT:
         delta = (delta + self.alpha(eps) * grad.sign()).clamp(-eps, eps)
         delta = _clip_to_image(delta, x)
         cache["x_adv"] = (x + delta).clamp(0.0, 1.0).detach()  # the clamp only absorbs rounding
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
+        return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
+from ._common import adaptive_ce
 
 
 class FreeAT:
@@ -93,6 +94,10 @@ class FreeAT:
         z = x + leaf
         # clip_[0,1](z) with TF's clip_by_value gradient: it passes *at* the bounds (torch.clamp's does not)
         cache["x_adv"] = torch.where((z >= 0) & (z <= 1), z, z.detach().clamp(0.0, 1.0))  # not detached: reaches delta
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
+        return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])

@@ -85,6 +85,18 @@ class MART:
             cache["x_adv"] = gaussian_start_ascent(lambda z: objective(z).sum(), batch.x, eps=tm.eps, steps=steps,
                                                    step_size=step_size, init_std=p.init_std, generator=generator)
 
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss per sample with the attacked input as x' (the batch means of
+        :func:`mart_parts` taken per sample): ``BCE(f(x'), y) + beta * KL(p(x) || p(x')) (1 - p_y(x))``."""
+        z, z_adv, y = inp.logits_clean(), inp.logits_adv, inp.batch.y
+        adv_probs = F.softmax(z_adv, dim=1)
+        top2 = torch.topk(adv_probs, 2, dim=1).indices
+        y_hat = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+        bce = F.cross_entropy(z_adv, y, reduction="none") - torch.log(1.0001 - adv_probs.gather(1, y_hat.view(-1, 1)).squeeze(1) + 1e-12)
+        nat_probs = F.softmax(z, dim=1)
+        kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
+        return bce + self.params.beta * kl * (1.0000001 - nat_probs.gather(1, y.long().view(-1, 1)).squeeze(1))
+
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = cached_logits(model, batch, task, cache, "clean", batch.x)
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
-from ._common import bn_mode
+from ._common import bn_mode, nuclear_adaptive
 
 
 # ----------------------------------------------------------------------------------- shared pieces
@@ -161,6 +161,11 @@ class NuAT:
         with bn_mode(model, "eval"):
             cache["x_adv"] = signed_step(objective, x0, batch.x, step=eps if p.step_size is None else p.step_size,
                                          eps=eps)
+
+    def adaptive_loss(self, inp) -> Tensor:
+        """Its training loss per sample with the attacked input as x', at the end of the lambda ramp
+        (``lam_max``): ``CE(f(x), y) + lam_max * ||f(x) - f(x')||_2`` (see ``nuclear_adaptive``)."""
+        return nuclear_adaptive(inp, self.params.lam_max)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         return nuat_training_loss(model, batch, task, cache, self.lam, self._divisor(batch))

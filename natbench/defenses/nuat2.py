@@ -43,7 +43,7 @@ from torch import Tensor
 from ..averagers.ema import ModuleCopy, ema_step, load_average
 from ..contracts import Batch, LossOut
 from ..errors import ConfigError
-from ._common import bn_mode
+from ._common import bn_mode, nuclear_adaptive
 from .nuat import bernoulli_start, check_common, lam_at, nuat_training_loss, nuclear, signed_step
 
 
@@ -110,6 +110,11 @@ class NuAT2:
             x1 = signed_step(step0, x0, batch.x, step=step, eps=eps)
             cache["x_adv"] = signed_step(lambda xa: F.cross_entropy(task.logits(model, batch, xa), y), x1, batch.x,
                                          step=step, eps=eps)
+
+    def adaptive_loss(self, inp) -> Tensor:
+        """Its training loss per sample with the attacked input as x', at the end of the lambda ramp
+        (``lam_max``): ``CE(f(x), y) + lam_max * ||f(x) - f(x')||_2`` (see ``nuclear_adaptive``)."""
+        return nuclear_adaptive(inp, self.params.lam_max)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         return nuat_training_loss(model, batch, task, cache, self.lam, self._divisor(batch))

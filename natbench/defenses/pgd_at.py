@@ -18,7 +18,7 @@ import torch
 
 from ..attacks.pgd import PGD
 from ..contracts import Batch, LossOut, cached_logits
-from ._common import attack_budget, bn_mode
+from ._common import adaptive_ce, attack_budget, bn_mode
 
 
 class PGDAT:
@@ -43,6 +43,10 @@ class PGDAT:
         attack = PGD(PGD.Params(steps=steps, step_size=step_size, random_start=True))
         with bn_mode(model, self.params.attack_bn):
             cache["x_adv"] = attack(task.objective(model, batch, "ce"), batch.x, eps=tm.eps, generator=generator)
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
+        return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])

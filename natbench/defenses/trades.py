@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut, cached_logits
-from ._common import attack_budget, bn_mode, gaussian_start_ascent
+from ._common import attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,12 @@ class TRADES:
             steps, step_size = attack_budget(p, tm)
             cache["x_adv"] = gaussian_start_ascent(kl_sum, batch.x, eps=tm.eps, steps=steps, step_size=step_size,
                                                    init_std=p.init_std, generator=generator)
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss per sample with the attacked input as x':
+        ``CE(f(x), y) + beta * KL(p(x) || p(x'))`` (the CE on the clean input is a constant)."""
+        z = inp.logits_clean()
+        return F.cross_entropy(z, inp.batch.y, reduction="none") + self.params.beta * kl_per_sample(z, inp.logits_adv)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = cached_logits(model, batch, task, cache, "clean", batch.x)

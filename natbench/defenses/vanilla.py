@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..contracts import Batch, LossOut, cached_logits
+from ._common import adaptive_ce
 
 
 class Vanilla:
@@ -27,6 +28,10 @@ class Vanilla:
 
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         pass
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss at the attacked input (which plays the role of the clean x): CE."""
+        return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         z = cached_logits(model, batch, task, cache, "clean", batch.x)

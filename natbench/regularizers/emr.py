@@ -62,6 +62,10 @@ class EMR:
     def __init__(self, params: "EMR.Params | None" = None):
         self.params = params or self.Params()
 
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its term per sample at the attacked input (the inputs it trains on): ``lam * H(p(x'))``."""
+        return self.params.lam * entropy(inp.logits_adv)
+
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         which, z = train_logits(model, batch, task, cache)
         h = entropy(z).mean()

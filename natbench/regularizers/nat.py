@@ -163,12 +163,15 @@ class NAT:
             raise RuntimeError(f"NAT has no adversary model bound for {', '.join(missing)}; the runner binds it before training")
         return [self.adversaries[r] for r in roles]
 
-    def adversary_logits(self, batch: Batch, task, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def adversary_logits(self, batch: Batch, task, xs: tuple[torch.Tensor, ...], grad: bool = False
+                         ) -> tuple[torch.Tensor, ...]:
         """The adversary's logits on each of ``xs``: one eval-mode, no-grad forward on their
-        concatenation (per member); an ensemble's logits are the mean of its members' logits."""
+        concatenation (per member); an ensemble's logits are the mean of its members' logits.
+        ``grad=True`` keeps the graph to the *inputs* (an adaptive attack differentiates through
+        the adversary; its parameters never require gradients)."""
         sizes = [len(x) for x in xs]
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             zs = []
             for m in self._members():
                 if m.training:  # bind() set eval; guard against a caller that switched it back
@@ -204,6 +207,21 @@ class NAT:
         if cache.get("logits_clean") is not joint[0] or cache.get("logits_adv") is not joint[1]:
             raise CompositionError("nat.joint_forward=true: the base defense recomputed its logits instead of reusing "
                                    "cache['logits_clean'/'logits_adv']; set nat.joint_forward=false for this base")
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """NAT's terms per sample at the attacked input x' (the paper's Eq. 14 with the base's CE):
+        ``- omega * tau^2 * KL(p_t^tau(x') || p_a^tau(x'))``, plus ``CE(f_t(x'), y)`` when the base trains
+        on adversarial examples without a CE on them (NAT's completion of Eq. 5; with a ``vanilla``
+        base the attacked input plays the clean x, whose CE the base already has). The gradient flows
+        through the adversary's logits too (``f_a(x')`` depends on x'); its weights stay frozen."""
+        z_a = self.adversary_logits(inp.batch, inp.task, (inp.x_adv,), grad=True)[0]
+        p = self.params
+        kl = p.tau * p.tau * F.kl_div(F.log_softmax(z_a / p.tau, dim=1), F.softmax(inp.logits_adv / p.tau, dim=1),
+                                      reduction="none").sum(dim=1)
+        out = -p.omega * kl
+        if inp.base_makes_adv and "adv" not in inp.base_ce_on:
+            out = out + F.cross_entropy(inp.logits_adv, inp.batch.y, reduction="none")
+        return out
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         inputs = {"clean": batch.x}

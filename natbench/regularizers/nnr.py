@@ -38,6 +38,10 @@ class NNR:
     def __init__(self, params: "NNR.Params | None" = None):
         self.params = params or self.Params()
 
+    def adaptive_loss(self, inp):
+        """Its term per sample at the attacked input (the inputs it trains on): ``-lam * ||p(x')||_2``."""
+        return -self.params.lam * F.softmax(inp.logits_adv, dim=1).norm(p=2, dim=1)
+
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         which, z = train_logits(model, batch, task, cache)
         norm = F.softmax(z, dim=1).norm(p=2, dim=1).mean()

@@ -6,7 +6,14 @@ Capabilities ``{"logits"}``; headline metric ``accuracy``. Objectives an attack 
 - ``"logits"``: a :class:`~natbench.contracts.LogitsObjective` (``x' -> logits`` with ``.y``), for
   attacks that need the class scores (APGD-DLR/-T, FAB, Square, AutoAttack);
 - ``"cw"``: the Carlini-Wagner margin ``-clamp(z_y - max_{j!=y} z_j + kappa, min=0)``, kappa = 50
-  (as CW-inf in the FAT / CAT evaluations, notes Sec. 9.1).
+  (as CW-inf in the FAT / CAT evaluations, notes Sec. 9.1);
+- ``"labels"``: a :class:`~natbench.contracts.Labels` (the labels only, nothing of the model), for
+  transfer attacks that never query the target.
+
+``evaluate`` also takes an objective *builder* ``(model, batch) -> objective`` in place of a kind:
+the runner passes one for the adaptive attack's ``"defense"`` objective (the composition's own
+training loss). Evaluation batches that run out of CUDA memory are split in halves (recursively) and
+later batches use the size that fitted (:meth:`ClassificationTask.evaluate`).
 
 Data. A reader (``natbench.data.READERS``) returns either tensors (:class:`TensorSplits`, served by
 :class:`TensorLoader`; ``data.augment`` ``none`` | ``crop_flip`` = RandomCrop(32, padding=4) + flip)
@@ -45,7 +52,7 @@ from torch import Tensor, nn
 from ..analysis import sparsity
 from ..attacks._base import cw_margin_loss
 from ..checks import assert_in_ball
-from ..contracts import Batch, EvalOut, LogitsObjective, Objective
+from ..contracts import Batch, EvalOut, Labels, LogitsObjective, Objective
 from ..data import READERS, FileSplits, stratified_pick
 from ..errors import ConfigError, DataError, UnknownNameError, suggest
 from ..registry import load_target
@@ -257,7 +264,7 @@ class ClassificationTask:
 
     capabilities = frozenset({"logits"})
     headline_metric = "accuracy"
-    OBJECTIVES = ("ce", "cw", "logits")
+    OBJECTIVES = ("ce", "cw", "logits", "labels")
 
     def __init__(self, spec: TaskSpec, data_root: Path | None = None):
         self.spec = spec
@@ -373,34 +380,45 @@ class ClassificationTask:
             return lambda z: cw_margin_loss(model(z), y, kappa=50.0)
         if kind == "logits":
             return LogitsObjective(model, y, self.spec.model.num_classes)
+        if kind == "labels":
+            return Labels(y, self.spec.model.num_classes)
         raise ConfigError(f"objective '{kind}' is not offered by task kind classification.{suggest(kind, self.OBJECTIVES)} Available: {', '.join(self.OBJECTIVES)}")
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model: nn.Module, loader: Any, attack: Any | None = None, *, objective: str = "ce",
+    def evaluate(self, model: nn.Module, loader: Any, attack: Any | None = None, *,
+                 objective: str | Callable[[nn.Module, Batch], Any] = "ce",
                  eps: float | None = None, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", on_batch: Callable[[], None] | None = None,
                  with_sparsity: bool = False) -> EvalOut:
         """Accuracy (and per-sample correctness) under ``attack`` (clean if None), model in eval mode.
 
-        Every attacked batch is checked to lie in the eps-ball and [0, 1].
+        ``objective`` is the kind the task builds for the attack, or a builder ``(model, batch) ->
+        objective``. Every attacked batch is checked to lie in the eps-ball and [0, 1]. A batch that
+        runs out of CUDA memory is evaluated in halves (recursively, per-sample results in order);
+        the size that fitted is kept for the following batches (``max_eval_batch``).
         """
         eps = self.threat.eps if eps is None else eps
+        build = objective if callable(objective) else (lambda m, b: self.objective(m, b, objective))
         was_training = model.training
         model.eval()
         correct, all_logits, all_y = [], [], []
+
+        def run(batch: Batch) -> Tensor:
+            x = batch.x
+            if attack is not None:
+                x = attack(build(model, batch), batch.x, eps=eps, generator=generator)
+                assert_in_ball(batch.x, x, eps, f"attack {getattr(attack, 'name', attack)}")
+            with torch.no_grad():
+                return model(x)
+
         try:
             for batch in loader:
                 batch = batch.to(device)
-                x = batch.x
-                if attack is not None:
-                    x = attack(self.objective(model, batch, objective), batch.x, eps=eps, generator=generator)
-                    assert_in_ball(batch.x, x, eps, f"attack {getattr(attack, 'name', attack)}")
-                with torch.no_grad():
-                    z = model(x)
-                correct.append((z.argmax(1) == batch.y).cpu())
-                if with_sparsity:
-                    all_logits.append(z.cpu())
-                    all_y.append(batch.y.cpu())
+                for z, part in self._fitting(run, batch):
+                    correct.append((z.argmax(1) == part.y).cpu())
+                    if with_sparsity:
+                        all_logits.append(z.cpu())
+                        all_y.append(part.y.cpu())
                 if on_batch is not None:
                     on_batch()
         finally:
@@ -410,3 +428,36 @@ class ClassificationTask:
         if with_sparsity and all_logits:
             metrics.update(sparsity.summary(torch.cat(all_logits), torch.cat(all_y)))
         return EvalOut(metrics, flags)
+
+    #: largest evaluation chunk that fitted in memory after an out-of-memory split (None: no split yet)
+    max_eval_batch: int | None = None
+
+    def _fitting(self, run: Callable[[Batch], Tensor], batch: Batch) -> list[tuple[Tensor, Batch]]:
+        """``[(run(part), part)]`` over chunks of ``batch`` no larger than :attr:`max_eval_batch`;
+        a chunk that raises ``torch.OutOfMemoryError`` is split in two and retried (down to one sample)."""
+        size = len(batch) if self.max_eval_batch is None else min(len(batch), self.max_eval_batch)
+        out, start = [], 0
+        while start < len(batch):
+            part = _rows(batch, start, start + size)
+            try:
+                out.append((run(part), part))
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                self.max_eval_batch = size
+                log.warning("evaluation ran out of memory; continuing with batches of %d", size)
+                continue
+            start += size
+        return out
+
+
+def _rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows ``start:stop`` of ``batch`` (the batch itself when that is all of it)."""
+    if start == 0 and stop >= len(batch):
+        return batch
+    return Batch(batch.x[start:stop], batch.y[start:stop], None if batch.index is None else batch.index[start:stop],
+                 {k: (v[start:stop] if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(batch) else v)
+                  for k, v in batch.extra.items()})
