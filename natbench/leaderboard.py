@@ -29,6 +29,8 @@ FORMATS = ("md", "csv", "json", "html")
 _WRITE_FORMATS = ("md", "csv", "json")
 _CHECKPOINT_ORDER = {"best": 0, "last": 1}
 _KEY = ["defense", "checkpoint"]
+#: result ids of the attacks natbench adds when a sanity check fails (natbench.checks.ESCALATIONS)
+ESCALATED_PREFIX = "escalated-"
 
 
 def tasks(store) -> list[str]:
@@ -45,9 +47,12 @@ def table(
     column is the mean over seeds and ``<col>_std`` the sample std (ddof=1). ``profile`` keeps one
     recipe profile; when it is ``None`` and the task has runs of several profiles, a ``profile``
     column is added after ``defense`` so runs of different recipes are never averaged together.
-    With clean plus two or more attacks, ``worst-case`` is the per-sample worst case: the percentage
-    of test samples correct on clean inputs and under every attack of the run (from the stored
-    flags). ``flags`` names the sanity checks (``natbench.checks``) any run of the row failed,
+    A row only shows the suite attacks that *every* run of it was evaluated with (an attack added
+    to one seed with ``natbench eval`` is blank in a multi-seed row), so ``avg`` (clean and the suite
+    attacks, not the escalated ones) and ``worst-case`` never mix suites. With clean plus two or
+    more attacks, ``worst-case`` is the per-sample worst case: the percentage of test samples
+    correct on clean inputs and under every attack shown for the run, escalated ones (the stronger
+    attacks a failed sanity check scheduled, ``escalated-*``) included (from the stored flags). ``flags`` names the sanity checks (``natbench.checks``) any run of the row failed,
     pointing at ``docs/flags.md``; the column is there only when some row failed a check.
     Likewise a ``variant`` column (the run's ``--set`` values that differ from the spec, e.g.
     ``nat.omega=0.06``) appears when any run has one: a sweep gives one row per value.
@@ -76,15 +81,23 @@ def table(
         key.insert(key.index("checkpoint"), "variant")
 
     attacks = _attack_order(runs["suite"], sel["attack"])
+    escalated = [a for a in attacks if a.startswith(ESCALATED_PREFIX)]
+    suite_cols = [a for a in attacks if a not in escalated]
     # one row per (run, checkpoint), one column per attack, in percent
     wide = sel.set_index(["run_id", *key, "attack"])["value"].unstack("attack")
     wide = wide.reindex(columns=attacks) * 100.0
     wide.columns.name = None
-    wide["avg"] = wide[attacks].mean(axis=1, skipna=True)
     wide = wide.reset_index()
+    # A row compares like with like: a suite attack that only some of its runs were evaluated with
+    # (e.g. AutoAttack added to one seed by natbench eval) is left out of the whole row.
+    for idx in wide.groupby(key, sort=False, dropna=False).groups.values():
+        cells = wide.loc[idx, suite_cols]
+        wide.loc[idx, [c for c in suite_cols if cells[c].isna().any() and cells[c].notna().any()]] = np.nan
+    wide["avg"] = wide[suite_cols].mean(axis=1, skipna=True)  # the paper's Avg.: clean and the suite's attacks
     value_cols = [*attacks, "avg"]
     if metric == "accuracy" and len(attacks) > 2:  # clean + at least two attacks: a worst case says more
-        worst = [_worst_case(store, r.run_id, r.checkpoint) for r in wide.itertuples()]
+        worst = [_worst_case(store, r["run_id"], r["checkpoint"], [a for a in attacks if r[a] == r[a]])
+                 for r in wide.to_dict("records")]
         if any(w == w for w in worst):  # only when per-sample flags were stored
             wide["worst-case"] = worst
             value_cols.append("worst-case")
@@ -100,7 +113,8 @@ def table(
             out[f"{col}_std"] = std[col]
     out = out.reset_index()
     out["seeds"] = out["seeds"].astype(int)
-    flags = [_failed_checks(store, wide, key, row) for row in out.itertuples(index=False)]
+    bf16 = set(res.loc[(res["metric"] == "bf16_autocast") & (res["value"] > 0), "run_id"])
+    flags = [_failed_checks(store, wide, key, row, bf16) for row in out.itertuples(index=False)]
     if any(flags):  # a column only when some row carries a warning
         out["flags"] = flags
     out = out.sort_values(key, key=_sort_key, kind="stable").reset_index(drop=True)
@@ -177,17 +191,19 @@ def write(store, out_dir: Path, task: str | None = None) -> list[Path]:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _worst_case(store, run_id: str, checkpoint: str) -> float:
-    """Percent of test samples correct on clean inputs AND under every attack of the run
-    (:meth:`Store.worst_case` over all stored flags); NaN without flags or with flags of different lengths."""
+def _worst_case(store, run_id: str, checkpoint: str, attacks: list[str]) -> float:
+    """Percent of test samples correct on clean inputs AND under every one of ``attacks`` (the row's
+    common suite attacks and the run's escalated ones; :meth:`Store.worst_case`); NaN without flags
+    or with flags of different lengths."""
     try:
-        return 100.0 * store.worst_case(run_id, checkpoint)
+        return 100.0 * store.worst_case(run_id, checkpoint, attacks)
     except (RunError, ValueError):
         return float("nan")
 
 
-def _failed_checks(store, wide: pd.DataFrame, key: list[str], row) -> str:
-    """``"! name, name (docs/flags.md)"`` for the sanity checks any run of the row failed, else ''."""
+def _failed_checks(store, wide: pd.DataFrame, key: list[str], row, bf16: set[str] = frozenset()) -> str:
+    """``"! name, name (docs/flags.md)"`` for the sanity checks any run of the row failed, plus
+    ``bf16_eval`` when a run of the row was evaluated under bf16 autocast; else ''."""
     cols = dict(zip(key, [getattr(row, k) for k in key]))
     runs = wide.loc[(wide[list(cols)] == pd.Series(cols)).all(axis=1), "run_id"].unique()
     failed: dict[str, None] = {}
@@ -195,6 +211,8 @@ def _failed_checks(store, wide: pd.DataFrame, key: list[str], row) -> str:
         chk = store.checks(run_id)
         chk = chk[(chk["checkpoint"] == cols["checkpoint"]) & ~chk["passed"]]
         failed.update(dict.fromkeys(chk["name"]))
+    if bf16.intersection(runs):
+        failed["bf16_eval"] = None
     return f"! {', '.join(failed)} (docs/flags.md)" if failed else ""
 
 

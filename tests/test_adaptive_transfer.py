@@ -205,6 +205,31 @@ def test_suite_checks_refuse_bad_surrogates_and_objectives():
         resolve(REG, "digits", "nat", suite=name)  # the named suites validate
 
 
+@pytest.mark.slow
+def test_nat_run_with_adaptive_and_transfer_attacks_end_to_end(tmp_path):
+    """natbench run: the adaptive attack gets NAT's objective with the adversary bound; the transfer
+    surrogate (pgd-at, same architecture) is trained as a recorded dependency run, whose own
+    evaluation transfers from itself."""
+    suite = {"suite": "t", "description": "t", "attacks": [
+        {"id": "pgd-5", "attack": "pgd", "params": {"steps": 5}},
+        {"id": "adaptive-5", "attack": "adaptive", "params": {"steps": 5}},
+        {"id": "transfer-5", "attack": "transfer", "params": {"steps": 5, "arch": ""}}]}
+    r = resolve(REG, "digits", "nat", profile="quick", sets=["training.epochs=1"], suite="smoke")
+    from natbench.config import to_dict
+
+    spec = from_dict(SuiteSpec, suite, "suite")
+    r = dataclasses.replace(r, suite=spec, config={**r.config, "suite": to_dict(spec)})  # as --suite would
+    runner = Runner(tmp_path, registry=REG)
+    runner.run(r)
+    res = runner.store.results("digits")
+    acc = res[(res.metric == "accuracy") & (res.checkpoint == "best")].pivot(index="defense", columns="attack", values="value")
+    assert set(acc.index) == {"vanilla", "pgd-at", "pgd-at+nat"}  # NAT's adversary and the surrogate are runs
+    nat = acc.loc["pgd-at+nat"]
+    assert 0 <= nat["adaptive-5"] <= nat["clean"] and 0 <= nat["transfer-5"] <= nat["clean"]
+    # the transfer attack on the surrogate itself is a white-box PGD-5 on it (same model, same budget)
+    assert abs(acc.loc["pgd-at", "transfer-5"] - acc.loc["pgd-at", "pgd-5"]) <= 0.03
+
+
 # --------------------------------------------------------------------------- escalations
 def test_each_failed_check_schedules_the_attack_it_calls_for():
     obj = ("ce", "cw", "logits", "labels")

@@ -200,3 +200,36 @@ def test_worst_case_and_flags_columns(store):
     assert df["worst-case"].tolist() == [40.0]  # samples 0 and 3 survive clean, pgd-20 and aa
     assert df["flags"].tolist() == ["! more_steps_not_weaker (docs/flags.md)"]
     assert df["avg"].tolist() == [round((80 + 60 + 80) / 3, 2)]  # worst-case is not part of avg
+
+
+def test_a_row_keeps_only_the_attacks_every_seed_has_and_escalations_enter_worst_case(store):
+    """AutoAttack added to one seed only (natbench eval) is left out of the multi-seed row, so avg and
+    worst-case do not mix suites; an escalated attack of one run stays in that run's worst case."""
+    from natbench.store import FlagRow
+
+    def rec(run_id, seed, accs, flags):
+        run = RunRecord(run_id=run_id, task="cifar10", defense="pgd-at", profile="paper", seed=seed,
+                        config_hash=f"h-{run_id}", git_rev="g", versions={}, device="cpu",
+                        started=f"2024-01-01T00:00:0{seed}Z", finished="2024-01-01T01:00:00Z",
+                        wall_train_s=1.0, wall_eval_s=1.0, config={}, suite=list(accs))
+        store.record_run(run, [ResultRow("best", a, "accuracy", v) for a, v in accs.items()],
+                         [FlagRow("best", a, np.array(f, dtype=bool)) for a, f in flags.items()], [])
+
+    rec("s0", 0, {"clean": 0.75, "pgd-20": 0.5, "aa": 0.25},
+        {"clean": [1, 1, 1, 0], "pgd-20": [1, 1, 0, 0], "aa": [1, 0, 0, 0]})
+    rec("s1", 1, {"clean": 1.0, "pgd-20": 0.75, "escalated-square": 0.25},
+        {"clean": [1, 1, 1, 1], "pgd-20": [1, 1, 1, 0], "escalated-square": [0, 0, 1, 0]})
+    row = leaderboard.table(store, "cifar10").iloc[0]
+    assert np.isnan(row["aa"])  # only seed 0 has it
+    assert row["avg"] == round(np.mean([(75 + 50) / 2, (100 + 75) / 2]), 2)  # clean and pgd-20 only
+    assert row["escalated-square"] == 25.0  # shown for the run that has it
+    # worst case: seed 0 over clean, pgd-20 (2/4 = 50 %); seed 1 also over its escalation (1/4)
+    assert row["worst-case"] == round((50 + 25) / 2, 2)
+
+
+def test_bf16_evaluations_are_flagged(store):
+    add(store, "a", "pgd-at", 0, {"best": {"clean": 0.9, "pgd-20": 0.5}})
+    add(store, "b", "trades", 0, {"best": {"clean": 0.8, "pgd-20": 0.5}})
+    store.add_results("b", [ResultRow("best", "pgd-20", "bf16_autocast", 1.0)], [], [], suite=["clean", "pgd-20"])
+    df = leaderboard.table(store, "cifar10").set_index("defense")
+    assert df.loc["trades", "flags"] == "! bf16_eval (docs/flags.md)" and df.loc["pgd-at", "flags"] == ""
