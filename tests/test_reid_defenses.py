@@ -135,6 +135,24 @@ def test_amd_clean_weight_and_nat_completion(root):
     assert "nat_ce_adv" not in out.parts
 
 
+def test_amd_adaptive_loss_is_the_per_sample_identity_ce(root):
+    from natbench.contracts import AdaptiveInput
+    from natbench.errors import ConfigError
+    from natbench.tasks.reid import smoothed_ce
+
+    _, task, comp, model = _setup(root, "amd")
+    model.eval()
+    batch = next(iter(task.loaders(16, torch.Generator().manual_seed(0))[0]))
+    x_adv = (batch.x + 0.02).clamp(0, 1)
+    z = model(x_adv)
+    inp = AdaptiveInput(model, task, batch, x_adv, z, lambda: model(batch.x), True, comp.base.ce_on)
+    torch.testing.assert_close(comp.base.adaptive_loss(inp), smoothed_ce(z, batch.y, 0.1))
+    _, _, test = task.loaders(16, torch.Generator(), eval_batch_size=16)
+    q = next(iter(test.query))
+    with pytest.raises(ConfigError, match="training identities"):
+        comp.base.adaptive_loss(AdaptiveInput(model, task, q, q.x, model(q.x), lambda: model(q.x), True, comp.base.ce_on))
+
+
 # ----------------------------------------------------------------------------- registry and spec
 @pytest.mark.parametrize(("kind", "name"), [("task_kinds", "reid"), ("tasks", "reid_market"), ("defenses", "amd"),
                                             ("attacks", "sma"), ("attacks", "fna"), ("attacks", "ifgsm"),

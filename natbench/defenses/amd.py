@@ -75,6 +75,20 @@ class AMD:
             cache["x_adv"] = pgd_linf(objective, batch.x, eps=tm.eps, steps=steps, step_size=step_size,
                                       random_start=p.random_start, generator=generator)
 
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss at the attacked input x', per sample, for the ``adaptive`` attack: the
+        weighted identity CE (label smoothing as the task's) of ``f(x')``. The triplet term couples the
+        samples of a batch (batch-hard mining), so, like mixup, it is left out. Needs training labels:
+        re-id *evaluation* batches carry person ids that are not classes (the task refuses them)."""
+        task = inp.task
+        check = getattr(task, "_check_labels", None)
+        if check is not None:
+            check(inp.batch, "amd's adaptive objective")
+        p = getattr(task, "params", None)
+        eps, weight = getattr(p, "label_smooth", 0.0), getattr(p, "weight_ce", 1.0)
+        return weight * torch.nn.functional.cross_entropy(inp.logits_adv, inp.batch.y, reduction="none",
+                                                          label_smoothing=float(eps))
+
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         per, parts = task.training_loss(model, batch, cache["x_adv"], cache, "adv")
         loss = per.mean()
