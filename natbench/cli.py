@@ -209,18 +209,26 @@ def _print_leaderboard(store, task: str, fmt: str) -> None:
         text = lb.render(df, fmt)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    table = Table(title=f"{task} — accuracy (%) on the test set", title_justify="left")
+    metrics = df.attrs.get("metric", "accuracy").split("/")
+    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set", title_justify="left")
     keys = ("defense", "profile", "variant", "checkpoint", "seeds")
     value_cols = [c for c in df.columns if c not in (*keys, "flags") and not c.endswith("_std")]
     key_cols = [c for c in keys if c in df.columns]
     flagged = "flags" in df.columns and bool((df["flags"] != "").any())
-    for c in key_cols + value_cols + (["flags"] if flagged else []):
+    # several metrics (re-id's mAP and rank-1): one "mAP/rank1" cell per attack, as the papers print them
+    groups: dict[str, list[str]] = {}
+    for c in value_cols:
+        base = next((c[: -len(m) - 1] for m in metrics if len(metrics) > 1 and c.endswith(" " + m)), c)
+        groups.setdefault(base, []).append(c)
+    for c in key_cols + list(groups) + (["flags"] if flagged else []):
         table.add_column(c, justify="left" if c in (*key_cols, "flags") else "right")
+
+    def cell(row, c: str) -> str:
+        v, s = row[c], row.get(f"{c}_std")
+        return "" if v != v else (f"{v:.2f} ± {s:.2f}" if s is not None and s == s else f"{v:.2f}")
+
     for _, row in df.iterrows():
-        cells = [str(row[c]) for c in key_cols]
-        for c in value_cols:
-            v, s = row[c], row.get(f"{c}_std")
-            cells.append("" if v != v else (f"{v:.2f} ± {s:.2f}" if s is not None and s == s else f"{v:.2f}"))
+        cells = [str(row[c]) for c in key_cols] + ["/".join(cell(row, c) for c in cols) for cols in groups.values()]
         if flagged:
             cells.append(f"[yellow]{row['flags']}[/yellow]" if row["flags"] else "")
         table.add_row(*cells)

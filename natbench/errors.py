@@ -38,7 +38,7 @@ class RunError(NatbenchError):
 
 def suggest(name: str, choices: Iterable[str], *, n: int = 3) -> str:
     """Return ``" Did you mean: a, b?"`` for close matches of ``name`` in ``choices`` (or ``""``)."""
-    close = difflib.get_close_matches(name, sorted(set(choices)), n=n, cutoff=0.5)
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=n, cutoff=0.6)
     return f" Did you mean: {', '.join(close)}?" if close else ""
 
 

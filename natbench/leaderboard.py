@@ -38,7 +38,52 @@ def tasks(store) -> list[str]:
     return sorted(store.results()["task"].unique().tolist())
 
 
-def table(
+#: metrics whose per-sample flags are what the store's flags hold (correct / rank-1 correct): the
+#: ``worst-case`` column goes with them
+FLAG_METRICS = ("accuracy", "rank1")
+
+
+def task_metrics(store, task: str) -> tuple[str, ...]:
+    """The metrics a task's leaderboard shows: its task kind's ``LEADERBOARD_METRICS`` (re-id: mAP and
+    rank-1) or ``headline_metric``; ``("accuracy",)`` when the kind is unknown."""
+    runs = store.runs(task)
+    if runs.empty:
+        return ("accuracy",)
+    try:
+        from .registry import get_registry
+
+        kind = store.get_run(runs["run_id"].iloc[-1]).config["task"]["kind"]
+        cls = get_registry().load("task_kinds", kind)
+    except Exception:  # noqa: BLE001 - an old store or a plugin kind that is gone: plain accuracy
+        return ("accuracy",)
+    return tuple(getattr(cls, "LEADERBOARD_METRICS", (getattr(cls, "headline_metric", "accuracy"),)))
+
+
+def table(store, task: str, metric: str | None = None, *, profile: str | None = None) -> pd.DataFrame:
+    """The leaderboard of ``task`` for ``metric`` (default: :func:`task_metrics`). With several
+    metrics (re-id's mAP and rank-1) every value column appears once per metric, named
+    ``"<column> <metric>"`` (``clean mAP``, ``clean rank1``, ``sma-8 mAP``, ...), attack by attack."""
+    metrics = (metric,) if metric else task_metrics(store, task)
+    frames = [_table(store, task, m, profile=profile) for m in metrics]
+    if len(frames) == 1:
+        return frames[0]
+    fixed = ("defense", "profile", "variant", "checkpoint", "seeds", "flags")
+    key = [c for c in frames[0].columns if c in fixed and c != "flags"]
+    out = frames[0][key + (["flags"] if "flags" in frames[0].columns else [])]
+    bases = list(dict.fromkeys(c for f in frames for c in f.columns if c not in fixed and not c.endswith("_std")))
+    for base in bases:
+        for m, f in zip(metrics, frames):
+            for col in (base, f"{base}_std"):
+                if col in f.columns:
+                    name = f"{base} {m}" + ("_std" if col.endswith("_std") else "")
+                    out = out.merge(f[key + [col]].rename(columns={col: name}), on=key, how="left")
+    cols = [c for c in out.columns if c != "flags"] + (["flags"] if "flags" in out.columns else [])
+    out = out[cols]
+    out.attrs.update(task=task, metric="/".join(metrics))
+    return out
+
+
+def _table(
     store, task: str, metric: str = "accuracy", *, profile: str | None = None
 ) -> pd.DataFrame:
     """One row per (defense, checkpoint) of ``task``: seeds, clean, attacks in suite order, avg.
@@ -95,7 +140,7 @@ def table(
         wide.loc[idx, [c for c in suite_cols if cells[c].isna().any() and cells[c].notna().any()]] = np.nan
     wide["avg"] = wide[suite_cols].mean(axis=1, skipna=True)  # the paper's Avg.: clean and the suite's attacks
     value_cols = [*attacks, "avg"]
-    if metric == "accuracy" and len(attacks) > 2:  # clean + at least two attacks: a worst case says more
+    if metric in FLAG_METRICS and len(attacks) > 2:  # clean + at least two attacks: a worst case says more
         worst = [_worst_case(store, r["run_id"], r["checkpoint"], [a for a in attacks if r[a] == r[a]])
                  for r in wide.to_dict("records")]
         if any(w == w for w in worst):  # only when per-sample flags were stored

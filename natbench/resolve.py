@@ -97,6 +97,7 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         "seed": seed,
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
+    _apply_sets(reg, cfg, spec.profiles[pname].sets, plan)  # the profile's own overrides (not a variant)
     pristine = _validate(reg, copy.deepcopy(cfg), plan, kind_cls).config
     _apply_sets(reg, cfg, sets, plan)
     return _with_variant(_validate(reg, cfg, plan, kind_cls), pristine)
@@ -155,6 +156,11 @@ def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:
 def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> Resolved:
     task_dict = {**cfg["task"], "profiles": {cfg["profile"]: cfg["training"]}, "default_profile": cfg["profile"]}
     spec = from_dict(TaskSpec, task_dict, "task")
+    kind_params = getattr(kind_cls, "Params", None)
+    if kind_params is not None:
+        from_dict(kind_params, spec.params, "task.params")
+    elif spec.params:
+        raise ConfigError(f"task.params: task kind {spec.kind} takes no parameters; drop them")
     profile = from_dict(ProfileCfg, cfg["training"], "training")
     params = compose.check_params(plan, cfg["defense"]["params"])
     suite = from_dict(SuiteSpec, cfg["suite"], "suite")
@@ -167,6 +173,9 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     # The provenance hash covers what determines the trained model; the suite only says what to
     # evaluate, so runs that differ in suite share training (missing attacks are evaluated later).
     hashed = copy.deepcopy({k: v for k, v in cfg.items() if k != "suite"})
+    for section, key in (("task", "params"), ("training", "sets")):  # fields added after runs were stored:
+        if not hashed[section].get(key):                             # absent when empty, so old hashes hold
+            hashed[section].pop(key, None)
     for path in NOT_HASHED:  # performance knobs that cannot change a number
         parent = hashed
         for key in path[:-1]:
@@ -185,6 +194,9 @@ def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: t
         attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
         obj = a.objective or cls.objective_kind
         if obj == DEFENSE_OBJECTIVE:  # built by the runner from the composition, not by the task
+            if "logits" not in getattr(kind_cls, "OBJECTIVES", ("logits",)):
+                raise ConfigError(f"suite.{a.id}: the adaptive attack (objective 'defense') needs a classification "
+                                  f"task; task kind {spec.kind} evaluates other objectives; drop {a.id} from the suite")
             if not callable(getattr(plan.base.cls, "adaptive_loss", None)):
                 raise CompositionError(f"suite.{a.id}: objective 'defense' needs the training objective of the base "
                                        f"defense, which {plan.base.name} does not define; drop {a.id} from the suite")

@@ -368,7 +368,8 @@ class Runner:
         if history:
             from .analysis.plots import training_curves
 
-            training_curves(history, run_dir / "training.png", f"{r.task} · {r.defense} · seed {r.seed}")
+            training_curves(history, run_dir / "training.png", f"{r.task} · {r.defense} · seed {r.seed}",
+                            getattr(task, "headline_metric", "accuracy"))
         return history
 
     def validate(self, r: Resolved, task: Any, model: torch.nn.Module, loader: Any, epoch: int) -> dict[str, float]:
@@ -376,8 +377,9 @@ class Runner:
 
         attack = PGD(PGD.Params(steps=r.spec.selection.steps, step_size=r.spec.selection.step_size))
         gen = torch.Generator().manual_seed(derive_seed(r.seed, "val", epoch))
-        clean = task.evaluate(model, loader, None, device=self.device).metrics["accuracy"]
-        robust = task.evaluate(model, loader, attack, generator=gen, device=self.device).metrics["accuracy"]
+        metric = getattr(task, "headline_metric", "accuracy")  # re-id: mAP (its PGD runs on the embedding)
+        clean = task.evaluate(model, loader, None, device=self.device).metrics[metric]
+        robust = task.evaluate(model, loader, attack, generator=gen, device=self.device).metrics[metric]
         return {"val_clean": clean, "val_robust": robust}
 
     # --------------------------------------------------------------------------------- evaluate

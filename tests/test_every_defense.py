@@ -22,8 +22,14 @@ COMPOSED = ["trades+nat", "mart+nat", "pgd-at+nat+awp", "trades+nat+awp", "trade
             "nuat2+ema", "vanilla+sam", "vanilla+nat", "fast-at+nat", "free-at+nat"]
 
 
+def _classification(kind: str, name: str) -> bool:
+    tasks = REG.entry(kind, name).tasks
+    return not tasks or "classification" in tasks
+
+
 def _specs() -> list[str]:
-    out = list(REG.names("defenses"))
+    """Every classification component (re-id-only ones, ``amd``, are trained in test_reid_defenses.py)."""
+    out = [n for n in REG.names("defenses") if _classification("defenses", n)]
     out += [f"pgd-at+{n}" for n in REG.names("regularizers")]
     out += [f"pgd-at+{n}" for n in REG.names("perturbations")]
     out += [f"pgd-at+{n}" for n in REG.names("averagers")]

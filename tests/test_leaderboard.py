@@ -233,3 +233,28 @@ def test_bf16_evaluations_are_flagged(store):
     store.add_results("b", [ResultRow("best", "pgd-20", "bf16_autocast", 1.0)], [], [], suite=["clean", "pgd-20"])
     df = leaderboard.table(store, "cifar10").set_index("defense")
     assert df.loc["trades", "flags"] == "! bf16_eval (docs/flags.md)" and df.loc["pgd-at", "flags"] == ""
+
+
+def test_reid_leaderboard_has_map_and_rank1_per_attack(store):
+    """A re-id run's task kind asks for mAP and rank-1 (ReIDTask.LEADERBOARD_METRICS): one column of
+    each per attack, ``avg`` per metric, the worst case (rank-1 flags) once."""
+    from natbench.store import FlagRow
+
+    run = RunRecord(run_id="r", task="reid_market", defense="amd", profile="quick", seed=0, config_hash="h",
+                    git_rev="g", versions={}, device="cpu", started="2024-01-01T00:00:00Z",
+                    finished="2024-01-01T01:00:00Z", wall_train_s=1.0, wall_eval_s=1.0,
+                    config={"task": {"kind": "reid"}}, suite=["clean", "sma-8", "fna-8"])
+    vals = {"clean": (0.8, 0.75), "sma-8": (0.6, 0.5), "fna-8": (0.4, 0.25)}
+    rows = [ResultRow("best", a, m, v) for a, (mp, r1) in vals.items() for m, v in (("mAP", mp), ("rank1", r1))]
+    flags = [FlagRow("best", "clean", np.array([1, 1, 1, 0], bool)), FlagRow("best", "sma-8", np.array([1, 1, 0, 0], bool)),
+             FlagRow("best", "fna-8", np.array([1, 0, 1, 0], bool))]
+    store.record_run(run, rows, flags, [])
+    assert leaderboard.task_metrics(store, "reid_market") == ("mAP", "rank1")
+    df = leaderboard.table(store, "reid_market")
+    assert list(df.columns) == ["defense", "checkpoint", "seeds", "clean mAP", "clean rank1", "sma-8 mAP", "sma-8 rank1",
+                                "fna-8 mAP", "fna-8 rank1", "avg mAP", "avg rank1", "worst-case rank1"]
+    row = df.iloc[0]
+    assert row["sma-8 mAP"] == 60.0 and row["fna-8 rank1"] == 25.0
+    assert row["avg mAP"] == 60.0 and row["avg rank1"] == 50.0 and row["worst-case rank1"] == 25.0
+    assert df.attrs["metric"] == "mAP/rank1"
+    assert leaderboard.table(store, "reid_market", "mAP").columns.tolist()[3:] == ["clean", "sma-8", "fna-8", "avg"]

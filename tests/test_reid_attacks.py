@@ -173,7 +173,9 @@ def test_attacked_side_is_a_parameter(trained):
         atk = IFGSM(IFGSM.Params(steps=8, side=side))
         res[side] = task.evaluate(model, test, atk).metrics["mAP"]
     assert all(v < clean for v in res.values()) and len(set(res.values())) == 3
-    assert res["both"] < min(res["query"], res["gallery"])
+    # both sides, each attacked against the other's *clean* features, beat at least the weaker side
+    # (not necessarily both: the two perturbations are not optimised jointly)
+    assert res["both"] < max(res["query"], res["gallery"])
     # the evaluate keyword wins over the attack's param
     assert task.evaluate(model, test, IFGSM(IFGSM.Params(steps=8)), side="gallery").metrics["mAP"] == res["gallery"]
 

@@ -82,9 +82,9 @@ def test_build_model_never_downloads_and_sizes_the_classifier(root, monkeypatch)
     monkeypatch.setattr(torch.utils.model_zoo, "load_url", refuse, raising=False)
     task = make_task(root, "model.arch=osnet_x0_25")
     model = task.build_model()
-    assert isinstance(model, ReIDNet) and model.net.classifier.out_features == task.num_classes() == 29  # 32 - 3 val ids
+    assert isinstance(model, ReIDNet) and model.net.classifier.out_features == task.num_classes() == 24  # 32 - 8 val ids (quick: val_fraction 0.25)
     assert make_task(root, "model.num_classes=40").build_model().net.classifier.out_features == 40
-    with pytest.raises(ConfigError, match="num_classes 5 < 29"):
+    with pytest.raises(ConfigError, match="num_classes 5 < 24"):
         make_task(root, "model.num_classes=5").build_model()
     with pytest.raises(ConfigError, match="Did you mean: osnet_x0_25"):
         make_task(root, "model.arch=osnet_x0_2").build_model()
@@ -195,7 +195,7 @@ def test_loaders_shapes_determinism_and_splits(root):
     assert len(test) == 2 + 5 and [bb.extra["split"] for bb in test].count("query") == 2  # 32 queries, 83 gallery, by 20
     # val: held-out training identities (raw pids), disjoint from the train labels' identities
     val_pids = {pid for _, pid, _ in val.query.items}
-    assert len(val_pids) == 3 and val_pids == {pid for _, pid, _ in val.gallery.items}
+    assert len(val_pids) == 8 and val_pids == {pid for _, pid, _ in val.gallery.items}  # 0.25 of 32 ids
     train_paths = {p for p, _, _ in task._data()["train"]}
     assert not train_paths & {p for p, _, _ in val.query.items + val.gallery.items}
     assert len(train_paths) + len(val.query.items) + len(val.gallery.items) == len(splits.train)
