@@ -9,6 +9,9 @@ values of shape (B,); natural logarithms throughout.
   the nasty term concentrates the mass left off the true class on few classes (low value).
 - :func:`hoyer`: Hoyer (2004) sparsity ``(sqrt(C) - |p|_1/|p|_2) / (sqrt(C) - 1)`` in [0, 1]
   (1 = one-hot, 0 = uniform).
+- :func:`sorted_probs` / :func:`profile`: the probabilities of each sample sorted in decreasing order
+  (rank 1 = the top class) and their mean over samples: the "distribution of sorted probabilities"
+  the NAT paper's Fig. 3 compares (a sparse model puts its mass on the first one or two ranks).
 """
 from __future__ import annotations
 
@@ -43,3 +46,30 @@ def summary(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         "nontarget_entropy": nontarget_entropy(p, y).mean().item(),
         "hoyer": hoyer(p).mean().item(),
     }
+
+
+def sorted_probs(p: torch.Tensor) -> torch.Tensor:
+    """Each row of ``p`` sorted in decreasing order (B, C): column 0 is the top probability."""
+    return p.sort(dim=1, descending=True).values
+
+
+def profile(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """Fig. 3 in numbers, from logits (B, C) and true labels (B,):
+
+    ``sorted_mean`` / ``sorted_median`` (C,): mean and median over samples of :func:`sorted_probs`;
+    ``entropy``, ``nontarget_entropy``, ``hoyer``: the per-sample values (B,) (numpy); and their means
+    (``*_mean``), plus ``accuracy`` (argmax == y).
+    """
+    p = torch.softmax(logits.double(), dim=1)
+    s = sorted_probs(p)
+    out = {
+        "sorted_mean": s.mean(0).numpy(),
+        "sorted_median": s.median(0).values.numpy(),
+        "entropy": entropy(p).numpy(),
+        "nontarget_entropy": nontarget_entropy(p, y).numpy(),
+        "hoyer": hoyer(p).numpy(),
+        "accuracy": float((logits.argmax(1) == y).double().mean()) if len(y) else float("nan"),
+    }
+    for k in ("entropy", "nontarget_entropy", "hoyer"):
+        out[f"{k}_mean"] = float(out[k].mean()) if len(out[k]) else float("nan")
+    return out
