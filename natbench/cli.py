@@ -25,6 +25,7 @@ app.add_typer(data_app, name="data")
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 RootOpt = typer.Option(None, "--root", help="Results root (default: $NATBENCH_ROOT or ./runs)")
+DbOpt = typer.Option(None, "--db", help="Results store: a postgresql:// URL (default: $NATBENCH_DB, else <root>/natbench.sqlite)")
 LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "averagers", "attacks", "suites", "task_kinds")
 
 
@@ -81,6 +82,7 @@ def run(
     suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's; natbench list suites)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     root: Optional[Path] = RootOpt,
+    db: Optional[str] = DbOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
     force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
@@ -102,7 +104,7 @@ def run(
                 for d in defense for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
-    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16)
+    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db)
     for r in resolved:
         runner.run(r, force=force)
     if show:
@@ -132,6 +134,7 @@ def eval_(
     checkpoint: str = typer.Option("both", "--checkpoint", help="best | last | both"),
     device: str = typer.Option("auto", "--device"),
     root: Optional[Path] = RootOpt,
+    db: Optional[str] = DbOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root"),
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
 ) -> None:
@@ -150,7 +153,8 @@ def eval_(
     s = load_suite_spec(reg.entry("suites", suite).spec_path()) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
     check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
     setup_logging()
-    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16)
+    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16,
+                    db=db)
     if runner.store.get_run(run_id) is None:
         from .errors import RunError
 
@@ -170,20 +174,21 @@ def leaderboard(
     fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | json | html"),
     write: bool = typer.Option(False, "--write", help="Write leaderboards/<task>.md/.csv/.json"),
     root: Optional[Path] = RootOpt,
+    db: Optional[str] = DbOpt,
     out_dir: Path = typer.Option(Path("leaderboards"), "--out", help="Directory for --write"),
 ) -> None:
     """Print the leaderboard: one row per (task, defense, checkpoint), mean ± std over seeds."""
     from . import leaderboard as lb
-    from .store import Store
+    from .store import Store, store_exists, store_url
 
     if fmt not in ("table", *lb.FORMATS):
         raise ConfigError(f"--format {fmt!r}: expected one of table, {', '.join(lb.FORMATS)}")
-    path = _root(root) / "natbench.sqlite"
-    if not path.exists():
+    if not store_exists(_root(root), db):
         from .errors import RunError
 
-        raise RunError(f"no results store at {path}; run something first, e.g. natbench run --task digits --defense vanilla")
-    store = Store(path)
+        raise RunError(f"no results store at {store_url(_root(root), db)}; run something first, "
+                       f"e.g. natbench run --task digits --defense vanilla")
+    store = Store(store_url(_root(root), db))
     tasks = [task] if task else lb.tasks(store)
     if write:
         for t in tasks:

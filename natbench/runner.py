@@ -39,7 +39,7 @@ from .config import from_dict, to_dict
 from .contracts import Batch, LossOut
 from .registry import Registry, get_registry
 from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
-from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store
+from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
 from .checks import SUITE_CHECKS, escalations, model_checks, suite_checks
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class Runner:
     reporter: Reporter = Reporter()
     registry: Registry | None = None
     eval_bf16: bool = False  # evaluate (attacks included) under bf16 autocast; CUDA only, recorded per result
+    db: str | None = None  # results store URL (PostgreSQL); None: $NATBENCH_DB or <root>/natbench.sqlite
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -184,7 +185,7 @@ class Runner:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.root / "natbench.sqlite")
+            self._store = open_store(self.root, self.db)
         return self._store
 
     def task(self, r: Resolved) -> Any:
@@ -193,7 +194,7 @@ class Runner:
     # --------------------------------------------------------------------------------- run
     def run(self, r: Resolved, *, force: bool = False) -> str:
         """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists."""
-        fresh = self._store is None and not (self.root / "natbench.sqlite").exists()
+        fresh = self._store is None and not store_exists(self.root, self.db)
         existing = None if fresh else self.store.find_complete(r.config_hash)  # no store file for a failed first run
         if existing and not force:
             self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
@@ -246,7 +247,7 @@ class Runner:
         from .errors import CompositionError, RunError
 
         if dep.run:
-            if not (self.root / "natbench.sqlite").exists() or self.store.get_run(dep.run) is None:
+            if not store_exists(self.root, self.db) or self.store.get_run(dep.run) is None:
                 raise RunError(f"{r.run_id}: its {dep.role} run '{dep.run}' is not a complete run in {self.store.path}; "
                                f"list runs with: natbench leaderboard --format csv")
             dep_r = run_from_dir(self.root, dep.run, self.registry)

@@ -146,9 +146,12 @@ def test_errors(store):
 def test_rerun_of_same_config_counts_once(store):
     add(store, "old", "vanilla", 0, {"best": {"clean": 0.5}})
     add(store, "new", "vanilla", 0, {"best": {"clean": 0.7}})
-    con = store._conn
+    import sqlite3
+
+    con = sqlite3.connect(store.path)
     with con:
         con.execute("UPDATE runs SET config_hash = 'same', finished = started")
+    con.close()
     df = leaderboard.table(store, "cifar10")
     assert df["seeds"].tolist() == [1] and df["clean"].tolist() == [70.0]
 

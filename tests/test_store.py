@@ -109,9 +109,9 @@ def test_replace_is_atomic(store):
     assert store.find_complete("h1") is None and store.find_complete("h2") == "r1"
 
 
-def test_failing_insert_writes_nothing(store):
+def test_repeated_keys_are_refused_before_writing(store):
     dup = [*RESULTS, ResultRow("best", "clean", "accuracy", 0.1)]  # duplicate primary key
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ValueError, match="repeat"):
         store.record_run(make_run(), dup, FLAGS, CHECKS)
     assert store.get_run("r1") is None
     assert store.runs().empty and store.results().empty
@@ -119,11 +119,29 @@ def test_failing_insert_writes_nothing(store):
         assert count(store, table, "r1") == 0
 
 
-def test_failing_replace_keeps_old_run(store):
+def test_failing_insert_writes_nothing(store, monkeypatch):
+    real = Store._insert
+
+    def crash(self, conn, rows):  # the rows are inserted, then the transaction fails
+        real(self, conn, rows)
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(Store, "_insert", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.record_run(make_run(), RESULTS, FLAGS, CHECKS)
+    for table in ("runs", "results", "flags", "checks"):
+        assert count(store, table, "r1") == 0
+
+
+def test_failing_replace_keeps_old_run(store, monkeypatch):
     store.record_run(make_run(), RESULTS, FLAGS, CHECKS)
     dup_flags = [FlagRow("best", "clean", np.ones(3, bool))] * 2
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ValueError, match="repeat"):
         store.record_run(make_run(config_hash="h2"), [], dup_flags, [])
+    monkeypatch.setattr(Store, "_insert", lambda self, conn, rows: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        store.record_run(make_run(config_hash="h2"), [], [], [])  # deleted the old rows, then crashed
+    monkeypatch.undo()
     assert store.get_run("r1") == make_run()
     assert len(store.results()) == len(RESULTS)
     assert np.array_equal(store.flags("r1", "best")["cw"], CORRECT["cw"])
@@ -173,16 +191,26 @@ def test_wal_mode_and_schema_version(store):
     finally:
         con.close()
     assert {"runs", "results", "flags", "checks", "runs_task", "runs_config_hash"} <= names
-    assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    with store._engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
 def test_version_1_store_is_migrated(tmp_path):
     """A store written before ``runs.variant`` existed opens, keeps its runs, and gets variant ''."""
-    from natbench.store import SCHEMA
-
     path = tmp_path / "natbench.sqlite"
-    v1 = SCHEMA.replace('suite_json TEXT NOT NULL,', 'suite_json TEXT NOT NULL').split("variant TEXT", 1)
-    v1 = v1[0] + ");" + v1[1].split(");", 1)[1]
+    v1 = """
+    CREATE TABLE runs (run_id TEXT PRIMARY KEY, task TEXT NOT NULL, defense TEXT NOT NULL, profile TEXT NOT NULL,
+        seed INTEGER NOT NULL, config_hash TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'complete',
+        git_rev TEXT NOT NULL, versions_json TEXT NOT NULL, device TEXT NOT NULL, started TEXT NOT NULL,
+        finished TEXT NOT NULL, wall_train_s REAL NOT NULL, wall_eval_s REAL NOT NULL, config_json TEXT NOT NULL,
+        suite_json TEXT NOT NULL);
+    CREATE TABLE results (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, checkpoint TEXT NOT NULL,
+        attack TEXT NOT NULL, metric TEXT NOT NULL, value REAL, PRIMARY KEY (run_id, checkpoint, attack, metric));
+    CREATE TABLE flags (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, checkpoint TEXT NOT NULL,
+        attack TEXT NOT NULL, n INTEGER NOT NULL, packed BLOB NOT NULL, PRIMARY KEY (run_id, checkpoint, attack));
+    CREATE TABLE checks (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, checkpoint TEXT NOT NULL,
+        name TEXT NOT NULL, passed INTEGER NOT NULL, detail TEXT NOT NULL);
+    """  # the schema of natbench's first stores (before runs.variant)
     con = sqlite3.connect(path)
     con.executescript(v1)
     con.execute("INSERT INTO runs VALUES ('old', 'digits', 'vanilla', 'default', 0, 'h0', 'complete', 'x', '{}', "
@@ -194,7 +222,9 @@ def test_version_1_store_is_migrated(tmp_path):
     assert store.get_run("old").variant == ""
     store.record_run(make_run("r2", config_hash="h2", variant="nat.omega=0.06"), RESULTS, FLAGS, CHECKS)
     assert store.get_run("r2").variant == "nat.omega=0.06"
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    con.close()
 
 
 def test_newer_schema_is_refused(tmp_path):
