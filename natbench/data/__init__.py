@@ -5,7 +5,8 @@ train pool and a test set; the task carves the validation split from the train p
 large for memory (ImageNet-100) return :class:`FileSplits` instead: image file paths and labels,
 which the task decodes per batch. Re-identification data (Market-1501) returns
 :class:`natbench.data.market1501.ReIDSplits` (train / query / gallery items with person and camera
-ids) and is read by the ``reid`` task kind only.
+ids) and is read by the ``reid`` task kind only; PASCAL VOC returns :class:`natbench.data.voc.VOCSplits`
+(annotated images) and is read by the ``detection`` task kind only.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ READERS = {
     "imagenet100": "natbench.data.imagenet100:read_imagenet100_files",
     # person re-identification: returns natbench.data.market1501.ReIDSplits (read by the reid task kind)
     "market1501": "natbench.data.market1501:read_market1501",
+    # object detection: returns natbench.data.voc.VOCSplits (read by the detection task kind)
+    "voc": "natbench.data.voc:read_voc",
 }
 
 #: dataset -> "module:function(out_dir) -> Path" writing a synthetic copy in the real on-disk format.
@@ -55,6 +58,7 @@ FIXTURES: dict[str, str] = {
     "cifar100": "natbench.data.cifar:write_cifar100_fixture",
     "imagenet100": "natbench.data.imagenet100:write_imagenet100_full_fixture",
     "market1501": "natbench.data.market1501:write_market1501_fixture",
+    "voc": "natbench.data.voc:write_voc_fixture",
 }
 
 
