@@ -172,7 +172,7 @@ def eval_(
 def leaderboard(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Only this task (default: every task)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | json | html"),
-    write: bool = typer.Option(False, "--write", help="Write leaderboards/<task>.md/.csv/.json"),
+    write: bool = typer.Option(False, "--write", help="Write leaderboards/<task>.md/.csv/.json (with --format html also the <task>.html page)"),
     root: Optional[Path] = RootOpt,
     db: Optional[str] = DbOpt,
     out_dir: Path = typer.Option(Path("leaderboards"), "--out", help="Directory for --write"),
@@ -192,7 +192,7 @@ def leaderboard(
     tasks = [task] if task else lb.tasks(store)
     if write:
         for t in tasks:
-            for p in lb.write(store, out_dir, t):
+            for p in lb.write(store, out_dir, t, lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS):
                 print(f"wrote {p}", file=sys.stderr)
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
@@ -238,6 +238,70 @@ def _print_leaderboard(store, task: str, fmt: str) -> None:
             cells.append(f"[yellow]{row['flags']}[/yellow]" if row["flags"] else "")
         table.add_row(*cells)
     out.print(table)
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="A finished run id (a directory under the results root)"),
+    compare: List[str] = typer.Option([], "--compare", "-c", help="Another run of the same task, shown side by side (repeatable)"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint the analyses use: best | last"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", help="Test samples the analyses use (default: all)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    root: Optional[Path] = RootOpt,
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+) -> None:
+    """Write <root>/RUN_ID/report/index.html (self-contained) and its PNGs: training curves, the NAT
+    paper's analyses, suite results with sanity flags, provenance."""
+    from .report import ReportOptions, build_report
+    from .resolve import data_root as resolve_data_root
+    from .runner import pick_device
+    from .ui import RichReporter, setup_logging
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"--max-samples {max_samples}: expected a positive number of test samples")
+    setup_logging()
+    path = build_report(_root(root), run_id, compare, data_root=resolve_data_root(data_root), device=pick_device(device),
+                        reporter=RichReporter(), options=ReportOptions(checkpoint=checkpoint, max_samples=max_samples))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
+def ablation(
+    task: str = typer.Option(..., "--task", "-t", help="Task name or path to a task YAML"),
+    defense: str = typer.Option(..., "--defense", "-d", help="Defense spec, e.g. nat"),
+    param: str = typer.Option(..., "--param", help="Config key to vary, e.g. nat.omega"),
+    values: str = typer.Option(..., "--values", help="Comma-separated values, e.g. 0,0.02,0.04,0.06"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed of every run"),
+    set_: List[str] = typer.Option([], "--set", help="Other config overrides for every run: key.path=value (repeatable)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    root: Optional[Path] = RootOpt,
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+) -> None:
+    """Train DEFENSE once per value of PARAM (NAT Fig. 2) and plot best/last clean and robust accuracy
+    against it: <root>/ablation-<task>-<param>.png and .csv."""
+    from .report import ablation as run_ablation
+    from .resolve import data_root as resolve_data_root
+    from .runner import pick_device
+    from .ui import RichReporter, setup_logging
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    droot = resolve_data_root(data_root)
+    setup_logging()
+    res = run_ablation(task, defense, param, values, root=_root(root), data_root=droot, profile=profile, seed=seed,
+                       sets=set_, suite=suite, device=pick_device(device), reporter=RichReporter())
+    table = Table(title=f"ablation of {param} ({defense}); robust = {res.robust_label}", title_justify="left")
+    for c in ("value", "run_id", "best_clean", "best_robust", "last_clean", "last_robust"):
+        table.add_column(c, justify="left" if c in ("value", "run_id") else "right")
+    for row in res.frame.itertuples(index=False):
+        table.add_row(str(row.value), row.run_id, *(f"{v:.2f}" for v in (row.best_clean, row.best_robust,
+                                                                          row.last_clean, row.last_robust)))
+    out.print(table)
+    print(f"wrote {res.png}\nwrote {res.csv}", file=sys.stderr)
 
 
 @data_app.command("fixture")

@@ -10,7 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import assert_in_ball
+from ..contracts import Batch
 from .geometry import penultimate
+
+
+def head_rows(batch: Batch, n: int) -> Batch:
+    """The first ``n`` rows of ``batch`` (tensors in ``extra`` with one row per sample cut too)."""
+    if n >= len(batch):
+        return batch
+    cut = {k: (v[:n] if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(batch) else v) for k, v in batch.extra.items()}
+    return Batch(batch.x[:n], batch.y[:n], None if batch.index is None else batch.index[:n], cut)
 
 
 @dataclass
@@ -45,9 +54,7 @@ def collect(task: Any, model: nn.Module, loader: Any, attack: Any | None = None,
                 break
             batch = batch.to(device)
             if max_samples is not None and n + len(batch) > max_samples:
-                from ..tasks.classification import _rows
-
-                batch = _rows(batch, 0, max_samples - n)
+                batch = head_rows(batch, max_samples - n)
             with torch.no_grad():
                 h, z = penultimate(model, batch.x)
             ys.append(batch.y.cpu())
@@ -86,13 +93,11 @@ class LimitedLoader:
         return min(len(self.loader), (self.n + bs - 1) // bs)
 
     def __iter__(self):
-        from ..tasks.classification import _rows
-
         seen = 0
         for batch in self.loader:
             if seen >= self.n:
                 return
             if seen + len(batch) > self.n:
-                batch = _rows(batch, 0, self.n - seen)
+                batch = head_rows(batch, self.n - seen)
             seen += len(batch)
             yield batch

@@ -181,7 +181,9 @@ def matrix_plot(mats: dict, path: Path, title: str, cbar: str, *, diverging: boo
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         cmap = "viridis"
     n = len(arrays)
-    fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 1.0, 4.4), squeeze=False, layout="constrained")
+    width = 4.4 * n + 1.4  # no constrained layout (slow): margins in inches
+    fig, axes = plt.subplots(1, n, figsize=(width, 4.4), squeeze=False)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 1.3 / width, top=0.82, bottom=0.1, wspace=0.3)
     im = None
     for ax, (label, a) in zip(axes[0], arrays.items()):
         im = ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -196,13 +198,14 @@ def matrix_plot(mats: dict, path: Path, title: str, cbar: str, *, diverging: boo
             for i in range(a.shape[0]):
                 for j in range(a.shape[1]):
                     if np.isfinite(a[i, j]):
+                        dark = abs(a[i, j]) > 0.6 * vmax if diverging else a[i, j] < (vmin + vmax) / 2
                         ax.text(j, i, f"{a[i, j]:.2g}", ha="center", va="center", fontsize=6,
-                                color="white" if not diverging and a[i, j] < (vmin + vmax) / 2 else "black")
+                                color="white" if dark else "black")
         if c <= 20:
             ax.set_xticks(range(a.shape[1]))
             ax.set_yticks(range(a.shape[0]))
             ax.tick_params(labelsize=7)
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label=cbar)
+    fig.colorbar(im, cax=fig.add_axes([1 - 1.0 / width, 0.15, 0.12 / width, 0.62]), label=cbar)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
