@@ -249,6 +249,7 @@ def report(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     root: Optional[Path] = RootOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+    db: Optional[str] = DbOpt,
 ) -> None:
     """Write <root>/RUN_ID/report/index.html (self-contained) and its PNGs: training curves, the NAT
     paper's analyses, suite results with sanity flags, provenance."""
@@ -263,7 +264,7 @@ def report(
         raise ConfigError(f"--max-samples {max_samples}: expected a positive number of test samples")
     setup_logging()
     path = build_report(_root(root), run_id, compare, data_root=resolve_data_root(data_root), device=pick_device(device),
-                        reporter=RichReporter(), options=ReportOptions(checkpoint=checkpoint, max_samples=max_samples))
+                        reporter=RichReporter(), options=ReportOptions(checkpoint=checkpoint, max_samples=max_samples), db=db)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -280,6 +281,7 @@ def ablation(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     root: Optional[Path] = RootOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+    db: Optional[str] = DbOpt,
 ) -> None:
     """Train DEFENSE once per value of PARAM (NAT Fig. 2) and plot best/last clean and robust accuracy
     against it: <root>/ablation-<task>-<param>.png and .csv."""
@@ -293,7 +295,7 @@ def ablation(
     droot = resolve_data_root(data_root)
     setup_logging()
     res = run_ablation(task, defense, param, values, root=_root(root), data_root=droot, profile=profile, seed=seed,
-                       sets=set_, suite=suite, device=pick_device(device), reporter=RichReporter())
+                       sets=set_, suite=suite, device=pick_device(device), reporter=RichReporter(), db=db)
     table = Table(title=f"ablation of {param} ({defense}); robust = {res.robust_label}", title_justify="left")
     for c in ("value", "run_id", "best_clean", "best_robust", "last_clean", "last_robust"):
         table.add_column(c, justify="left" if c in ("value", "run_id") else "right")

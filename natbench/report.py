@@ -78,10 +78,12 @@ class _Run:
 # ------------------------------------------------------------------------------------------ report
 def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_root: Path | None = None,
                  device: torch.device | str = "cpu", reporter: Any = None, registry: Any = None,
-                 options: ReportOptions | None = None) -> Path:
-    """Write the report of ``run_id`` (with ``compare`` runs side by side); return the page's path."""
+                 options: ReportOptions | None = None, db: str | None = None) -> Path:
+    """Write the report of ``run_id`` (with ``compare`` runs side by side); return the page's path.
+    ``db``: the results store URL (default: ``$NATBENCH_DB`` or ``<root>/natbench.sqlite``)."""
     from .registry import get_registry
     from .runner import Reporter, Runner
+    from .store import store_exists, store_url
 
     opts = options or ReportOptions()
     if opts.checkpoint not in ("best", "last"):
@@ -89,9 +91,10 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
     root = Path(root)
     reg = registry or get_registry()
     reporter = reporter or Reporter()
-    if not _store_exists(root):
-        raise RunError(f"no results store under {root}; run something first, e.g. natbench run --task digits --defense vanilla")
-    runner = Runner(root, data_root, torch.device(device), reporter, reg)
+    if not store_exists(root, db):
+        raise RunError(f"no results store at {store_url(root, db)}; run something first, "
+                       f"e.g. natbench run --task digits --defense vanilla")
+    runner = Runner(root, data_root, torch.device(device), reporter, reg, db=db)
     store = runner.store
     try:
         ids = list(dict.fromkeys([run_id, *compare]))
@@ -122,14 +125,6 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
         store.close()
 
 
-def _store_exists(root: Path) -> bool:
-    """Whether the results store of ``root`` exists (``natbench.store.store_exists`` when the store
-    module offers it, e.g. for a database URL in ``$NATBENCH_DB``; else the SQLite file)."""
-    try:
-        from .store import store_exists
-    except ImportError:
-        return (Path(root) / "natbench.sqlite").exists()
-    return bool(store_exists(root))
 
 
 def _load_run(root: Path, store, run_id: str, reg) -> _Run:
@@ -206,6 +201,10 @@ def _analysis_sections(runs: list[_Run], runner, out_dir: Path, opts: ReportOpti
         if key not in tasks:
             tasks[key] = runner.task(r.resolved)
         r.task = tasks[key]
+        ckpt = runner.root / r.run_id / f"{opts.checkpoint}.pt"
+        if not ckpt.is_file():
+            raise RunError(f"run '{r.run_id}': no {ckpt}; the report needs the run's {opts.checkpoint} checkpoint "
+                           f"(try --checkpoint {'last' if opts.checkpoint == 'best' else 'best'})")
         r.model = runner.load_model(r.task, r.run_id, opts.checkpoint)
         r.model.eval()
     objectives = getattr(main.task, "OBJECTIVES", ())
@@ -509,7 +508,7 @@ def parse_values(values: str | Sequence[str]) -> list[str]:
 def ablation(task: str, defense: str, param: str, values: str | Sequence[str], *, root: Path,
              data_root: Path | None = None, profile: str | None = None, seed: int = 0, sets: Sequence[str] = (),
              suite: str | None = None, device: torch.device | str = "cpu", reporter: Any = None,
-             registry: Any = None, robust: str | None = None) -> AblationResult:
+             registry: Any = None, robust: str | None = None, db: str | None = None) -> AblationResult:
     """Train ``defense`` on ``task`` once per value of ``param`` (every value resolved and checked
     before the first trains; finished identical runs and dependencies are reused), then write
     ``<root>/ablation-<task>-<param>.png`` and ``.csv``: best/last clean and robust metric per value."""
@@ -527,7 +526,7 @@ def ablation(task: str, defense: str, param: str, values: str | Sequence[str], *
     if len({r.config_hash for r in resolved}) != len(resolved):
         raise ConfigError(f"--values {','.join(vals)}: two values of {param} resolve to the same configuration "
                           f"(e.g. 0.06 and 6e-2); list each value once")
-    runner = Runner(Path(root), data_root, torch.device(device), reporter or Reporter(), reg)
+    runner = Runner(Path(root), data_root, torch.device(device), reporter or Reporter(), reg, db=db)
     ids = [runner.run(r) for r in resolved]
     metric = getattr(task_kind_cls(reg, resolved[0].spec), "headline_metric", "accuracy")
     df, label = ablation_frame(runner.store, list(zip(vals, ids)), metric=metric, robust=robust)
