@@ -326,6 +326,7 @@ def ablation_plot(df, param: str, path: Path, robust_label: str, metric: str = "
         if ticks is not None:
             ax.set_xticks(x)
             ax.set_xticklabels(ticks, fontsize=8)
+        ax.margins(y=0.15)
         ax.set(xlabel=param, ylabel=f"{what} {metric} (%)",
                title=f"{what}" + (f" ({robust_label})" if what == "robust" else ""))
         ax.grid(alpha=0.3)
@@ -348,7 +349,8 @@ def clean_vs_robust_plot(points: list[dict], path: Path, title: str, xlabel: str
         ax.errorbar(p["x"], p["y"], xerr=p.get("xerr") or None, yerr=p.get("yerr") or None, fmt="o" if best else "s",
                     color=cols[p["label"]], mfc=cols[p["label"]] if best else "none", ms=7, capsize=3,
                     label=f"{p['label']} ({p['checkpoint']})")
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if len(labels) <= 4:  # more labels overlap in clusters: the legend names every point
+            ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
