@@ -152,6 +152,17 @@ def _label_runs(runs: list[_Run]) -> None:
             r.label += f" ({r.run_id[-8:]})"
 
 
+def _headline_metric(r: _Run) -> str:
+    """The run's task kind's ``headline_metric`` (accuracy, re-id's and detection's mAP)."""
+    try:
+        from .registry import get_registry
+        from .resolve import task_kind_cls
+
+        return getattr(task_kind_cls(get_registry(), r.resolved.spec), "headline_metric", "accuracy")
+    except Exception:  # noqa: BLE001 - a label only
+        return "accuracy"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
@@ -174,7 +185,7 @@ def _training_section(runs: list[_Run], out_dir: Path) -> str:
             parts.append(f'<p class="note">{H.esc(r.label)}: no per-epoch history in record.json.</p>')
             continue
         select_on = getattr(r.resolved.plan.base.cls, "select_on", "robust")
-        metric = r.resolved.config["task"].get("kind") == "reid" and "mAP" or "accuracy"
+        metric = _headline_metric(r)
         png = plots.training_report(r.history, out_dir / f"training_{_slug(r.run_id)}.png",
                                     f"{r.label}: {r.run_id}", metric, select_on)
         val = [h for h in r.history if "val_clean" in h]
@@ -214,12 +225,15 @@ def _analysis_sections(runs: list[_Run], runner, out_dir: Path, opts: ReportOpti
         parts.append(_classification_analyses(runs, runner, out_dir, opts, reporter))
     else:
         kind = main.resolved.config["task"].get("kind", "?")
-        parts.append(f'<p class="note">Task kind {H.esc(kind)}: the analyses that need class labels of the test '
-                     f"images (output sparsity, signed boundary distances, the 2-D embedding coloured by class, the "
-                     f"loss surface of the CE and robust accuracy against eps) are skipped: the test images' labels "
-                     f"are not classes of the model's classifier (re-id: the test identities are unseen, not classes "
-                     f"of the identity classifier). The head's own geometry "
-                     f"(its class weight vectors) is shown below when the model has a final linear layer.</p>")
+        why = {"reid": "re-id test identities are unseen: they are not classes of the identity classifier",
+               "detection": "a detection image has many boxes and no single class, and the SSD class head is "
+                            "convolutional (per anchor), not a linear layer over one feature vector"}.get(
+            kind, "the task's test images have no single class of the model's classifier")
+        parts.append(f'<p class="note">Task kind {H.esc(kind)}: the analyses that need one class label per test '
+                     f"image (output sparsity, signed boundary distances, the 2-D embedding coloured by class, the "
+                     f"loss surface of the CE and robust accuracy against eps) are skipped: {H.esc(why)}. The head's "
+                     f"own geometry (its class weight vectors) is shown below when the model has a final linear "
+                     f"layer.</p>")
         parts.append(_head_sections(runs, out_dir))
     return "\n".join(parts)
 
