@@ -39,7 +39,7 @@ def _setup(root, defense: str, *sets: str):
     return r, task, comp, model, next(iter(train))
 
 
-@pytest.mark.parametrize("defense", ["vanilla", "mtd", "mtd+nat", "vanilla+nat", "pgd-at"])
+@pytest.mark.parametrize("defense", ["vanilla", "mtd", "mtd+nat", "vanilla+nat", "pgd-at", "mtd+awp", "mtd+ema", "mtd+nat+awp"])
 def test_trains_a_few_steps(root, defense):
     r, task, comp, model, batch = _setup(root, defense)
     opt = make_optimizer(r.profile, model)

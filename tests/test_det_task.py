@@ -259,3 +259,18 @@ def test_evaluate_returns_map_and_per_image_flags(setup, root):
     out = task.evaluate(model, test, None)
     assert model.training and set(out.metrics) == {"mAP", "mAP_area"} and out.correct.shape == (8,)
     assert 0 <= out.metrics["mAP"] <= 1
+
+
+def test_losses_under_bf16_autocast(setup):
+    """Training on CUDA runs under bf16 autocast (profile amp); the loss pieces must mix dtypes correctly
+    (checked with CPU autocast)."""
+    task, model, batch, _ = setup
+    model.eval()
+    with torch.no_grad():
+        ref, _ = task.training_loss(model, batch, batch.x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            per, parts = task.training_loss(model, batch, batch.x)
+            z = task.logits(model, batch, batch.x)
+    assert per.dtype == torch.float32 and z.dtype == torch.bfloat16
+    torch.testing.assert_close(per, ref, rtol=0.05, atol=0.05)
+    model.train()
