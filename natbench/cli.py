@@ -87,10 +87,13 @@ def run(
     force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (shorthand for torchrun --nproc-per-node N -m natbench run ...)"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: SyncBatchNorm, statistics of the global batch (CUDA only)"),
 ) -> None:
     """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results.
 
-    Every --defense x --sweep value x --seed combination is one run; all are checked before the first starts."""
+    Every --defense x --sweep value x --seed combination is one run; all are checked before the first starts.
+    Under torchrun (or with --nproc N) every rank trains on its shard of each batch (see natbench.distributed)."""
     from .registry import get_registry
     from .resolve import data_root as resolve_data_root, resolve
     from .runner import Runner, pick_device
@@ -98,17 +101,130 @@ def run(
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: expected a number of processes >= 1")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _torchrun(nproc)
     reg = get_registry()
     combos = [list(set_) + list(extra) for extra in _sweep_sets(sweep)]
     resolved = [resolve(reg, task, d, profile=profile, seed=s, sets=c, suite=suite)
                 for d in defense for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
     setup_logging()
-    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db)
+    from .distributed import Dist
+
+    runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db,
+                    dist=Dist.from_env(device), sync_bn=sync_bn)
     for r in resolved:
         runner.run(r, force=force)
-    if show:
+    if show and runner.dist.is_main:
         _print_leaderboard(runner.store, resolved[0].task, "table")
+
+
+def _csv(values: List[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def sweep(
+    tasks: List[str] = typer.Option(..., "--tasks", help="Task names (comma-separated or repeated)"),
+    defenses: List[str] = typer.Option(..., "--defenses", help="Defense specs (comma-separated or repeated)"),
+    seeds: List[str] = typer.Option(["0"], "--seeds", help="Seeds (comma-separated or repeated)"),
+    set_grid: List[str] = typer.Option([], "--set-grid", help="key.path=v1,v2,... (repeatable: every combination)"),
+    set_: List[str] = typer.Option([], "--set", help="A fixed override for every cell: key.path=value (repeatable)"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p"),
+    suite: Optional[str] = typer.Option(None, "--suite"),
+    executor: str = typer.Option("local", "--executor", help="local | debug | slurm (submitit)"),
+    parallel: int = typer.Option(1, "--parallel", help="local: jobs at a time (1 = sequential)"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
+    gpus: int = typer.Option(1, "--gpus", help="slurm: GPUs per job"),
+    time_min: int = typer.Option(600, "--time", help="Time limit per job in minutes (slurm requeues a preempted job)"),
+    array_parallelism: int = typer.Option(16, "--array-parallelism", help="slurm: jobs of a stage's array at a time"),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="slurm: CPUs per job"),
+    mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="slurm: memory per job (GB)"),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Job logs (default: <root>/sweep-logs)"),
+    device: str = typer.Option("auto", "--device"),
+    root: Optional[Path] = RootOpt,
+    db: Optional[str] = DbOpt,
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+) -> None:
+    """Run a grid of tasks x defenses x seeds x --set-grid values through submitit.
+
+    Cells already complete in the store are skipped (a second identical sweep does nothing);
+    dependency runs (NAT's adversaries, transfer surrogates) run first, once per task and seed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .registry import get_registry
+    from .resolve import data_root as resolve_data_root
+    from .store import Store, store_exists, store_url
+    from .sweep import make_executor, plan_sweep, run_sweep
+    from .ui import setup_logging
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    try:
+        seed_list = [int(v) for v in _csv(seeds)]
+    except ValueError:
+        raise ConfigError(f"--seeds {','.join(seeds)}: expected integers, e.g. --seeds 0,1,2") from None
+    reg = get_registry()
+    droot = resolve_data_root(data_root)
+    rootp = _root(root)
+    store = Store(store_url(rootp, db)) if store_exists(rootp, db) else None
+    plan = plan_sweep(reg, store, _csv(tasks), _csv(defenses), seed_list, set_grid=set_grid, sets=set_,
+                      profile=profile, suite=suite)
+    ex = make_executor(executor, log_dir or rootp / "sweep-logs", partition=partition, gpus=gpus, time_min=time_min,
+                       array_parallelism=array_parallelism, cpus=cpus, mem_gb=mem_gb)
+    stages = plan.stages()
+    skipped = sum(c.status == "skipped" for c in plan.cells)
+    out.print(f"sweep: {len(plan.cells)} runs ({skipped} already complete), "
+              f"{sum(len(st) for st in stages)} to run in {len(stages)} stage(s), executor {executor}")
+    if stages:
+        setup_logging()
+
+        class _Bar:
+            def __init__(self):
+                self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(), console=out)
+
+            def start(self, description, total):
+                self.p.start()
+                return self.p.add_task(description, total=total, failed=0)
+
+            def advance(self, handle, n=1, **info):
+                self.p.update(handle, advance=n, **info)
+
+            def stop(self, handle):
+                self.p.stop()
+
+        run_sweep(plan, ex, root=rootp, db=db, data_root=str(droot) if droot else None, device=device,
+                  parallel=parallel, reporter=_Bar())
+    table = Table("run", "stage", "status", "seconds", "run id", title="sweep", title_justify="left")
+    colour = {"done": "green", "skipped": "cyan", "failed": "red", "pending": "yellow"}
+    for c in sorted(plan.cells, key=lambda c: (-c.stage, c.label)):
+        table.add_row(c.label, "dependency" if c.stage else "grid", f"[{colour[c.status]}]{c.status}[/]",
+                      f"{c.seconds:.1f}" if c.seconds else "", c.run_id)
+    out.print(table)
+    failed = [c for c in plan.cells if c.status == "failed"]
+    for c in failed:
+        out.print(f"[red]failed[/red] {c.label}: {c.error}" + (f"\n  logs: {' '.join(c.logs)}" if c.logs else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this very command again under ``torchrun --standalone --nproc-per-node N -m natbench``."""
+    import subprocess
+
+    args, skip = [], False
+    for a in _ARGV:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "natbench", *args]
+    return subprocess.call(cmd)
 
 
 def _sweep_sets(sweep: List[str]) -> list[tuple[str, ...]]:
@@ -153,14 +269,18 @@ def eval_(
     s = load_suite_spec(reg.entry("suites", suite).spec_path()) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
     check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
     setup_logging()
+    from .distributed import Dist
+
     runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16,
-                    db=db)
+                    db=db, dist=Dist.from_env(device))
     if runner.store.get_run(run_id) is None:
         from .errors import RunError
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
     results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
+    if not runner.dist.is_main:  # data-parallel: rank 0 records
+        return
     runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)])
     from .runner import PARTIAL
 
@@ -332,8 +452,14 @@ _EXITS = tuple({click.exceptions.Exit, typer.Exit})
 _ABORTS = tuple({click.exceptions.Abort, typer.Abort, KeyboardInterrupt})
 
 
+#: the arguments of this invocation (``--nproc`` re-runs them under torchrun)
+_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors -> one red line and exit 2."""
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True, soft_wrap=True)
     try:
         rv = app(args=argv, standalone_mode=False)

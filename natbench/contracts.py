@@ -103,6 +103,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` (the batch itself when that is all of it); per-sample tensors of
+        ``extra`` (first dimension = batch size) are sliced too, anything else is kept as is."""
+        n = len(self)
+        if start == 0 and stop >= n:
+            return self
+        return Batch(self.x[start:stop], self.y[start:stop], None if self.index is None else self.index[start:stop],
+                     {k: (v[start:stop] if isinstance(v, Tensor) and v.dim() and v.shape[0] == n else v)
+                      for k, v in self.extra.items()})
+
 
 @dataclass
 class LossOut:

@@ -25,7 +25,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from . import __version__
 from .compose import Composite
 from .config import from_dict, to_dict
 from .contracts import Batch, LossOut
+from .distributed import Dist
 from .registry import Registry, get_registry
 from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
@@ -139,17 +140,32 @@ def make_optimizer(profile, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def train_step(composite: Composite, model: torch.nn.Module, batch: Batch, task: Any,
                optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               autocast: Any = None) -> LossOut:
+               autocast: Any = None, dist: Dist | None = None, n_global: int | None = None) -> LossOut:
     """One optimisation step of the composite loss (what ``benchmarks/overhead.py`` times):
-    prepare + loss (under ``autocast`` when given), backward, step, restore, after-step hooks."""
+    prepare + loss (under ``autocast`` when given), backward, step, restore, after-step hooks.
+
+    Data-parallel (``dist`` active; ``batch`` is this rank's shard of a global batch of ``n_global``):
+    the gradients (and a weight perturbation's) are averaged over ranks before the step, and the
+    BatchNorm buffers are broadcast from rank 0 after it (see :mod:`natbench.distributed`)."""
+    parallel = dist is not None and dist.active
+    if parallel and composite.perturbation is not None:
+        composite.perturbation.grad_sync = lambda g: dist.average(g, len(batch), n_global)
     with autocast if autocast is not None else contextlib.nullcontext():
         out = composite.step_loss(model, batch, task, generator)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    if parallel:
+        dist.average_gradients(model, len(batch), n_global)
     optimizer.step()
     composite.restore()
     composite.after_step(model)
+    if parallel and not _has_sync_bn(model):
+        dist.broadcast_buffers(model)
     return out
+
+
+def _has_sync_bn(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
 def cuda_speedups(profile, device: torch.device) -> tuple[Any, bool]:
@@ -170,9 +186,18 @@ class Runner:
     registry: Registry | None = None
     eval_bf16: bool = False  # evaluate (attacks included) under bf16 autocast; CUDA only, recorded per result
     db: str | None = None  # results store URL (PostgreSQL); None: $NATBENCH_DB or <root>/natbench.sqlite
+    dist: Dist = field(default_factory=Dist)  # data-parallel process group (torchrun); one process by default
+    sync_bn: bool = False  # data-parallel: SyncBatchNorm (global-batch statistics; CUDA only)
 
     def __post_init__(self):
         self.root = Path(self.root)
+        self.device = self.dist.device(self.device)
+        if self.sync_bn and self.device.type != "cuda":
+            from .errors import ConfigError
+
+            raise ConfigError("--sync-bn: torch's SyncBatchNorm runs on CUDA only; drop --sync-bn on CPU")
+        if not self.dist.is_main:  # one progress display: rank 0's
+            self.reporter = Reporter()
         if self.eval_bf16 and self.device.type != "cuda":
             from .errors import ConfigError
 
@@ -194,8 +219,11 @@ class Runner:
     # --------------------------------------------------------------------------------- run
     def run(self, r: Resolved, *, force: bool = False) -> str:
         """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists."""
-        fresh = self._store is None and not store_exists(self.root, self.db)
-        existing = None if fresh else self.store.find_complete(r.config_hash)  # no store file for a failed first run
+        existing = None
+        if self.dist.is_main:
+            fresh = self._store is None and not store_exists(self.root, self.db)
+            existing = None if fresh else self.store.find_complete(r.config_hash)  # no store file for a failed first run
+        existing = self.dist.broadcast(existing)  # every rank takes rank 0's decision
         if existing and not force:
             self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
             self._complete_suite(r, existing)
@@ -210,11 +238,13 @@ class Runner:
             model = self.dependency_model(r, dep)
             component.bind(dep.role, model.to(memory_format=torch.channels_last) if channels_last else model)
         run_dir = self.root / r.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if force:  # from scratch: drop what an earlier attempt left
-            for name in ("state.pt", "best.pt", "last.pt", "record.json", PARTIAL):
-                (run_dir / name).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if force:  # from scratch: drop what an earlier attempt left
+                for name in ("state.pt", "best.pt", "last.pt", "record.json", PARTIAL):
+                    (run_dir / name).unlink(missing_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
+        self.dist.barrier()
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         history = self.train(r, task, composite, run_dir)
@@ -228,12 +258,14 @@ class Runner:
             wall_train_s=round(t1 - t0, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
             suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
         )
-        self.store.record_run(record, results, flags, checks)
-        (run_dir / PARTIAL).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "record.json", json.dumps({
-            **to_dict(record), "history": history,
-            "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
-        }, indent=1, default=str))
+        if self.dist.is_main:
+            self.store.record_run(record, results, flags, checks)
+            (run_dir / PARTIAL).unlink(missing_ok=True)
+            atomic_write_text(run_dir / "record.json", json.dumps({
+                **to_dict(record), "history": history, "processes": self.dist.world,
+                "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
+            }, indent=1, default=str))
+        self.dist.barrier()
         self.reporter.message(f"{r.run_id}: complete (train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s)")
         return r.run_id
 
@@ -274,14 +306,16 @@ class Runner:
 
     def _complete_suite(self, r: Resolved, run_id: str) -> None:
         """Evaluate the attacks of ``r``'s suite that the finished run ``run_id`` has not seen yet."""
-        done = set(self.store.get_run(run_id).suite)
+        done = self.dist.broadcast(set(self.store.get_run(run_id).suite) if self.dist.is_main else None)
         missing = [a for a in r.suite.attacks if a.id not in done]
         if missing:
             self.reporter.message(f"{run_id}: evaluating {', '.join(a.id for a in missing)} (not in its record yet)")
             suite = dataclasses.replace(r.suite, attacks=tuple(missing))
             results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
-            self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)])
-            (self.root / run_id / PARTIAL).unlink(missing_ok=True)
+            if self.dist.is_main:
+                self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)])
+                (self.root / run_id / PARTIAL).unlink(missing_ok=True)
+            self.dist.barrier()
 
     def load_model(self, task: Any, run_id: str, checkpoint: str) -> torch.nn.Module:
         model = task.build_model().to(self.device)
@@ -294,10 +328,15 @@ class Runner:
         prof = r.profile
         torch.manual_seed(derive_seed(r.seed, "init"))
         model = task.build_model().to(self.device)
+        if self.sync_bn and self.dist.active:
+            from .distributed import sync_batchnorm
+
+            model = sync_batchnorm(model)
         autocast, channels_last = cuda_speedups(prof, self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(prof, model)
+        main, dist = self.dist.is_main, self.dist
         state_path = run_dir / "state.pt"
         start, history, best, stopped = 0, [], float("-inf"), False
         if state_path.exists():
@@ -317,13 +356,21 @@ class Runner:
         for epoch in range(start, prof.epochs if not stopped else start):
             te = time.perf_counter()
             gen = torch.Generator().manual_seed(derive_seed(r.seed, "epoch", epoch))
+            # data-parallel: the loader's generator (order, augmentation) is the same on every rank;
+            # the attacks draw from a generator of the rank's own (its shard's random starts)
+            agen = torch.Generator().manual_seed(derive_seed(r.seed, "epoch", epoch, "rank", dist.rank)) if dist.active else gen
             torch.manual_seed(derive_seed(r.seed, "global", epoch))
             composite.set_epoch(epoch, prof.epochs)
             train_loader, val_loader, _ = task.loaders(prof.batch_size, gen, prof.eval_batch_size)
             iters = max(len(train_loader), 1) * replays
             sums: dict[str, float] = {}
-            n, first = 0, None
+            n, first, seen = 0, None, 0
             for i, batch in enumerate(train_loader):
+                n_global = len(batch)
+                if dist.active:  # this rank's contiguous shard of the global batch
+                    sl = dist.shard(n_global)
+                    batch = batch.rows(sl.start, sl.stop)
+                seen += len(batch)
                 batch = batch.to(self.device)
                 if channels_last and batch.x.dim() == 4:
                     batch.x = batch.x.contiguous(memory_format=torch.channels_last)
@@ -332,22 +379,26 @@ class Runner:
                 for k in range(replays):
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(prof, epoch + (i * replays + k) / iters)
-                    out = train_step(composite, model, batch, task, optimizer, gen, autocast)
+                    out = train_step(composite, model, batch, task, optimizer, agen, autocast, dist, n_global)
                     for key, v in {"loss": out.loss.item(), **out.parts}.items():
                         sums[key] = sums.get(key, 0.0) + v
                     n += 1
-            row = {"epoch": epoch, "lr": lr_at(prof, epoch), **{k: v / max(n, 1) for k, v in sums.items()}}
+            means = dist.gather_sum({k: v / max(n, 1) for k, v in sums.items()}, seen)  # over ranks, by samples
+            row = {"epoch": epoch, "lr": lr_at(prof, epoch), **means}
             if first is not None:
-                end_vals = composite.epoch_end(model, task, first, gen)
+                end_vals = dist.broadcast(composite.epoch_end(model, task, first, agen))  # rank 0's shard decides
+                if dist.active and not _has_sync_bn(model):
+                    dist.broadcast_buffers(model)  # the hook may have run train-mode forwards (Fast-AT's guard)
                 row.update({k: v for k, v in end_vals.items()})
                 if end_vals.get("stop", 0.0) > 0 and state_path.exists():  # keep the previous epoch's weights (Fast-AT's guard)
                     row["seconds"] = round(time.perf_counter() - te, 3)
                     history.append(row)
                     self.reporter.message(f"{r.run_id}: stopped at epoch {epoch} by the early-stop guard; "
                                           f"keeping epoch {epoch - 1}'s weights as last")
-                    state = torch.load(state_path, map_location=self.device, weights_only=True)
-                    state.update(stopped=True, history=json.dumps(history))
-                    atomic_save(state, state_path)
+                    if main:
+                        state = torch.load(state_path, map_location=self.device, weights_only=True)
+                        state.update(stopped=True, history=json.dumps(history))
+                        atomic_save(state, state_path)
                     break
             scored = composite.eval_model(model)
             val = self.validate(r, task, scored, val_loader, epoch)
@@ -359,14 +410,17 @@ class Runner:
             weights = _plain_state(scored)
             if metric > best or not (run_dir / "best.pt").exists():
                 best = metric
-                atomic_save(weights, run_dir / "best.pt")
-            atomic_save(weights, run_dir / "last.pt")
-            atomic_save({"config_hash": r.config_hash, "epoch": epoch, "best": best, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "components": composite.state_dict(),
-                         "history": json.dumps(history)}, state_path)
+                if main:
+                    atomic_save(weights, run_dir / "best.pt")
+            if main:
+                atomic_save(weights, run_dir / "last.pt")
+                atomic_save({"config_hash": r.config_hash, "epoch": epoch, "best": best, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "components": composite.state_dict(),
+                             "history": json.dumps(history)}, state_path)
+            dist.barrier()  # every rank sees best.pt before the next epoch's "exists" test
             self.reporter.advance(bar, 1, **{k: f"{v:.3f}" for k, v in val.items()})
         self.reporter.stop(bar)
-        if history:
+        if history and main:
             from .analysis.plots import training_curves
 
             training_curves(history, run_dir / "training.png", f"{r.task} · {r.defense} · seed {r.seed}",
@@ -400,7 +454,11 @@ class Runner:
         results, flags, checks = [], [], []
         model = task.build_model().to(self.device)
         partial_path = run_dir / PARTIAL
-        partial = torch.load(partial_path, weights_only=True) if partial_path.exists() else {}
+        dist = self.dist
+        dist.barrier()  # rank 0 wrote the checkpoints (and any partial results)
+        partial = dist.broadcast((torch.load(partial_path, weights_only=True) if partial_path.exists() else {})
+                                 if dist.is_main else None)
+        shard = dist.active and bool(getattr(task, "EVAL_SHARDABLE", False))
         for ckpt in checkpoints:
             model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
             steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
@@ -427,15 +485,22 @@ class Runner:
                     objective = job.objective
                     if objective == DEFENSE_OBJECTIVE:
                         objective = lambda m, b: composite.adaptive_objective(m, b, task)  # noqa: E731
+                    loader = dist.shard_batches(test_loader) if shard else test_loader
                     with self._eval_autocast():
-                        out = task.evaluate(model, test_loader, job.attack, objective=objective, generator=gen,
-                                            device=self.device, on_batch=lambda: self.reporter.advance(bar, 1),
+                        out = task.evaluate(model, loader, job.attack, objective=objective, generator=gen,
+                                            device=self.device, on_batch=lambda: self.reporter.advance(bar, dist.world if shard else 1),
                                             with_sparsity=job.attack is None)
                     out_metrics, correct = dict(out.metrics), out.correct
+                    if shard:  # every rank's per-sample flags, back in loader order; means weighted by samples
+                        sizes = loader.sizes
+                        correct = dist.gather_flags(list(zip(loader.indices, torch.split(correct, sizes))))
+                        out_metrics = dist.gather_sum(out_metrics, sum(sizes))
+                        out_metrics["accuracy"] = correct.float().mean().item() if len(correct) else float("nan")
                     if self.eval_bf16:  # recorded with the result, shown on the leaderboard
                         out_metrics["bf16_autocast"] = 1.0
                     partial[f"{ckpt}/{job.id}"] = {"key": key, "metrics": out_metrics, "correct": correct}
-                    atomic_save(partial, partial_path)
+                    if dist.is_main:
+                        atomic_save(partial, partial_path)
                 acc[job.id] = correct
                 results.extend(ResultRow(ckpt, job.id, m, v) for m, v in out_metrics.items())
                 flags.append(FlagRow(ckpt, job.id, correct.numpy()))

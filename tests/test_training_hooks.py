@@ -52,9 +52,9 @@ def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
 
     real = runner_mod.train_step
 
-    def spy(composite, model, batch, task, optimizer, generator, autocast=None):
+    def spy(composite, model, batch, task, optimizer, generator, *args, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
-        return real(composite, model, batch, task, optimizer, generator, autocast)
+        return real(composite, model, batch, task, optimizer, generator, *args, **kwargs)
 
     monkeypatch.setattr(runner_mod, "train_step", spy)
     _run(tmp_path, "vanilla", "training.lr_points=[[0,0],[1,0.2],[2,0]]", "training.epochs=2")

@@ -107,6 +107,9 @@ class AWP:
         with torch.enable_grad():
             loss = -loss_fn(proxy)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
+        sync = getattr(self, "grad_sync", None)  # data-parallel training: the average over ranks
+        if sync is not None:
+            grads = sync([g if g is not None else torch.zeros_like(q) for q, g in zip(params, grads)])
         with torch.no_grad():
             for q, g in zip(params, grads):
                 if g is not None:

@@ -81,6 +81,9 @@ class SAM:
         params = [q for q in model.parameters() if q.requires_grad]
         with torch.enable_grad():
             grads = torch.autograd.grad(loss_fn(model), params, allow_unused=True)
+        sync = getattr(self, "grad_sync", None)  # data-parallel training: the average over ranks
+        if sync is not None:
+            grads = sync([g if g is not None else torch.zeros_like(q) for q, g in zip(params, grads)])
         pairs = [(q, g) for q, g in zip(params, grads) if g is not None]
         if not pairs:
             return []

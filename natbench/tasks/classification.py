@@ -265,6 +265,7 @@ class ClassificationTask:
     capabilities = frozenset({"logits"})
     headline_metric = "accuracy"
     OBJECTIVES = ("ce", "cw", "logits", "labels")
+    EVAL_SHARDABLE = True  # per-sample results do not depend on the other samples: evaluation shards across ranks
 
     def __init__(self, spec: TaskSpec, data_root: Path | None = None):
         self.spec = spec
@@ -438,7 +439,7 @@ class ClassificationTask:
         size = len(batch) if self.max_eval_batch is None else min(len(batch), self.max_eval_batch)
         out, start = [], 0
         while start < len(batch):
-            part = _rows(batch, start, start + size)
+            part = batch.rows(start, start + size)
             try:
                 out.append((run(part), part))
             except torch.OutOfMemoryError:
@@ -453,11 +454,3 @@ class ClassificationTask:
             start += size
         return out
 
-
-def _rows(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows ``start:stop`` of ``batch`` (the batch itself when that is all of it)."""
-    if start == 0 and stop >= len(batch):
-        return batch
-    return Batch(batch.x[start:stop], batch.y[start:stop], None if batch.index is None else batch.index[start:stop],
-                 {k: (v[start:stop] if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(batch) else v)
-                  for k, v in batch.extra.items()})
