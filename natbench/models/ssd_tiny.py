@@ -2,9 +2,9 @@
 under torchvision's own SSD machinery (``torchvision.models.detection.ssd.SSD``: its head, default-box
 generator, SSDMatcher, box coder, losses and post-processing).
 
-Why not SSDlite320-MobileNetV3: on 2 CPU cores one forward+backward of SSDlite on a batch of 32 at
-320x320 takes seconds, and MTD needs ~10 of them per training step; the quick profile must train
-three defenses and run DAG (up to 150 iterations) in minutes. This backbone at 96x96 is ~100x cheaper
+Why not SSDlite320-MobileNetV3: on one CPU core a forward+backward of SSDlite on a batch of 8 at
+320x320 takes ~1.9 s (this model at 96x96: ~0.05 s), and MTD needs ~10 of them per training step; the quick profile must train
+three defenses and run DAG (up to 150 iterations) in minutes. This backbone at 96x96 is ~35x cheaper
 and still has what makes SSD's attacks and MTD's BatchNorm choice meaningful: several feature maps
 (strides 8, 16, 32 and a last one of 1-2 cells) with default boxes of several scales and aspect
 ratios, and BatchNorm layers (as SSDlite; SSD300-VGG16 has none).
@@ -12,8 +12,8 @@ ratios, and BatchNorm layers (as SSDlite; SSD300-VGG16 has none).
 Backbone (``width`` = w): conv3x3 s2 (w) -> conv3x3 s2 (2w) -> conv3x3 (2w) -> conv3x3 s2 (4w) ->
 conv3x3 (4w) = map 1 (stride 8) -> conv3x3 s2 (6w) = map 2 (stride 16) -> conv3x3 s2 (6w) = map 3
 (stride 32) -> conv3x3 valid (6w) = map 4; Conv-BN-ReLU except the last (Conv-ReLU: a 1x1 map has
-one value per channel, and train-mode BatchNorm cannot normalise a batch of one such image). Default boxes: torchvision's
-``DefaultBoxGenerator(aspect_ratios=[[2], [2, 3], [2, 3], [2]], min_ratio=0.15, max_ratio=0.9)``
+one value per channel, and train-mode BatchNorm cannot normalise a batch of one such image).
+Default boxes: torchvision's ``DefaultBoxGenerator(aspect_ratios=[[2], [2, 3], [2, 3], [2]], min_ratio=0.15, max_ratio=0.9)``
 (SSD's scheme: 4 or 6 boxes per cell, scales 0.15 .. 0.9 of the image side). At 96x96: maps of
 12x12, 6x6, 3x3, 1x1 and 12*12*4 + 6*6*6 + 3*3*6 + 1*4 = 850 default boxes.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -72,4 +71,4 @@ def ssd_tiny(num_classes: int = 21, size: int = 96, width: int = 16, image_mean:
     return model
 
 
-__all__ = ["TinySSDBackbone", "ssd_tiny", "torch"]
+__all__ = ["TinySSDBackbone", "ssd_tiny"]
