@@ -27,7 +27,7 @@ from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_tas
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
 #: config paths left out of the provenance hash and of variants: they cannot change a result
-NOT_HASHED = (("task", "data", "num_workers"),)
+NOT_HASHED = (("task", "data", "num_workers"), ("training", "gpu_resident"), ("training", "compile"))
 #: objective kind built by the runner from the run's composition (adaptive attacks), not by the task
 DEFENSE_OBJECTIVE = "defense"
 #: task fields that choose *what* runs; they have their own options (or cannot change per run)

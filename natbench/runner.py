@@ -248,12 +248,14 @@ class Runner:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         history = self.train(r, task, composite, run_dir)
+        fast = dict(getattr(self, "_fast", {}))  # before an evaluation dependency trains and replaces it
         t1 = time.perf_counter()
         results, flags, checks = self.evaluate(r, task, run_dir)
         t2 = time.perf_counter()
         record = RunRecord(
             run_id=r.run_id, task=r.task, defense=r.defense, profile=r.profile_name, seed=r.seed,
-            config_hash=r.config_hash, git_rev=git_revision(), versions=versions(), device=str(self.device),
+            config_hash=r.config_hash, git_rev=git_revision(), versions=versions(),
+            device=str(self.device) + "".join(f" {k}={v}" for k, v in fast.items()),
             started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             wall_train_s=round(t1 - t0, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
             suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
@@ -263,6 +265,7 @@ class Runner:
             (run_dir / PARTIAL).unlink(missing_ok=True)
             atomic_write_text(run_dir / "record.json", json.dumps({
                 **to_dict(record), "history": history, "processes": self.dist.world,
+                "fast_path": fast,
                 "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
             }, indent=1, default=str))
         self.dist.barrier()
@@ -337,6 +340,10 @@ class Runner:
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(prof, model)
         main, dist = self.dist.is_main, self.dist
+        fast = self.fast_path(prof, task)
+        self._fast = fast
+        # torch.compile'd module for the training steps only; checkpoints and evaluation use `model`
+        step_model = torch.compile(model) if fast.get("compile") else model
         state_path = run_dir / "state.pt"
         start, history, best, stopped = 0, [], float("-inf"), False
         if state_path.exists():
@@ -359,6 +366,8 @@ class Runner:
             # data-parallel: the loader's generator (order, augmentation) is the same on every rank;
             # the attacks draw from a generator of the rank's own (its shard's random starts)
             agen = torch.Generator().manual_seed(derive_seed(r.seed, "epoch", epoch, "rank", dist.rank)) if dist.active else gen
+            if fast.get("gpu_resident"):  # attack noise drawn on the GPU: no host-to-device copy per attack
+                agen = torch.Generator(device=self.device).manual_seed(derive_seed(r.seed, "epoch", epoch, "rank", dist.rank, "cuda"))
             torch.manual_seed(derive_seed(r.seed, "global", epoch))
             composite.set_epoch(epoch, prof.epochs)
             train_loader, val_loader, _ = task.loaders(prof.batch_size, gen, prof.eval_batch_size)
@@ -379,7 +388,7 @@ class Runner:
                 for k in range(replays):
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(prof, epoch + (i * replays + k) / iters)
-                    out = train_step(composite, model, batch, task, optimizer, agen, autocast, dist, n_global)
+                    out = train_step(composite, step_model, batch, task, optimizer, agen, autocast, dist, n_global)
                     for key, v in {"loss": out.loss.item(), **out.parts}.items():
                         sums[key] = sums.get(key, 0.0) + v
                     n += 1
@@ -426,6 +435,18 @@ class Runner:
             training_curves(history, run_dir / "training.png", f"{r.task} · {r.defense} · seed {r.seed}",
                             getattr(task, "headline_metric", "accuracy"))
         return history
+
+    def fast_path(self, profile, task: Any) -> dict[str, Any]:
+        """The CUDA fast path this run uses (recorded in its provenance): an in-memory dataset resident
+        on the GPU with augmentation and attack noise drawn there (``gpu_resident``), bf16 autocast
+        (``amp``), ``channels_last``, optionally ``torch.compile``. Empty on CPU."""
+        if self.device.type != "cuda":
+            return {}
+        out: dict[str, Any] = {"amp": "bf16" if profile.amp else "off", "channels_last": bool(profile.channels_last)}
+        resident = getattr(task, "resident", None)
+        out["gpu_resident"] = bool(profile.gpu_resident and callable(resident) and resident(self.device))
+        out["compile"] = bool(profile.compile)
+        return out
 
     def validate(self, r: Resolved, task: Any, model: torch.nn.Module, loader: Any, epoch: int) -> dict[str, float]:
         from .attacks.pgd import PGD

@@ -57,6 +57,8 @@ class ProfileCfg:
     lr_points: tuple[tuple[float, float], ...] = ()  # piecewise-linear lr: [[epoch, lr], ...] in fractional epochs, set every iteration (cyclic schedules); () = constant lr
     amp: bool = True  # bf16 autocast for training forward passes on CUDA (always off on CPU; evaluation stays fp32)
     channels_last: bool = True  # channels_last memory format on CUDA (off on CPU)
+    gpu_resident: bool = True  # CUDA fast path: in-memory datasets held on the GPU, augmentation and attack noise drawn there (no effect on CPU; not hashed)
+    compile: bool = False  # CUDA: torch.compile the training model (not hashed: a speed knob)
     sets: tuple[str, ...] = ()  # "key=value" overrides of the task spec (--set syntax) that come with this profile, e.g. ["model.arch=reid_cnn", "task.params.height=64"]; applied before the user's --set
 
     def validate(self, where: str) -> None:

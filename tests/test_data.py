@@ -296,3 +296,21 @@ def test_classification_task_reads_cifar10_fixture(c10):
     b = next(iter(train))
     assert b.x.shape == (16, 3, 32, 32) and b.x.dtype == torch.float32 and 0 <= b.x.min() and b.x.max() <= 1
     assert sum(len(t.y) for t in (train, val, test)) == 120  # 90 train + 10 val carved from 100, 20 test
+
+
+def test_batched_crop_flip_is_the_per_image_crop_and_flip():
+    """The gathered crop_flip (the GPU fast path's augmentation) equals, pixel for pixel, the
+    per-image RandomCrop(padding=4) + flip with the same draws from the generator."""
+    import torch.nn.functional as F
+
+    from natbench.tasks.classification import crop_flip
+
+    x = torch.rand(17, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = crop_flip(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    dx, dy = torch.randint(0, 9, (17,), generator=g), torch.randint(0, 9, (17,), generator=g)
+    flip = torch.rand(17, generator=g) < 0.5
+    padded = F.pad(x, (4, 4, 4, 4))
+    ref = torch.stack([padded[i, :, dy[i]: dy[i] + 32, dx[i]: dx[i] + 32] for i in range(17)])
+    ref[flip] = ref[flip].flip(-1)
+    assert torch.equal(got, ref) and 0 < int(flip.sum()) < 17

@@ -87,6 +87,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)  # resident data (the CUDA fast path) is indexed where it lives
         for i in range(0, n, self.batch_size):
             idx = order[i: i + self.batch_size]
             x = self.x[idx]
@@ -98,15 +99,21 @@ class TensorLoader:
 
 
 def crop_flip(x: Tensor, generator: torch.Generator | None, pad: int = 4) -> Tensor:
-    """RandomCrop(size, padding=pad) + horizontal flip, batched, drawn from ``generator``."""
+    """RandomCrop(size, padding=pad) + horizontal flip, batched, drawn from ``generator``.
+
+    The offsets and flips are drawn on the generator's device (CPU: a few numbers per image) and
+    the crops are taken in one gather on ``x``'s device (the GPU on the fast path): pixel for pixel
+    the per-image ``padded[i, :, dy:dy+h, dx:dx+w]`` (flipped where drawn)."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    out = torch.stack([padded[i, :, dy[i]: dy[i] + h, dx[i]: dx[i] + w] for i in range(b)])
-    out[flip] = out[flip].flip(-1)
-    return out
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = dy[:, None] + ar_h
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
+    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass(frozen=True)
@@ -349,6 +356,16 @@ class ClassificationTask:
         resize = round(size * 256 / 224) if resize is None else resize
         train_mode = "eval" if d.augment == "none" else d.augment
         return ImageTransform(train_mode, size, resize), ImageTransform("eval", size, resize)
+
+    def resident(self, device: torch.device | str) -> bool:
+        """The CUDA fast path: hold an in-memory dataset on ``device`` (images keep their uint8 storage),
+        so batches are indexed, converted and augmented there with no host-to-device copy per batch.
+        False (nothing moved) for file datasets, whose images are decoded per batch."""
+        data = self._data()
+        if self._files is not None:
+            return False
+        self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in data.items()}
+        return True
 
     def loaders(self, batch_size: int, generator: torch.Generator, eval_batch_size: int = 256):
         """(train, val, test) loaders; val is carved from the training set, never the test set."""
