@@ -3,7 +3,9 @@
 ``min_theta E[ max_{||delta||_inf <= eps} CE(f(x + delta), y) ]``: the inner max is PGD on the
 task's CE objective with a uniform U(-eps, eps) start, ``steps`` signed steps of ``step_size``,
 projection onto the eps-ball and [0, 1]; the outer loss is ``CE(f(x'), y)`` (mean over the batch)
-on adversarial inputs only.
+on adversarial inputs only (on a detection task: its whole training loss, classification with hard
+negatives plus localisation, on x'; re-id keeps the identity CE, "pgd-at-style training on the
+identity loss").
 
 BatchNorm during the attack: ``attack_bn="train"`` by default, as in Madry's cifar10_challenge
 and locuslab/robust_overfitting (inherited by AT-AWP, notes Sec. 3.2 and 13): the attack's forward
@@ -49,6 +51,11 @@ class PGDAT:
         return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        training_loss = getattr(task, "training_loss", None)
+        if "detections" in getattr(task, "capabilities", ()) and callable(training_loss) and "logits_adv" not in cache:
+            # detection: the whole SSD loss (classification with hard negatives + localisation) on x'
+            per, parts = training_loss(model, batch, cache["x_adv"], cache, "adv")
+            return LossOut(per.mean(), {f"{k}_adv": float(v) for k, v in parts.items()})
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = torch.nn.functional.cross_entropy(z_adv, batch.y)
         return LossOut(ce, {"ce_adv": ce.item()})
