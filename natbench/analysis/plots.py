@@ -282,7 +282,8 @@ def surface_plot(runs: dict, path: Path, eps: float) -> Path:
         ax.tick_params(labelsize=6)
         ax.set_title(f"{label}\nloss at x {summ['loss_at_x']:.3g}; max along +g (a<=eps) {summ['max_along_g']:.3g}\n"
                      f"max along r {summ['max_along_r']:.3g}; max in the eps-ball (|a|+|b|<=eps) {summ['max_in_ball']:.3g}", fontsize=7)
-    fig.suptitle(f"Loss surface around one test input (NuAT Fig. 1), eps = {eps:.4g}", fontsize=9)
+    fig.suptitle(f"Loss surface around one test input (NuAT Fig. 1), eps = {eps:.4g}", fontsize=9, y=0.995)
+    fig.subplots_adjust(top=0.8)  # the panels' three-line titles below the figure title
     return _save(fig, path)
 
 
