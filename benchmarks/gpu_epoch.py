@@ -18,11 +18,12 @@ there. Synthetic uint8 images (the timing does not depend on the pixels). The NA
 ResNet-18 at its random initialisation (the same cost as a trained one).
 
     python benchmarks/gpu_epoch.py                       # CUDA when available: batch 512, 8 batches
-    python benchmarks/gpu_epoch.py --device cpu --batch 32 --batches 3 --threads 2
+    python benchmarks/gpu_epoch.py --device cpu --batch 32 --batches 5 --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -50,52 +51,53 @@ def crop_flip_loop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
     return out
 
 
-def epoch_time(defense: str, fast: bool, device: torch.device, batch: int, batches: int, compile_: bool,
-               warmup: int = 1) -> float:
-    reg = get_registry()
-    r = resolve(reg, "cifar10", defense, profile="paper", sets=[f"training.batch_size={batch}"])
-    task = task_kind_cls(reg, r.spec)(r.spec, None)
-    torch.manual_seed(0)
-    model = task.build_model().to(device)
-    comp = Composite.build(r.plan, r.params)
-    for c, dep in comp.dependencies():
-        torch.manual_seed(1)
-        c.bind(dep.role, task.build_model().to(device))
-    autocast, channels_last = cuda_speedups(r.profile, device) if fast else (None, False)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        for c, dep in comp.dependencies():
-            c.adversaries[dep.role].to(memory_format=torch.channels_last)
-    opt = make_optimizer(r.profile, model)
-    step_model = torch.compile(model) if (fast and compile_ and device.type == "cuda") else model
-    n = batch * (batches + warmup)
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    resident = fast and device.type == "cuda"
-    if resident:
-        data, labels = data.to(device), labels.to(device)
-    agen = torch.Generator(device=device if resident else "cpu").manual_seed(2)
-    lgen = torch.Generator().manual_seed(3)
+class Config:
+    """One (defense, fast path or not) training set-up; :meth:`step` runs and times one batch."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def __init__(self, defense: str, fast: bool, device: torch.device, batch: int, compile_: bool, n: int):
+        reg = get_registry()
+        r = resolve(reg, "cifar10", defense, profile="paper", sets=[f"training.batch_size={batch}"])
+        self.task = task_kind_cls(reg, r.spec)(r.spec, None)
+        torch.manual_seed(0)
+        self.model = self.task.build_model().to(device)
+        self.comp = Composite.build(r.plan, r.params)
+        for c, dep in self.comp.dependencies():
+            torch.manual_seed(1)
+            c.bind(dep.role, self.task.build_model().to(device))
+        self.autocast, self.channels_last = cuda_speedups(r.profile, device) if fast else (None, False)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            for c, dep in self.comp.dependencies():
+                c.adversaries[dep.role].to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(r.profile, self.model)
+        self.step_model = torch.compile(self.model) if (fast and compile_ and device.type == "cuda") else self.model
+        g = torch.Generator().manual_seed(0)
+        self.data = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, 10, (n,), generator=g)
+        resident = fast and device.type == "cuda"
+        if resident:
+            self.data, self.labels = self.data.to(device), self.labels.to(device)
+        self.agen = torch.Generator(device=device if resident else "cpu").manual_seed(2)
+        self.lgen = torch.Generator().manual_seed(3)
+        self.fast, self.device, self.batch, self.n = fast, device, batch, n
 
-    t0 = None
-    for i in range(batches + warmup):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        idx = torch.randperm(n, generator=lgen)[:batch].to(data.device)
-        x = data[idx].float().div_(255.0)
-        x = crop_flip(x, lgen) if fast else crop_flip_loop(x, lgen)
-        b = Batch(x, labels[idx], idx).to(device)
-        if channels_last:
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self) -> float:
+        """Seconds for one batch: sampling, augmentation, host-to-device, the training step."""
+        self._sync()
+        t0 = time.perf_counter()
+        idx = torch.randperm(self.n, generator=self.lgen)[: self.batch].to(self.data.device)
+        x = self.data[idx].float().div_(255.0)
+        x = crop_flip(x, self.lgen) if self.fast else crop_flip_loop(x, self.lgen)
+        b = Batch(x, self.labels[idx], idx).to(self.device)
+        if self.channels_last:
             b.x = b.x.contiguous(memory_format=torch.channels_last)
-        train_step(comp, step_model, b, task, opt, agen, autocast)
-    sync()
-    return (time.perf_counter() - t0) / batches * (CIFAR_TRAIN / batch)
+        train_step(self.comp, self.step_model, b, self.task, self.opt, self.agen, self.autocast)
+        self._sync()
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -109,19 +111,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, ResNet-18, batch {args.batch}, {args.batches} timed batches, "
-          f"epoch = {CIFAR_TRAIN} images" + (", torch.compile" if args.compile else ""))
-    rows = {}
-    for defense in ("pgd-at", "nat"):
-        for fast in (False, True):
-            s = epoch_time(defense, fast, device, args.batch, args.batches, args.compile)
-            rows[(defense, fast)] = s
-            print(f"  {defense:7s} {'fast path' if fast else 'baseline ':9s}  {CIFAR_TRAIN / s:8.1f} images/s   "
-                  f"epoch {s:9.1f} s", flush=True)
-    for defense in ("pgd-at", "nat"):
-        print(f"{defense}: fast path / baseline epoch time {rows[(defense, True)] / rows[(defense, False)]:.3f}")
-    for fast in (False, True):
-        print(f"NAT / PGD-AT ({'fast path' if fast else 'baseline'}): {rows[('nat', fast)] / rows[('pgd-at', fast)]:.3f}"
+    print(f"device {device}, ResNet-18, batch {args.batch}, {args.batches} timed batches per set-up, run round-robin "
+          f"(paired), epoch = {CIFAR_TRAIN} images" + (", torch.compile" if args.compile else ""))
+    keys = [(d, f) for d in ("pgd-at", "nat") for f in (False, True)]
+    configs = {k: Config(k[0], k[1], device, args.batch, args.compile, args.batch * 4) for k in keys}
+    for c in configs.values():  # warm-up (allocator, cudnn autotune, compilation)
+        c.step()
+    times: dict = {k: [] for k in keys}
+    for _ in range(args.batches):
+        for k in keys:
+            times[k].append(configs[k].step())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for (d, f) in keys:
+        s = med[(d, f)] * CIFAR_TRAIN / args.batch
+        print(f"  {d:7s} {'fast path' if f else 'baseline ':9s}  {args.batch / med[(d, f)]:8.1f} images/s   "
+              f"epoch {s:9.1f} s (median batch {med[(d, f)]:.3f} s)")
+
+    def paired(a, b) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    for d in ("pgd-at", "nat"):
+        print(f"{d}: fast path / baseline, median paired ratio {paired((d, True), (d, False)):.3f}")
+    for f in (False, True):
+        print(f"NAT / PGD-AT ({'fast path' if f else 'baseline'}): median paired ratio {paired(('nat', f), ('pgd-at', f)):.3f}"
               f"   (paper, RTX 4090: 129.8 / 108.6 = 1.195)")
 
 
