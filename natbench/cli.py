@@ -114,7 +114,7 @@ def run(
     from .distributed import Dist
 
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db,
-                    dist=Dist.from_env(device), sync_bn=sync_bn)
+                    dist=_quiet_unless_main(Dist.from_env(device)), sync_bn=sync_bn)
     for r in resolved:
         runner.run(r, force=force)
     if show and runner.dist.is_main:
@@ -211,6 +211,15 @@ def sweep(
         raise typer.Exit(1)
 
 
+def _quiet_unless_main(dist):
+    """Data-parallel ranks other than 0 log warnings only (rank 0 reports progress and results)."""
+    if not dist.is_main:
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)
+    return dist
+
+
 def _torchrun(nproc: int) -> int:
     """Run this very command again under ``torchrun --standalone --nproc-per-node N -m natbench``."""
     import subprocess
@@ -272,7 +281,7 @@ def eval_(
     from .distributed import Dist
 
     runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16,
-                    db=db, dist=Dist.from_env(device))
+                    db=db, dist=_quiet_unless_main(Dist.from_env(device)))
     if runner.store.get_run(run_id) is None:
         from .errors import RunError
 
