@@ -261,21 +261,28 @@ def randomized(tmp_path):
             return self.inner(x + 0.15 * torch.randn_like(x))
 
     r, task = _task("vanilla", profile="quick", suite="smoke")
+    _fake_run(task, Noisy, 4, tmp_path)
+    return r, task, tmp_path
+
+
+def _fake_run(task, wrapper, epochs: int, run_dir):
+    """Train ``wrapper(task model)`` with plain CE for ``epochs`` and save it as a run's best/last
+    checkpoints; the task then builds that wrapped architecture (the runner loads the checkpoints)."""
+    import copy
+
     torch.manual_seed(0)
-    model = Noisy(task.build_model())
+    model = wrapper(task.build_model())
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(4):
+    for epoch in range(epochs):
         for b in task.loaders(64, torch.Generator().manual_seed(epoch))[0]:
             loss = F.cross_entropy(model(b.x), b.y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    import copy
-
     task.build_model = lambda: copy.deepcopy(model)
+    run_dir.mkdir(exist_ok=True)
     for ck in ("best", "last"):
-        torch.save(model.state_dict(), tmp_path / f"{ck}.pt")
-    return r, task, tmp_path
+        torch.save(model.state_dict(), run_dir / f"{ck}.pt")
 
 
 @pytest.mark.slow
@@ -297,7 +304,6 @@ def test_whitebox_weaker_than_blackbox_escalates_to_a_transfer_attack(tmp_path, 
     """A quantised (zero-gradient) pgd-at 'run' evaluated with Square in its suite: Square beats the
     white-box attacks, so natbench trains (or reuses) a vanilla surrogate and adds a transfer attack."""
     from torch import nn
-    import copy
 
     class Quantised(nn.Module):
         def __init__(self, inner):
@@ -311,20 +317,8 @@ def test_whitebox_weaker_than_blackbox_escalates_to_a_transfer_attack(tmp_path, 
     square = from_dict(SuiteSpec, {"suite": "t", "description": "t", "attacks": [
         {"id": "pgd-5", "attack": "pgd", "params": {"steps": 5}}, {"id": "square", "attack": "square", "params": {"n_queries": 300}}]}, "s")
     r = dataclasses.replace(r, suite=square)
-    torch.manual_seed(0)
-    model = Quantised(task.build_model())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(6):
-        for b in task.loaders(64, torch.Generator().manual_seed(epoch))[0]:
-            loss = F.cross_entropy(model(b.x), b.y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    task.build_model = lambda: copy.deepcopy(model)
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for ck in ("best", "last"):
-        torch.save(model.state_dict(), run_dir / f"{ck}.pt")
+    _fake_run(task, Quantised, 6, run_dir)
     monkeypatch.setitem(ESCALATIONS, "gradient_nonzero", [])  # Square is in the suite already
     root = tmp_path / "root"
     results, _, checks = Runner(root, registry=REG).evaluate(r, task, run_dir, ("best",))
