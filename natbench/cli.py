@@ -152,13 +152,11 @@ def sweep(
 
     Cells already complete in the store are skipped (a second identical sweep does nothing);
     dependency runs (NAT's adversaries, transfer surrogates) run first, once per task and seed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .registry import get_registry
     from .resolve import data_root as resolve_data_root
     from .store import Store, store_exists, store_url
     from .sweep import make_executor, plan_sweep, run_sweep
-    from .ui import setup_logging
+    from .ui import RichReporter, setup_logging
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
@@ -180,24 +178,8 @@ def sweep(
               f"{sum(len(st) for st in stages)} to run in {len(stages)} stage(s), executor {executor}")
     if stages:
         setup_logging()
-
-        class _Bar:
-            def __init__(self):
-                self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(), console=out)
-
-            def start(self, description, total):
-                self.p.start()
-                return self.p.add_task(description, total=total, failed=0)
-
-            def advance(self, handle, n=1, **info):
-                self.p.update(handle, advance=n, **info)
-
-            def stop(self, handle):
-                self.p.stop()
-
         run_sweep(plan, ex, root=rootp, db=db, data_root=str(droot) if droot else None, device=device,
-                  parallel=parallel, reporter=_Bar())
+                  parallel=parallel, reporter=RichReporter())
     table = Table("run", "stage", "status", "seconds", "run id", title="sweep", title_justify="left")
     colour = {"done": "green", "skipped": "cyan", "failed": "red", "pending": "yellow"}
     for c in sorted(plan.cells, key=lambda c: (-c.stage, c.label)):
@@ -238,18 +220,9 @@ def _torchrun(nproc: int) -> int:
 
 def _sweep_sets(sweep: List[str]) -> list[tuple[str, ...]]:
     """``["nat.omega=0.006,0.06", "trades.beta=1,6"]`` -> one tuple of ``--set`` strings per combination."""
-    import itertools
+    from .sweep import grid_sets
 
-    axes = []
-    for item in sweep:
-        key, sep, values = item.partition("=")
-        vals = [v.strip() for v in values.split(",")]
-        if not sep or not key.strip() or not all(vals):
-            raise ConfigError(f"--sweep {item!r}: expected key.path=v1,v2,..., e.g. --sweep nat.omega=0.006,0.03,0.06")
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"--sweep {item!r}: a value is listed twice; list each value once")
-        axes.append([f"{key.strip()}={v}" for v in vals])
-    return [tuple(c) for c in itertools.product(*axes)] if axes else [()]
+    return grid_sets(sweep, "--sweep")
 
 
 @app.command("eval")

@@ -60,16 +60,17 @@ class Plan:
         return [[c for c in todo if c.stage == s] for s in sorted({c.stage for c in todo}, reverse=True)]
 
 
-def grid_sets(set_grid: Iterable[str]) -> list[tuple[str, ...]]:
-    """``["nat.omega=0.006,0.06", "trades.beta=1,6"]`` -> one tuple of ``--set`` strings per combination."""
+def grid_sets(set_grid: Iterable[str], flag: str = "--set-grid") -> list[tuple[str, ...]]:
+    """``["nat.omega=0.006,0.06", "trades.beta=1,6"]`` -> one tuple of ``--set`` strings per combination
+    (``natbench sweep --set-grid`` and ``natbench run --sweep``; ``flag`` names the option in errors)."""
     axes = []
     for item in set_grid:
         key, sep, values = item.partition("=")
         vals = [v.strip() for v in values.split(",")]
         if not sep or not key.strip() or not all(vals):
-            raise ConfigError(f"--set-grid {item!r}: expected key.path=v1,v2,..., e.g. --set-grid nat.omega=0.006,0.06")
+            raise ConfigError(f"{flag} {item!r}: expected key.path=v1,v2,..., e.g. {flag} nat.omega=0.006,0.03,0.06")
         if len(set(vals)) != len(vals):
-            raise ConfigError(f"--set-grid {item!r}: a value is listed twice; list each value once")
+            raise ConfigError(f"{flag} {item!r}: a value is listed twice; list each value once")
         axes.append([f"{key.strip()}={v}" for v in vals])
     return [tuple(c) for c in itertools.product(*axes)] if axes else [()]
 
