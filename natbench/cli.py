@@ -227,7 +227,12 @@ def _sweep_sets(sweep: List[str]) -> list[tuple[str, ...]]:
 
 @app.command("eval")
 def eval_(
-    run_id: str = typer.Argument(..., help="A run id (a directory under the results root)"),
+    run_id: Optional[str] = typer.Argument(None, help="A run id (a directory under the results root); or --task with --model"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="With --model: the task to evaluate an outside model on"),
+    model: Optional[str] = typer.Option(None, "--model", help="An outside model: file.py:factory, package.module:factory, timm:NAME, torchvision:NAME, torchscript:FILE, robustbench:NAME (docs/external.md)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="With --model: a state dict (.pt/.pth with weights_only=True, or .safetensors)"),
+    name: Optional[str] = typer.Option(None, "--name", help="With --model: the leaderboard name (default: from the spec)"),
+    normalize: str = typer.Option("none", "--normalize", help="With --model: none, or MEAN,STD (per channel: m1,..,mC,s1,..,sC) applied to the [0,1] pixels inside the model"),
     suite: Optional[str] = typer.Option(None, "--suite", help="Suite to run (default: the run's own)"),
     checkpoint: str = typer.Option("both", "--checkpoint", help="best | last | both"),
     device: str = typer.Option("auto", "--device"),
@@ -236,7 +241,12 @@ def eval_(
     data_root: Optional[str] = typer.Option(None, "--data-root"),
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
 ) -> None:
-    """Evaluate a finished run again (another suite, or one checkpoint) and add the results."""
+    """Evaluate a finished run again (another suite, or one checkpoint) and add the results; or, with
+    --task and --model, an outside model (an external run; evaluating it again adds missing attacks)."""
+    if model is not None or task is not None:
+        return _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root)
+    if run_id is None:
+        raise ConfigError("natbench eval: give a RUN_ID, or --task T --model SPEC for an outside model")
     from .config import from_dict
     from .registry import get_registry
     from .resolve import check_suite, data_root as resolve_data_root, task_kind_cls
@@ -268,6 +278,22 @@ def eval_(
 
     (runner.root / run_id / PARTIAL).unlink(missing_ok=True)
     _print_leaderboard(runner.store, r.task, "table")
+
+
+def _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root) -> None:
+    """``natbench eval --task T --model SPEC ...`` (natbench.api.evaluate; docs/external.md)."""
+    if run_id is not None or task is None or model is None:
+        raise ConfigError("natbench eval: an outside model needs --task and --model (and no RUN_ID); "
+                          "e.g. natbench eval --task digits --model my_model.py:build --weights w.pt")
+    from .api import evaluate
+    from .ui import RichReporter, setup_logging
+
+    setup_logging()
+    res = evaluate(model, task, suite, data_root=data_root, weights=weights, name=name, normalize=normalize,
+                   root=_root(root), db=db, device=device, reporter=RichReporter())
+    from .store import Store, store_url
+
+    _print_leaderboard(Store(store_url(_root(root), db)), res.task, "table")
 
 
 @app.command()
@@ -447,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except NatbenchError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)  # "[robustbench]" is text
         return 2
     except _EXITS as e:
         return getattr(e, "exit_code", 0)

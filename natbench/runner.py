@@ -460,20 +460,22 @@ class Runner:
 
     # --------------------------------------------------------------------------------- evaluate
     def evaluate(self, r: Resolved, task: Any, run_dir: Path, checkpoints: tuple[str, ...] = CHECKPOINTS,
-                 suite=None) -> tuple[list[ResultRow], list[FlagRow], list[CheckRow]]:
+                 suite=None, external: Any = None) -> tuple[list[ResultRow], list[FlagRow], list[CheckRow]]:
         """Evaluate ``checkpoints`` of the run in ``run_dir`` under clean inputs and every attack of
         ``suite`` (default: the run's), then the sanity checks; a failed check schedules the stronger
         evaluation it calls for (:data:`natbench.checks.ESCALATIONS`), recorded under its own id.
 
         Attack dependencies (a transfer surrogate) are trained or loaded first; an adaptive attack
         (objective ``"defense"``) gets the run's composition with its own dependencies bound.
+        ``external`` (:class:`natbench.external.External`): evaluate that outside model instead of the
+        run's checkpoints (``checkpoints`` is then its one label, ``natbench.external.CHECKPOINT``).
         """
         suite = suite or r.suite
         _, _, test_loader = task.loaders(r.profile.eval_batch_size, torch.Generator().manual_seed(0), r.profile.eval_batch_size)
         jobs = [self._job(r, run_dir, a.id, a.attack, a.params, a.objective) for a in suite.attacks]
         composite = self._adaptive_composite(r, jobs)
         results, flags, checks = [], [], []
-        model = task.build_model().to(self.device)
+        model = (task.build_model() if external is None else external.model).to(self.device)
         partial_path = run_dir / PARTIAL
         dist = self.dist
         dist.barrier()  # rank 0 wrote the checkpoints (and any partial results)
@@ -481,11 +483,12 @@ class Runner:
                                  if dist.is_main else None)
         shard = dist.active and bool(getattr(task, "EVAL_SHARDABLE", False))
         for ckpt in checkpoints:
-            model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
+            if external is None:
+                model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
             steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
             black_box = {j.id for j in jobs if j.black_box}
             acc: dict[str, torch.Tensor] = {}
-            ckpt_sha = hashlib.sha256((run_dir / f"{ckpt}.pt").read_bytes()).hexdigest()
+            ckpt_sha = external.sha256 if external is not None else hashlib.sha256((run_dir / f"{ckpt}.pt").read_bytes()).hexdigest()
 
             def run_job(job: "_Job") -> None:
                 # Finished (checkpoint, attack) evaluations are kept in eval-partial.pt so a killed
