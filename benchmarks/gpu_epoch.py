@@ -9,7 +9,8 @@ Table 9 (RTX 4090): PGD-AT 108.6 s and NAT 129.8 s per ResNet-18 epoch.
   memory format, no compilation;
 - **fast path** (what ``natbench run`` does on CUDA, :meth:`natbench.runner.Runner.fast_path`): the
   dataset resident on the device (uint8), batched augmentation by one gather there, attack noise
-  from a generator on the device, bf16 autocast and ``channels_last`` (CUDA only), optionally
+  from a generator on the device, ``channels_last`` (CUDA only), fp32 as the profiles train (bf16
+  autocast is a profile opt-in: ``--bf16`` times the fast path with ``training.amp=true``), optionally
   ``torch.compile`` (``--compile``).
 
 On CPU only the batched augmentation differs (bf16, channels_last and residency are CUDA features),
@@ -54,9 +55,11 @@ def crop_flip_loop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
 class Config:
     """One (defense, fast path or not) training set-up; :meth:`step` runs and times one batch."""
 
-    def __init__(self, defense: str, fast: bool, device: torch.device, batch: int, compile_: bool, n: int):
+    def __init__(self, defense: str, fast: bool, device: torch.device, batch: int, compile_: bool, n: int,
+                 bf16: bool = False):
         reg = get_registry()
-        r = resolve(reg, "cifar10", defense, profile="paper", sets=[f"training.batch_size={batch}"])
+        r = resolve(reg, "cifar10", defense, profile="paper",
+                    sets=[f"training.batch_size={batch}", *(["training.amp=true"] if bf16 else [])])
         self.task = task_kind_cls(reg, r.spec)(r.spec, None)
         torch.manual_seed(0)
         self.model = self.task.build_model().to(device)
@@ -106,15 +109,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--batches", type=int, default=8, help="timed batches per configuration (after one warm-up)")
     ap.add_argument("--compile", action="store_true", help="fast path with torch.compile")
+    ap.add_argument("--bf16", action="store_true", help="fast path with bf16 autocast (profile opt-in training.amp=true)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, ResNet-18, batch {args.batch}, {args.batches} timed batches per set-up, run round-robin "
-          f"(paired), epoch = {CIFAR_TRAIN} images" + (", torch.compile" if args.compile else ""))
+          f"(paired), epoch = {CIFAR_TRAIN} images" + (", torch.compile" if args.compile else "")
+          + (", fast path in bf16" if args.bf16 else ""))
     keys = [(d, f) for d in ("pgd-at", "nat") for f in (False, True)]
-    configs = {k: Config(k[0], k[1], device, args.batch, args.compile, args.batch * 4) for k in keys}
+    configs = {k: Config(k[0], k[1], device, args.batch, args.compile, args.batch * 4, args.bf16 and k[1]) for k in keys}
     for c in configs.values():  # warm-up (allocator, cudnn autotune, compilation)
         c.step()
     times: dict = {k: [] for k in keys}

@@ -173,7 +173,7 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
     # The provenance hash covers what determines the trained model; the suite only says what to
     # evaluate, so runs that differ in suite share training (missing attacks are evaluated later).
     hashed = copy.deepcopy({k: v for k, v in cfg.items() if k != "suite"})
-    for section, key in (("task", "params"), ("training", "sets")):  # fields added after runs were stored:
+    for section, key in (("task", "params"), ("training", "sets"), ("training", "cycle_momentum")):  # fields added after runs were stored:
         if not hashed[section].get(key):                             # absent when empty, so old hashes hold
             hashed[section].pop(key, None)
     for path in NOT_HASHED:  # performance knobs that cannot change a number

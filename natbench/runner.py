@@ -132,6 +132,21 @@ def lr_at(profile, epoch: float) -> float:
     return base * profile.gamma ** sum(int(epoch) >= m for m in profile.milestones)
 
 
+def momentum_at(profile, epoch: float) -> float:
+    """SGD momentum at (fractional) ``epoch``: with ``cycle_momentum = [base, max]`` it moves against
+    ``lr_points`` as torch's ``CyclicLR(cycle_momentum=True)``: ``max - (max - base) * s`` with ``s``
+    the position of the interpolated lr between the lowest and the highest lr of ``lr_points``
+    (milestone decays do not move it: the references divide the lr by hand, the scheduler's momentum
+    stays). Without it, the profile's constant ``momentum``."""
+    if not profile.cycle_momentum:
+        return profile.momentum
+    base, top = profile.cycle_momentum
+    lrs = [v for _, v in profile.lr_points]
+    lo, hi = min(lrs), max(lrs)
+    s = 0.0 if hi == lo else (float(np.interp(epoch, [t for t, _ in profile.lr_points], lrs)) - lo) / (hi - lo)
+    return top - (top - base) * s
+
+
 def make_optimizer(profile, model: torch.nn.Module) -> torch.optim.Optimizer:
     if profile.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
@@ -169,8 +184,10 @@ def _has_sync_bn(model: torch.nn.Module) -> bool:
 
 
 def cuda_speedups(profile, device: torch.device) -> tuple[Any, bool]:
-    """``(autocast context or None, channels_last)`` for training: bf16 autocast and channels_last on
-    CUDA when the profile asks (its defaults do); both off on CPU, where they are slower or unsupported."""
+    """``(autocast context or None, channels_last)`` for training on ``device``. bf16 autocast (which
+    covers the inner attack too) only on CUDA and only when the profile opts in (``amp``; default off:
+    the references all train in fp32); channels_last on CUDA when the profile asks (its default).
+    Both off on CPU, where they are slower or unsupported."""
     if device.type != "cuda":
         return None, False
     return (torch.autocast("cuda", dtype=torch.bfloat16) if profile.amp else None), bool(profile.channels_last)
@@ -388,6 +405,8 @@ class Runner:
                 for k in range(replays):
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(prof, epoch + (i * replays + k) / iters)
+                        if prof.cycle_momentum:
+                            group["momentum"] = momentum_at(prof, epoch + (i * replays + k) / iters)
                     out = train_step(composite, step_model, batch, task, optimizer, agen, autocast, dist, n_global)
                     for key, v in {"loss": out.loss.item(), **out.parts}.items():
                         sums[key] = sums.get(key, 0.0) + v
@@ -442,7 +461,9 @@ class Runner:
         (``amp``), ``channels_last``, optionally ``torch.compile``. Empty on CPU."""
         if self.device.type != "cuda":
             return {}
-        out: dict[str, Any] = {"amp": "bf16" if profile.amp else "off", "channels_last": bool(profile.channels_last)}
+        out: dict[str, Any] = {"amp": "bf16" if profile.amp else "off", "channels_last": bool(profile.channels_last),
+                               "tf32": "+".join(k for k, on in (("matmul", torch.backends.cuda.matmul.allow_tf32),
+                                                                ("cudnn", torch.backends.cudnn.allow_tf32)) if on) or "off"}
         resident = getattr(task, "resident", None)
         out["gpu_resident"] = bool(profile.gpu_resident and callable(resident) and resident(self.device))
         out["compile"] = bool(profile.compile)

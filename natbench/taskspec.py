@@ -55,7 +55,8 @@ class ProfileCfg:
     gamma: float = 0.1  # lr decay factor
     eval_batch_size: int = 256  # batch size of validation and test evaluation
     lr_points: tuple[tuple[float, float], ...] = ()  # piecewise-linear lr: [[epoch, lr], ...] in fractional epochs, set every iteration (cyclic schedules); () = constant lr
-    amp: bool = True  # bf16 autocast for training forward passes on CUDA (always off on CPU; evaluation stays fp32)
+    cycle_momentum: tuple[float, ...] = ()  # [base, max]: SGD momentum cycled against lr_points as torch CyclicLR does (max at the lowest lr, base at the highest); () = constant momentum
+    amp: bool = False  # opt-in bf16 autocast of training on CUDA (forwards and the inner attack); off: fp32 as every reference trains (TF32 per torch defaults); no effect on CPU; evaluation stays fp32
     channels_last: bool = True  # channels_last memory format on CUDA (off on CPU)
     gpu_resident: bool = True  # CUDA fast path: in-memory datasets held on the GPU, augmentation and attack noise drawn there (no effect on CPU; not hashed)
     compile: bool = False  # CUDA: torch.compile the training model (not hashed: a speed knob)
@@ -75,6 +76,10 @@ class ProfileCfg:
             if ts != sorted(ts) or ts[0] != 0 or any(lr < 0 for _, lr in self.lr_points):
                 raise ConfigError(f"{where}.lr_points: need [[0, lr0], [t1, lr1], ...] with increasing epochs from 0 and lr >= 0, "
                                   f"e.g. [[0, 0], [6, 0.2], [15, 0]]")
+        if self.cycle_momentum and (len(self.cycle_momentum) != 2 or not self.lr_points or self.optimizer != "sgd"
+                                    or not 0 <= self.cycle_momentum[0] <= self.cycle_momentum[1] < 1):
+            raise ConfigError(f"{where}.cycle_momentum: need [base, max] with 0 <= base <= max < 1, lr_points and optimizer sgd, "
+                              f"e.g. [0.8, 0.9] (torch CyclicLR's defaults)")
         if self.lr < 0 or (self.lr == 0 and not self.lr_points) or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError(f"{where}: need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
         if self.optimizer not in ("sgd", "adam"):

@@ -10,7 +10,7 @@ import torch
 from natbench.defenses.fast_at import FastAT
 from natbench.registry import get_registry
 from natbench.resolve import resolve
-from natbench.runner import Runner, lr_at
+from natbench.runner import Runner, lr_at, momentum_at
 from natbench.taskspec import ProfileCfg
 
 REG = get_registry()
@@ -129,20 +129,23 @@ def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
     assert _same(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
 
 
-@pytest.mark.parametrize("name", ["nuat", "nuat2", "fast"])
+@pytest.mark.parametrize("name", ["nuat", "nuat-wa", "nuat2", "nuat2-wa", "fast"])
 def test_cyclic_profiles_match_torch_cycliclr_as_the_references_step_it(name):
-    """The cifar10 recipe profiles against torch's CyclicLR driven the way each reference drives it."""
+    """The cifar10 recipe profiles against torch's CyclicLR driven the way each reference drives it,
+    with its default ``cycle_momentum=True`` (momentum 0.9 at lr 0, 0.8 at the peak): lr and momentum."""
     prof = resolve(REG, "cifar10", "pgd-at", profile=name).profile
     iters = 8
-    up, down, stop_at, drops = {"nuat": (40, 50, 80, (85, 90)), "nuat2": (20, 20, 35, (40, 45)),
+    up, down, stop_at, drops = {"nuat": (40, 50, 80, (85, 90)), "nuat-wa": (25, 75, 100, ()),
+                                "nuat2": (20, 20, 35, (40, 45)), "nuat2-wa": (20, 60, 80, ()),
                                 "fast": (7.5, 7.5, 15, ())}[name]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
     peak = 0.2 if name == "fast" else 0.1
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=peak, step_size_up=int(iters * up),
-                                              step_size_down=int(iters * down), cycle_momentum=False)
+                                              step_size_down=int(iters * down))
     for epoch in range(prof.epochs):
         for i in range(iters):
             assert lr_at(prof, epoch + i / iters) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12), (epoch, i)
+            assert momentum_at(prof, epoch + i / iters) == pytest.approx(opt.param_groups[0]["momentum"], abs=1e-12), (epoch, i)
             if epoch < stop_at:
                 opt.step()  # (no gradients: only keeps torch's step-order check quiet)
                 sched.step()
@@ -155,16 +158,64 @@ def test_amp_and_channels_last_only_on_cuda():
     from natbench.runner import cuda_speedups
 
     assert cuda_speedups(ProfileCfg(), torch.device("cpu")) == (None, False)
+    assert cuda_speedups(ProfileCfg(amp=True), torch.device("cpu")) == (None, False)
     ctx, cl = cuda_speedups(ProfileCfg(amp=False, channels_last=False), torch.device("cuda"))
     assert ctx is None and cl is False
-    ctx, cl = cuda_speedups(ProfileCfg(), torch.device("cuda"))
+    ctx, cl = cuda_speedups(ProfileCfg(amp=True), torch.device("cuda"))
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and cl is True
+
+
+def test_training_is_fp32_unless_the_profile_opts_into_bf16():
+    """Every reference trains in fp32: no built-in profile trains under autocast on CUDA by default;
+    ``--set training.amp=true`` opts in, is hashed (a new run id) and shows as a variant."""
+    from natbench.runner import cuda_speedups
+
+    assert cuda_speedups(ProfileCfg(), torch.device("cuda"))[0] is None
+    for task in REG.names("tasks"):
+        spec = resolve(REG, task, "vanilla").spec
+        for name in spec.profiles:
+            prof = resolve(REG, task, "vanilla", profile=name).profile
+            assert prof.amp is False and cuda_speedups(prof, torch.device("cuda"))[0] is None, (task, name)
+    plain = resolve(REG, "digits", "pgd-at", profile="quick")
+    bf16 = resolve(REG, "digits", "pgd-at", profile="quick", sets=["training.amp=true"])
+    assert bf16.profile.amp and bf16.run_id != plain.run_id and bf16.variant == "training.amp=true"
+
+
+def test_cycle_momentum_needs_lr_points_and_sgd():
+    from natbench.config import ConfigError
+
+    for bad in (dict(cycle_momentum=(0.8, 0.9)), dict(cycle_momentum=(0.9, 0.8), lr_points=((0, 0.0), (1, 0.1))),
+                dict(cycle_momentum=(0.8,), lr_points=((0, 0.0), (1, 0.1))),
+                dict(cycle_momentum=(0.8, 0.9), lr_points=((0, 0.0), (1, 0.1)), optimizer="adam")):
+        with pytest.raises(ConfigError, match="cycle_momentum"):
+            ProfileCfg(**bad).validate("training")
+
+
+def test_runner_cycles_momentum_every_iteration(tmp_path, monkeypatch):
+    """The momentum the optimizer holds at each step is ``momentum_at`` of that step's fractional epoch."""
+    import natbench.runner as runner_mod
+
+    seen = []
+    real = runner_mod.train_step
+
+    def spy(composite, model, batch, task, optimizer, *a, **k):
+        seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
+        return real(composite, model, batch, task, optimizer, *a, **k)
+
+    monkeypatch.setattr(runner_mod, "train_step", spy)
+    r, _ = _run(tmp_path, "vanilla", "training.lr_points=[[0,0.0],[1,0.1],[2,0.0]]", "training.cycle_momentum=[0.8,0.9]")
+    iters = len(seen) // 2
+    for j, (lr, mom) in enumerate(seen):
+        t = j / iters
+        assert lr == pytest.approx(lr_at(r.profile, t)) and mom == pytest.approx(momentum_at(r.profile, t))
+        assert mom == pytest.approx(0.9 - lr)  # 0.9 at lr 0, 0.8 at the peak 0.1
+    assert min(m for _, m in seen) < 0.85
 
 
 @pytest.mark.gpu
 def test_cuda_bf16_channels_last_training_run(tmp_path):
-    """On a GPU: a NAT run trains under bf16 autocast + channels_last and evaluates in fp32."""
-    r = resolve(REG, "digits", "pgd-at+nat", profile="quick", sets=SMALL, suite="smoke")
+    """On a GPU: a NAT run that opts into bf16 trains under autocast + channels_last and evaluates in fp32."""
+    r = resolve(REG, "digits", "pgd-at+nat", profile="quick", sets=[*SMALL, "training.amp=true"], suite="smoke")
     Runner(tmp_path, device=torch.device("cuda"), registry=REG).run(r)
     history = json.loads((tmp_path / r.run_id / "record.json").read_text())["history"]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)

@@ -32,11 +32,11 @@ forwards, attack_pgd's restart-selection forward and the accuracy forward: 7 in 
 (default) reproduces that, side effects included, so the saved weights/statistics match the reference's
 procedure; ``guard_bn="eval"`` measures with running statistics and leaves the model untouched.
 
-Not reproduced: apex AMP O2 (fp16, loss scale 1.0) -- natbench uses the profile's ``amp`` setting (bf16
-autocast on CUDA around ``step_loss``, so the FGSM step too; the guard runs outside it). The cyclic
-learning rate (0 -> 0.2 -> 0 over 15 epochs, stepped per iteration) is the profile's business
-(``lr_points``); PyTorch's ``CyclicLR`` in the reference also cycles SGD momentum 0.9 -> 0.8 -> 0.9
-(its default ``cycle_momentum=True``), which a profile cannot express.
+Not reproduced: apex AMP O2 (fp16, loss scale 1.0). natbench trains in fp32 unless the profile opts
+into bf16 autocast (``amp``; then around ``step_loss``, so the FGSM step too; the guard runs outside it).
+The cyclic schedule is the profile's business: the ``fast`` profile of cifar10 has the reference's lr
+0 -> 0.2 -> 0 over 15 epochs, stepped per iteration (``lr_points``), and the SGD momentum 0.9 -> 0.8 ->
+0.9 that PyTorch's ``CyclicLR`` cycles with it by default (``cycle_momentum: [0.8, 0.9]``).
 """
 from __future__ import annotations
 
