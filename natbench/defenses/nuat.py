@@ -44,6 +44,13 @@ CE is the batch mean. Choices that follow the reference code:
 
 Defaults are NuAT's (ResNet-18, CIFAR-10): ``lam_max = 4.5``, ``hold = 10``. NuAT-WA:
 ``--defense nuat+ema`` with ``lam_max = 4``, ``hold = 0``.
+
+**Optimiser schedule** (the task profile's business, cifar10 profiles ``nuat``, ``nuat-wa``, ``nuat2``,
+``nuat2-wa``): SGD, ``CyclicLR`` from 0 to 0.1 stepped per iteration (``lr_points``) and, as
+``CyclicLR``'s default ``cycle_momentum=True`` does in every NuAT script, the momentum moved against
+the lr from 0.9 (lr 0) to 0.8 (peak lr) (``cycle_momentum: [0.8, 0.9]``). Where the reference stops
+stepping the scheduler (NuAT after epoch 80: lr 0.02, momentum 0.88; NuAT2 after 35: 0.025, 0.875) the
+momentum stays there while the lr is divided by hand.
 """
 from __future__ import annotations
 
