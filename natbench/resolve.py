@@ -97,7 +97,7 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         "seed": seed,
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
-    _apply_sets(reg, cfg, spec.profiles[pname].sets, plan)  # the profile's own overrides (not a variant)
+    _apply_sets(reg, cfg, _profile_sets(reg, spec.profiles[pname].sets, cfg), plan)  # the profile's own overrides (not a variant)
     pristine = _validate(reg, copy.deepcopy(cfg), plan, kind_cls).config
     _apply_sets(reg, cfg, sets, plan)
     return _with_variant(_validate(reg, cfg, plan, kind_cls), pristine)
@@ -130,6 +130,18 @@ def variant_of(pristine: dict, cfg: dict) -> str:
 
 def _with_variant(r: Resolved, pristine: dict) -> Resolved:
     return dataclasses.replace(r, variant=variant_of(pristine, r.config), pristine=pristine)
+
+
+def _profile_sets(reg: Registry, sets, cfg: dict) -> list[str]:
+    """A profile's ``sets`` without those naming a component that is not part of the defense: a
+    method recipe's params (``awp.gamma=0.01`` in ``at-awp``) apply when the method is composed in, and
+    the same schedule still serves its baseline (``pgd-at --profile at-awp``)."""
+    keep = []
+    for item, (path, _) in zip(sets, parse_set(sets)):
+        if path[0] not in cfg["defense"]["params"] and any(reg.has(k, path[0]) for k in compose.COMPONENT_KINDS):
+            continue
+        keep.append(item)
+    return keep
 
 
 def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:

@@ -283,7 +283,7 @@ def test_awp_is_a_no_op_inside_warmup_and_with_zero_gamma(batch):
         restore = awp.apply(model, must_not_run)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
         restore()
-    awp.set_epoch(2, 5)  # 0-indexed epoch 2 = the reference's 1-indexed epoch 3 >= --awp-warmup 3
+    awp.set_epoch(2, 5)  # 0-indexed epoch 2: AT-AWP's --awp-warmup 2, TRADES-AWP's (1-indexed epoch 3) --awp-warmup 3
     restore = awp.apply(model, _simple_loss(batch))
     assert not torch.equal(model[0].weight, before["0.weight"])
     restore()
@@ -374,3 +374,53 @@ def test_two_steps_on_the_real_digits_task(spec):
     assert model.training
     assert not torch.equal(model.state_dict()["1.fc.weight"], before["1.fc.weight"])
     assert all(torch.isfinite(v.float()).all() for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize("script,first", [("at-awp", 0), ("trades-awp", 1)])
+def test_awp_warmup_matches_each_reference_loop(script, first):
+    """AT_AWP/train_cifar10.py loops epochs from 0, trades_AWP/train_trades_cifar.py from 1; both perturb
+    when ``epoch >= --awp-warmup``. The epochs (in training order) with AWP must be the same in natbench."""
+    from natbench.perturbations.awp import reference_warmup
+
+    epochs = 12
+    for w in range(0, 12):
+        ref = [e >= w for e in range(first, epochs + first)]
+        awp = AWP(AWP.Params(warmup=reference_warmup(script, w)))
+        ours = []
+        for e in range(epochs):
+            awp.set_epoch(e, epochs)
+            ours.append(awp.active)
+        assert ours == ref, (script, w)
+    assert reference_warmup("at-awp", 5) == 5 and reference_warmup("trades-awp", 10) == 9  # SVHN run; TRADES-AWP default
+
+
+def test_awp_recipe_profiles_carry_their_reference_params():
+    """cifar10 at-awp = AT-AWP's CIFAR runs (gamma 0.01, AWP from the first epoch); trades-awp = TRADES-AWP's
+    defaults (gamma 5e-3, warmup 10 over 1-indexed epochs); without +awp the same profile is the baseline."""
+    from natbench.resolve import resolve
+
+    reg = get_registry()
+    at = resolve(reg, "cifar10", "pgd-at+awp", profile="at-awp")
+    assert at.params["awp"] == AWP.Params(gamma=0.01, warmup=0) and at.variant == ""
+    tr = resolve(reg, "cifar10", "trades+awp", profile="trades-awp")
+    assert tr.params["awp"] == AWP.Params(gamma=5e-3, warmup=9) and tr.params["trades"].beta == 6.0
+    assert set(resolve(reg, "cifar10", "pgd-at", profile="at-awp").params) == {"pgd-at"}
+    assert resolve(reg, "cifar10", "pgd-at+awp", profile="at-awp", sets=["awp.gamma=0.005"]).variant == "awp.gamma=0.005"
+
+
+def test_mart_recipe_follows_the_architecture():
+    """MART's two scripts: train_resnet.py (ResNet-18: beta 5, lr 0.01, wd 3.5e-3, 120 epochs) and
+    train_wideresnet.py (WRN-34-10: beta 6, lr 0.1, wd 7e-4, 90 epochs). A profile never mixes them."""
+    from natbench.resolve import resolve
+
+    reg = get_registry()
+    r18 = resolve(reg, "cifar10", "mart", profile="mart")
+    assert r18.config["task"]["model"]["arch"] == "resnet18" and r18.params["mart"].beta == 5.0
+    p = r18.profile
+    assert (p.epochs, p.lr, p.weight_decay, p.milestones, p.batch_size) == (120, 0.01, 3.5e-3, (74, 89, 99), 128)
+    wrn = resolve(reg, "cifar10", "mart", profile="mart-wrn")
+    assert wrn.config["task"]["model"]["arch"] == "wrn34_10" and wrn.params["mart"].beta == 6.0
+    p = wrn.profile
+    assert (p.epochs, p.lr, p.weight_decay, p.milestones, p.batch_size) == (90, 0.1, 7e-4, (74, 89), 128)
+    assert resolve(reg, "cifar10", "mart+awp", profile="mart").params["mart"].beta == 5.0
+    assert resolve(reg, "cifar10", "pgd-at", profile="mart").profile.lr == 0.01  # the schedule as a baseline

@@ -24,8 +24,11 @@ eps-ball and [0, 1] each step; a final clamp to [0, 1] as the reference (a no-op
 The reference differentiates the batch-mean CE; the sum used here has the same sign gradient.
 
 Defaults: ``beta = 6.0`` as ``train_wideresnet.py`` (WRN-34-10); ``train_resnet.py`` (ResNet-18)
-uses 5.0 (``--set mart.beta=5.0``). ``steps``/``step_size`` default to the task's threat model
-(the reference's CIFAR values are 10 steps of 0.007 at eps 0.031).
+uses 5.0 with lr 0.01 and weight decay 3.5e-3. The two recipes are the cifar10 profiles ``mart``
+(ResNet-18, the task's architecture; it sets ``mart.beta=5.0``) and ``mart-wrn`` (it sets
+``model.arch=wrn34_10``; beta 6), so a recipe never runs on the other script's architecture unless
+``--set model.arch`` says so. Other profiles (NAT's ``paper``) keep beta 6. ``steps``/``step_size``
+default to the task's threat model (the reference's CIFAR values are 10 steps of 0.007 at eps 0.031).
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ class MART:
 
     @dataclass(frozen=True)
     class Params:
-        beta: float = 6.0  # weight of the weighted KL (train_wideresnet.py; train_resnet.py uses 5.0)
+        beta: float = 6.0  # weight of the weighted KL (train_wideresnet.py; train_resnet.py uses 5.0: cifar10 profile mart sets it)
         steps: int | None = None  # inner CE steps; None: the task's threat_model.train_steps
         step_size: float | None = None  # None: the task's threat_model.train_step_size
         init_std: float = 0.001  # std of the Gaussian start around x

@@ -31,14 +31,20 @@ model (``Composite.step_loss``):
    no optimizer step happened in between.
 
 **Warmup.** The runner calls ``set_epoch(epoch, epochs)`` with 0-indexed epochs; AWP is active when
-``epoch >= warmup`` (before the first ``set_epoch`` the epoch is 0). The reference loops over
-1-indexed epochs and perturbs when ``epoch >= args.awp_warmup``, i.e. from its W-th epoch on, so its
-``--awp-warmup W`` (W >= 1) is natbench's ``warmup = W - 1``: TRADES-AWP's default 10 is
-``warmup=9`` (AWP from the 10th epoch); AT-AWP's CIFAR 0 (and 1) is ``warmup=0``; its SVHN run's 5
-is ``warmup=4``. As in the reference, ``gamma = 0`` disables AWP (no proxy step at all).
+``epoch >= warmup`` (before the first ``set_epoch`` the epoch is 0). Both reference scripts perturb
+when ``epoch >= args.awp_warmup``, but they count epochs differently (:func:`reference_warmup`):
 
-**gamma.** The default 5e-3 is the TRADES-AWP default; all AT-AWP CIFAR logs ran with 1e-2
-(``--set awp.gamma=0.01`` for pgd-at+awp). There is no MART-AWP script in the repository.
+- ``AT_AWP/train_cifar10.py`` (and ``train_svhn.py``) loop ``for epoch in range(start_epoch, epochs)``
+  from 0: their ``--awp-warmup W`` is natbench's ``warmup = W``. The CIFAR logs ran ``W = 0`` (AWP from
+  the first epoch; cifar10 profile ``at-awp``), the SVHN L-inf run ``W = 5`` (``warmup=5``: five epochs
+  without AWP).
+- ``trades_AWP/train_trades_cifar.py`` loops ``for epoch in range(1, epochs + 1)``: its default
+  ``--awp-warmup 10`` perturbs from its 10th epoch, natbench's ``warmup = 9`` (profile ``trades-awp``).
+
+As in the reference, ``gamma = 0`` disables AWP (no proxy step at all).
+
+**gamma.** The default 5e-3 is the TRADES-AWP default; all AT-AWP CIFAR logs ran with 1e-2 (the
+``at-awp`` profile sets ``awp.gamma=0.01``). There is no MART-AWP script in the repository.
 """
 from __future__ import annotations
 
@@ -56,6 +62,18 @@ from ..errors import ConfigError
 EPS = 1e-20
 
 
+#: the first epoch number of each reference script's training loop (notes/algorithms.md Sec. 3.2-3.3)
+REFERENCE_FIRST_EPOCH = {"at-awp": 0, "trades-awp": 1}
+
+
+def reference_warmup(script: str, awp_warmup: int) -> int:
+    """natbench's ``warmup`` for the reference script's ``--awp-warmup`` (``"at-awp"``: epochs counted
+    from 0, the same number; ``"trades-awp"``: counted from 1, one less, at least 0)."""
+    if script not in REFERENCE_FIRST_EPOCH:
+        raise ConfigError(f"reference_warmup: unknown script {script!r}; one of {', '.join(REFERENCE_FIRST_EPOCH)}")
+    return max(int(awp_warmup) - REFERENCE_FIRST_EPOCH[script], 0)
+
+
 def _noop() -> None:
     return None
 
@@ -66,7 +84,7 @@ class AWP:
     @dataclass(frozen=True)
     class Params:
         gamma: float = 5e-3  # relative size, ||gamma*v_l|| = gamma*||w_l|| (TRADES-AWP 5e-3; AT-AWP logs 1e-2); 0: off
-        warmup: int = 0  # 0-indexed epochs without AWP: active when epoch >= warmup (reference --awp-warmup W == W-1)
+        warmup: int = 0  # epochs without AWP (0-indexed: active when epoch >= warmup); AT-AWP's --awp-warmup W is W, TRADES-AWP's W-1
         proxy_lr: float = 0.01  # lr of the proxy's one SGD ascent step; cancels in the normalisation (AT-AWP 0.01)
 
     def __init__(self, params: "AWP.Params | None" = None):
