@@ -28,7 +28,7 @@ demo: $(STAMP)
 compare-digits: $(STAMP)
 	$(BIN)/natbench run --task digits $(foreach d,$(COMPARE_DEFENSES),--defense $(d)) --seed 0 --root $(ROOT) --no-leaderboard
 	$(BIN)/natbench run --task digits --defense pgd-at --defense nat --seed 1 --seed 2 --root $(ROOT) --no-leaderboard
-	$(BIN)/natbench leaderboard --task digits --root $(ROOT) --write --format html > /dev/null
+	$(BIN)/natbench leaderboard --task digits --root $(ROOT) --write --out leaderboards --format html > /dev/null
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

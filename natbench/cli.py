@@ -299,18 +299,22 @@ def _eval_external(run_id, task, model, weights, name, normalize, suite, device,
 @app.command()
 def leaderboard(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Only this task (default: every task)"),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | json | html"),
-    write: bool = typer.Option(False, "--write", help="Write leaderboards/<task>.md/.csv/.json (with --format html also the <task>.html page)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | json | html (html: the full page --write writes)"),
+    write: bool = typer.Option(False, "--write", help="Write <out>/<task>.md/.csv/.json (with --format html also the <task>.html page)"),
     root: Optional[Path] = RootOpt,
     db: Optional[str] = DbOpt,
-    out_dir: Path = typer.Option(Path("leaderboards"), "--out", help="Directory for --write"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for --write (default: <root>/leaderboards)"),
+    columns: str = typer.Option("auto", "--columns", help="Terminal table: auto (the headline view when the table is wider "
+                                "than the terminal) | headline (clean, headline attack, worst-case, flags) | all"),
 ) -> None:
-    """Print the leaderboard: one row per (task, defense, checkpoint), mean ± std over seeds."""
+    """Print the leaderboard: one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
     from . import leaderboard as lb
     from .store import Store, store_exists, store_url
 
     if fmt not in ("table", *lb.FORMATS):
         raise ConfigError(f"--format {fmt!r}: expected one of table, {', '.join(lb.FORMATS)}")
+    if columns not in ("auto", "headline", "all"):
+        raise ConfigError(f"--columns {columns!r}: expected auto, headline or all")
     if not store_exists(_root(root), db):
         from .errors import RunError
 
@@ -320,7 +324,8 @@ def leaderboard(
     tasks = [task] if task else lb.tasks(store)
     if write:
         for t in tasks:
-            for p in lb.write(store, out_dir, t, lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS):
+            for p in lb.write(store, out_dir or _root(root) / "leaderboards", t,
+                              lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS):
                 print(f"wrote {p}", file=sys.stderr)
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
@@ -331,39 +336,53 @@ def leaderboard(
         sys.stdout.write(lb.render(df, fmt))
         return
     for t in tasks:
-        _print_leaderboard(store, t, fmt)
+        _print_leaderboard(store, t, fmt, columns)
 
 
-def _print_leaderboard(store, task: str, fmt: str) -> None:
+def _print_leaderboard(store, task: str, fmt: str, columns: str = "auto") -> None:
     from . import leaderboard as lb
 
     df = lb.table(store, task)
     if fmt != "table":
-        text = lb.render(df, fmt)
+        text = lb.html_page(store, task, df) if fmt == "html" else lb.render(df, fmt)  # html: the page --write writes
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     metrics = df.attrs.get("metric", "accuracy").split("/")
-    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set", title_justify="left")
-    keys = ("defense", "profile", "variant", "checkpoint", "seeds")
-    value_cols = [c for c in df.columns if c not in (*keys, "flags") and not c.endswith("_std")]
-    key_cols = [c for c in keys if c in df.columns]
+    key_cols = [c for c in ("defense", "profile", "variant", "checkpoint", "seeds") if c in df.columns]
     flagged = "flags" in df.columns and bool((df["flags"] != "").any())
-    # several metrics (re-id's mAP and rank-1): one "mAP/rank1" cell per attack, as the papers print them
-    groups: dict[str, list[str]] = {}
-    for c in value_cols:
-        base = next((c[: -len(m) - 1] for m in metrics if len(metrics) > 1 and c.endswith(" " + m)), c)
-        groups.setdefault(base, []).append(c)
-    for c in key_cols + list(groups) + (["flags"] if flagged else []):
-        table.add_column(c, justify="left" if c in (*key_cols, "flags") else "right")
+    recs = df.to_dict("records")
 
-    def cell(row, c: str) -> str:
-        v, s = row[c], row.get(f"{c}_std")
-        return "" if v != v else (f"{v:.2f} ± {s:.2f}" if s is not None and s == s else f"{v:.2f}")
+    def grouped(cols: list[str]) -> dict[str, list[str]]:
+        # several metrics (re-id's mAP and rank-1): one "mAP/rank1" cell per attack, as the papers print them
+        groups: dict[str, list[str]] = {}
+        for c in cols:
+            base = next((c.replace(f" {m}", "", 1) for m in metrics if len(metrics) > 1 and f" {m}" in c), c)
+            groups.setdefault(base, []).append(c)
+        return groups
 
-    for _, row in df.iterrows():
-        cells = [str(row[c]) for c in key_cols] + ["/".join(cell(row, c) for c in cols) for cols in groups.values()]
+    def width(groups: dict[str, list[str]]) -> int:
+        cells = [[str(r[c]) for r in recs] + [c] for c in key_cols + (["flags"] if flagged else [])]
+        cells += [["/".join(lb.cell(r, c) for c in cols) for r in recs] + [base] for base, cols in groups.items()]
+        return sum(max(map(len, col)) + 3 for col in cells) + 1
+
+    groups = grouped(lb.value_columns(df))
+    headline = columns == "headline" or (columns == "auto" and width(groups) > out.width)
+    if headline:
+        groups = grouped(lb.headline_columns(df))
+    what = ("headline view: clean, headline attack, worst case; --columns all for every column" if headline
+            else "± = 95 % interval; avg over " + (", ".join(df.attrs.get("avg_attacks", [])) or "no attack"))
+    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'} ({what})",
+                  title_justify="left")
+    for c in key_cols:  # names are never cut: pgd-at, pgd-at+nat and pgd-at+myreg must stay apart
+        table.add_column(c, justify="left", no_wrap=True, min_width=max(len(c), *(len(str(r[c])) for r in recs)))
+    for base in groups:
+        table.add_column(base, justify="right", min_width=len(base))
+    if flagged:
+        table.add_column("flags", justify="left")
+    for r in recs:
+        cells = [str(r[c]) for c in key_cols] + ["/".join(lb.cell(r, c) for c in cols) for cols in groups.values()]
         if flagged:
-            cells.append(f"[yellow]{row['flags']}[/yellow]" if row["flags"] else "")
+            cells.append(f"[yellow]{r['flags']}[/yellow]" if r["flags"] else "")
         table.add_row(*cells)
     out.print(table)
 

@@ -1,13 +1,19 @@
-"""Leaderboards, generated from the store and never edited by hand.
+"""Leaderboards, generated from the store and never edited by hand (docs/leaderboard.md).
 
-:func:`table` pivots a task's results into one row per (defense, checkpoint): ``seeds``, ``clean``,
-every attack in suite order, and ``avg`` — the NAT paper's "Avg." column, the mean of the clean and
-attacked accuracies of a run, averaged over seeds. Values are percent. With several seeds per row a
-parallel ``<col>_std`` column holds the sample standard deviation (ddof=1).
+:func:`table` pivots a task's results into one row per (defense, profile, variant, checkpoint): a row
+aggregates only runs that differ in seed (:mod:`natbench.leaderboard_rows`), so a spec of one's own
+that keeps a built-in's name but changes e.g. eps is its own row, its ``variant`` saying what differs.
+Columns: ``seeds``, ``clean``, every attack in suite order, ``avg`` (the mean over the table's suite
+attacks only: the same set for every row, clean never part of it), ``worst-case`` (per sample over
+clean and the attacks of one eps where flags are stored; detection: the minimum over attacks of mAP),
+``flags``, then what a reader needs to compare rows: ``norm``, ``eps``, ``epochs``, ``n_test``,
+``natbench`` (version) and ``run_ids``. Every value column ``c`` has ``c_lo``/``c_hi``, its 95 %
+interval, and with several seeds in a row ``c_std``. Values are percent. Rows are sorted by the task's
+headline robustness (AutoAttack where run, else worst-case), descending (``df.attrs["sort_by"]``).
 
-:func:`render` turns such a frame into md / csv / json / html (a bare table); :func:`html_page` makes
-the full self-contained leaderboard page (sortable table, clean-vs-robust scatter, cost of each row,
-flags); :func:`write` writes ``<out_dir>/<task>.{md,csv,json}`` (and ``.html`` when asked) atomically.
+:func:`render` turns such a frame into md / csv / json / html (a bare table); :func:`html_page`
+(:mod:`natbench.leaderboard_page`) makes the full self-contained page; :func:`write` writes
+``<out_dir>/<task>.{md,csv,json}`` (and ``.html`` when asked) atomically, with the user's umask.
 No printing here: the CLI renders.
 """
 from __future__ import annotations
@@ -18,12 +24,16 @@ import logging
 import math
 import os
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from natbench.errors import ConfigError, RunError
+
+from .leaderboard_rows import RunInfo, eps_text, interval, run_info
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +43,16 @@ FORMATS = ("md", "csv", "json", "html")
 _WRITE_FORMATS = ("md", "csv", "json")
 WRITE_FORMATS_HTML = (*_WRITE_FORMATS, "html")
 _CHECKPOINT_ORDER = {"best": 0, "last": 1}
-_KEY = ["defense", "checkpoint"]
+#: the row key: runs of a row differ in seed only (the hidden ``_ident`` makes sure of it)
+KEY_COLS = ("defense", "profile", "variant", "checkpoint")
+#: per-row provenance columns (csv/json; the html page shows them in their own table)
+META_COLS = ("norm", "eps", "epochs", "n_test", "natbench", "run_ids")
+#: suffixes of a value column's companions: 95 % interval bounds and the std over seeds
+SUFFIXES = ("_lo", "_hi", "_std")
 #: result ids of the attacks natbench adds when a sanity check fails (natbench.checks.ESCALATIONS)
 ESCALATED_PREFIX = "escalated-"
+#: attack registry names whose column is a task's headline robustness where run
+AUTOATTACK = ("autoattack", "autoattack-rand")
 
 
 def tasks(store) -> list[str]:
@@ -44,7 +61,7 @@ def tasks(store) -> list[str]:
 
 
 #: metrics whose per-sample flags are what the store's flags hold (correct / rank-1 correct): the
-#: ``worst-case`` column goes with them
+#: per-sample ``worst-case`` column and Wilson intervals go with them
 FLAG_METRICS = ("accuracy", "rank1")
 
 
@@ -64,50 +81,23 @@ def task_metrics(store, task: str) -> tuple[str, ...]:
     return tuple(getattr(cls, "LEADERBOARD_METRICS", (getattr(cls, "headline_metric", "accuracy"),)))
 
 
-def table(store, task: str, metric: str | None = None, *, profile: str | None = None) -> pd.DataFrame:
-    """The leaderboard of ``task`` for ``metric`` (default: :func:`task_metrics`). With several
-    metrics (re-id's mAP and rank-1) every value column appears once per metric, named
-    ``"<column> <metric>"`` (``clean mAP``, ``clean rank1``, ``sma-8 mAP``, ...), attack by attack."""
-    metrics = (metric,) if metric else task_metrics(store, task)
-    frames = [_table(store, task, m, profile=profile) for m in metrics]
-    if len(frames) == 1:
-        return frames[0]
-    fixed = ("defense", "profile", "variant", "checkpoint", "seeds", "flags")
-    key = [c for c in frames[0].columns if c in fixed and c != "flags"]
-    out = frames[0][key + (["flags"] if "flags" in frames[0].columns else [])]
-    bases = list(dict.fromkeys(c for f in frames for c in f.columns if c not in fixed and not c.endswith("_std")))
-    for base in bases:
-        for m, f in zip(metrics, frames):
-            for col in (base, f"{base}_std"):
-                if col in f.columns:
-                    name = f"{base} {m}" + ("_std" if col.endswith("_std") else "")
-                    out = out.merge(f[key + [col]].rename(columns={col: name}), on=key, how="left")
-    cols = [c for c in out.columns if c != "flags"] + (["flags"] if "flags" in out.columns else [])
-    out = out[cols]
-    out.attrs.update(task=task, metric="/".join(metrics))
-    return out
+@dataclass
+class _Context:
+    """What every metric's frame of one table shares: the runs, their :class:`RunInfo`, the attacks
+    ``avg`` is over and the eps group of every attack."""
+
+    store: object
+    task: str
+    res: pd.DataFrame
+    runs: pd.DataFrame
+    info: dict[str, RunInfo]
+    avg_attacks: list[str]
+    group_of: dict[str, str]  # attack id -> worst-case column name ("worst-case" or "worst-case @8/255")
+    autoattack: list[str]  # attack ids that are AutoAttack
+    threat_eps: str = ""  # the runs' threat-model eps as text ("8/255") when they share one
 
 
-def _table(
-    store, task: str, metric: str = "accuracy", *, profile: str | None = None
-) -> pd.DataFrame:
-    """One row per (defense, checkpoint) of ``task``: seeds, clean, attacks in suite order, avg.
-
-    Values are ``metric * 100`` rounded to 2 decimals; with several seeds in any row each value
-    column is the mean over seeds and ``<col>_std`` the sample std (ddof=1). ``profile`` keeps one
-    recipe profile; when it is ``None`` and the task has runs of several profiles, a ``profile``
-    column is added after ``defense`` so runs of different recipes are never averaged together.
-    A row only shows the suite attacks that *every* run of it was evaluated with (an attack added
-    to one seed with ``natbench eval`` is blank in a multi-seed row), so ``avg`` (clean and the suite
-    attacks, not the escalated ones) and ``worst-case`` never mix suites. With clean plus two or
-    more attacks, ``worst-case`` is the per-sample worst case: the percentage of test samples
-    correct on clean inputs and under every attack shown for the run, escalated ones (the stronger
-    attacks a failed sanity check scheduled, ``escalated-*``) included (from the stored flags). ``flags`` names the sanity checks (``natbench.checks``) any run of the row failed,
-    pointing at ``docs/flags.md``; the column is there only when some row failed a check.
-    Likewise a ``variant`` column (the run's ``--set`` values that differ from the spec, e.g.
-    ``nat.omega=0.06``) appears when any run has one: a sweep gives one row per value.
-    Re-runs of an identical config (same config hash) count once: the newest is kept.
-    """
+def _context(store, task: str, profile: str | None) -> _Context:
     res = store.results(task)
     if res.empty:
         raise RunError(f"No results for task '{task}' in {store.path}. "
@@ -120,20 +110,127 @@ def _table(
             raise RunError(f"No results for task '{task}' with profile '{profile}' in {store.path}. "
                            f"Run: natbench run --task {task} --defense vanilla --profile {profile}")
     runs = (runs.sort_values(["finished", "run_id"])
-            .drop_duplicates("config_hash", keep="last"))
-    res = res[res["run_id"].isin(runs["run_id"])]
-    sel = res[res["metric"] == metric]
-    if sel.empty:
-        raise RunError(f"No '{metric}' results for task '{task}' in {store.path}. "
-                       f"Available metrics: {', '.join(sorted(res['metric'].unique()))}")
-    key = ["defense", "profile", "checkpoint"] if runs["profile"].nunique() > 1 else list(_KEY)
-    if (runs["variant"] != "").any():  # runs with --set values are separate rows (a sweep: one row per value)
-        key.insert(key.index("checkpoint"), "variant")
+            .drop_duplicates("config_hash", keep="last"))  # re-runs of an identical config count once
+    info = run_info(store, runs)
+    runs = runs.assign(variant=[info[r].variant for r in runs["run_id"]],
+                       _ident=[info[r].ident for r in runs["run_id"]])
+    # two identities under one (defense, profile, variant) text (e.g. a spec file under a name that is
+    # not registered): each gets its identity in the variant, so they are never averaged together
+    for _, grp in runs.groupby(["defense", "profile", "variant"], sort=False):
+        if grp["_ident"].nunique() > 1:
+            for i in grp.index:
+                v = runs.at[i, "variant"]
+                runs.at[i, "variant"] = (f"{v} " if v else "") + f"[config {runs.at[i, '_ident'][:8]}]"
+    res = res[res["run_id"].isin(runs["run_id"])].drop(columns=["variant"])
+    res = res.merge(runs[["run_id", "variant", "_ident"]], on="run_id")
+    # avg: the attacks of the suite most runs were configured with (real runs store it in their config),
+    # else the most common list of attack ids the store keeps per run; clean and escalations never
+    configured = Counter(info[r].suite for r in runs["run_id"] if info[r].suite)
+    if configured:
+        avg_attacks = list(configured.most_common(1)[0][0])
+    else:
+        stored = Counter(tuple(a for a in s if a != "clean" and not a.startswith(ESCALATED_PREFIX)) for s in runs["suite"])
+        avg_attacks = list(stored.most_common(1)[0][0]) if stored else []
+    # eps groups of the worst case: attacks with their own eps (re-id's 8/255 and 10/255) apart from
+    # those at the run's threat-model eps (the rest, escalations included)
+    own: dict[str, float] = {}
+    for r in runs["run_id"]:
+        for aid, e in info[r].attack_eps.items():
+            if e == e and e != info[r].eps:
+                own.setdefault(aid, e)
+    threat_eps = {info[r].eps for r in runs["run_id"] if info[r].eps == info[r].eps}
+    groups = list(dict.fromkeys(own.values()))
+    if not groups:
+        group_of: dict[str, str] = {}
+        default = "worst-case"
+    else:
+        default = "worst-case @" + (eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "threat-model eps")
+        group_of = {aid: f"worst-case @{eps_text(e)}" for aid, e in own.items()}
+    attacks = set(res["attack"]) - {"clean"}
+    group_of = {a: group_of.get(a, default) for a in attacks}
+    autoattack = list(dict.fromkeys(aid for r in runs["run_id"] for aid, name in info[r].suite_attacks.items()
+                                    if name in AUTOATTACK))
+    return _Context(store, task, res, runs, info, avg_attacks, group_of, autoattack,
+                    eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "")
 
-    attacks = _attack_order(runs["suite"], sel["attack"])
-    escalated = [a for a in attacks if a.startswith(ESCALATED_PREFIX)]
-    suite_cols = [a for a in attacks if a not in escalated]
-    # one row per (run, checkpoint), one column per attack, in percent
+
+def table(store, task: str, metric: str | None = None, *, profile: str | None = None) -> pd.DataFrame:
+    """The leaderboard of ``task`` for ``metric`` (default: :func:`task_metrics`). With several
+    metrics (re-id's mAP and rank-1) every value column appears once per metric, named
+    ``"<column> <metric>"`` (``clean mAP``, ``clean rank1``, ``sma-8 mAP``, ...) and the worst case
+    ``"worst-case <metric> @<eps>"``, attack by attack. ``profile`` keeps one recipe profile."""
+    all_metrics = task_metrics(store, task)
+    metrics = (metric,) if metric else all_metrics
+    ctx = _context(store, task, profile)
+    # the worst case: per sample where the flags are what the metric counts, else (detection's mAP,
+    # a metric that is not per sample) the minimum over attacks of the task's only metric
+    per_sample = any(m in FLAG_METRICS for m in all_metrics)
+    frames = [_table(ctx, m, "sample" if m in FLAG_METRICS else (None if per_sample or m != all_metrics[0] else "min"))
+              for m in metrics]
+    out = frames[0] if len(frames) == 1 else _merge_metrics(frames, metrics, ctx.threat_eps)
+    out = _sort(out, ctx, metrics)
+    out.attrs.update(task=task, metric="/".join(metrics), avg_attacks=list(ctx.avg_attacks))
+    return out
+
+
+def _merge_metrics(frames: list[pd.DataFrame], metrics, threat_eps: str = "") -> pd.DataFrame:
+    """One frame of several metrics' frames; the worst case is named by metric and eps
+    (``worst-case rank1 @8/255``), so the header says which metric and which eps it is over."""
+    fixed = (*KEY_COLS, "seeds", "flags", *META_COLS)
+    key = [c for c in frames[0].columns if c in KEY_COLS]
+    out = frames[0][[c for c in frames[0].columns if c in fixed]]
+    bases = list(dict.fromkeys(c for f in frames for c in f.columns if c not in fixed and not c.endswith(SUFFIXES)))
+    for base in bases:
+        for m, f in zip(metrics, frames):
+            if base.startswith("worst-case @"):
+                name = f"worst-case {m} @{base.split('@', 1)[1]}"
+            elif base == "worst-case" and threat_eps:
+                name = f"worst-case {m} @{threat_eps}"
+            else:
+                name = f"{base} {m}"
+            for sfx in ("", *SUFFIXES):
+                if f"{base}{sfx}" in f.columns:
+                    out = out.merge(f[key + [f"{base}{sfx}"]].rename(columns={f"{base}{sfx}": name + sfx}), on=key, how="left")
+    tail = [c for c in ("flags", *META_COLS) if c in out.columns]
+    return out[[c for c in out.columns if c not in tail] + tail]
+
+
+def _sort(df: pd.DataFrame, ctx: _Context, metrics) -> pd.DataFrame:
+    """Rows by the headline robustness, descending (empty last): AutoAttack where run, else the first
+    worst-case column, else ``avg``, else ``clean``; ties by defense and checkpoint (best first)."""
+    name = (lambda c: c) if len(metrics) == 1 else (lambda c: f"{c} {metrics[0]}")  # noqa: E731
+    cands = [name(a) for a in ctx.autoattack] + [c for c in df.columns if str(c).startswith("worst-case")
+                                                 and not str(c).endswith(SUFFIXES)] + [name("avg"), name("clean")]
+    by = next((c for c in cands if c in df.columns and df[c].notna().any()), None)
+    keys = pd.DataFrame({"v": -df[by].astype(float) if by else 0.0,
+                         "d": df["defense"].astype(str),
+                         "c": df["checkpoint"].map(lambda c: f"{_CHECKPOINT_ORDER.get(c, 2)}{c}")})
+    order = keys.sort_values(["v", "d", "c"], na_position="last", kind="stable").index
+    out = df.loc[order].reset_index(drop=True)
+    out.attrs.update(df.attrs)
+    out.attrs["sort_by"] = by or ""
+    return out
+
+
+def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample") -> pd.DataFrame:
+    """One metric's frame: one row per (defense, profile, variant, identity, checkpoint).
+
+    A row only shows the suite attacks that *every* run of it was evaluated with (an attack added
+    to one seed with ``natbench eval`` is blank in a multi-seed row). ``avg`` is the mean over
+    ``ctx.avg_attacks`` (blank where one is missing). ``worst`` = ``"sample"``: per eps group, the
+    percentage of test samples correct on clean inputs and under every attack of the group shown for
+    the run, escalated ones included (from the stored flags; needs two or more attacks);
+    ``"min"``: the minimum over the row's attacks of the metric. ``flags`` names the sanity checks
+    (``natbench.checks``) any run of the row failed, pointing at ``docs/flags.md``; the column is
+    there only when some row failed a check; ``variant`` only when some row has one."""
+    store = ctx.store
+    sel = ctx.res[ctx.res["metric"] == metric]
+    if sel.empty:
+        raise RunError(f"No '{metric}' results for task '{ctx.task}' in {store.path}. "
+                       f"Available metrics: {', '.join(sorted(ctx.res['metric'].unique()))}")
+    key = ["defense", "profile", "variant", "_ident", "checkpoint"]
+    attacks = _attack_order(ctx.runs["suite"], sel["attack"])
+    suite_cols = [a for a in attacks if not a.startswith(ESCALATED_PREFIX)]
     wide = sel.set_index(["run_id", *key, "attack"])["value"].unstack("attack")
     wide = wide.reindex(columns=attacks) * 100.0
     wide.columns.name = None
@@ -143,43 +240,84 @@ def _table(
     for idx in wide.groupby(key, sort=False, dropna=False).groups.values():
         cells = wide.loc[idx, suite_cols]
         wide.loc[idx, [c for c in suite_cols if cells[c].isna().any() and cells[c].notna().any()]] = np.nan
-    wide["avg"] = wide[suite_cols].mean(axis=1, skipna=True)  # the paper's Avg.: clean and the suite's attacks
+    avg_cols = [a for a in ctx.avg_attacks if a in attacks]
+    wide["avg"] = wide[avg_cols].mean(axis=1, skipna=False) if avg_cols else np.nan
     value_cols = [*attacks, "avg"]
-    if metric in FLAG_METRICS and len(attacks) > 2:  # clean + at least two attacks: a worst case says more
-        worst = [_worst_case(store, r["run_id"], r["checkpoint"], [a for a in attacks if r[a] == r[a]])
-                 for r in wide.to_dict("records")]
-        if any(w == w for w in worst):  # only when per-sample flags were stored
-            wide["worst-case"] = worst
-            value_cols.append("worst-case")
-
-    grouped = wide.groupby(key, sort=False, dropna=False)
-    out = grouped["run_id"].nunique().rename("seeds").to_frame()
-    mean = grouped[value_cols].mean()
-    std = grouped[value_cols].std(ddof=1)
+    for col in dict.fromkeys(ctx.group_of[a] for a in attacks if a != "clean"):
+        group = [a for a in attacks if a != "clean" and ctx.group_of[a] == col]
+        if worst == "sample" and "clean" in attacks and len(group) >= 2:
+            vals = [_worst_case(store, r["run_id"], r["checkpoint"], ["clean", *[a for a in group if r[a] == r[a]]])
+                    for r in wide.to_dict("records")]
+        elif worst == "min" and group:
+            vals = [min((r[a] for a in group if r[a] == r[a]), default=np.nan) for r in wide.to_dict("records")]
+        else:
+            continue
+        if any(w == w for w in vals):  # per sample: only when flags were stored
+            wide[col] = vals
+            value_cols.append(col)
+    n_test = {(r, c): _n_test(store, r, c) for r, c in zip(wide["run_id"], wide["checkpoint"])}
+    bf16 = set(ctx.res.loc[(ctx.res["metric"] == "bf16_autocast") & (ctx.res["value"] > 0), "run_id"])
+    rows = []
+    for keyvals, idx in wide.groupby(key, sort=False, dropna=False).groups.items():
+        g = wide.loc[idx]
+        row = dict(zip(key, keyvals))
+        run_ids = sorted(g["run_id"].unique())
+        ns = [n_test[(r, row["checkpoint"])] for r in g["run_id"]]
+        n = min(ns) if ns and all(x is not None for x in ns) else None
+        row["seeds"] = len(run_ids)
+        for col in value_cols:
+            vals = g[col].astype(float).tolist()
+            have = [v for v in vals if v == v]
+            row[col] = float(np.mean(have)) if have else np.nan
+            proportion = metric in FLAG_METRICS and col != "avg"  # avg is a mean of correlated proportions
+            row[f"{col}_lo"], row[f"{col}_hi"] = interval(have, n, proportion)
+            row[f"{col}_std"] = float(np.std(have, ddof=1)) if len(have) > 1 else np.nan
+        row["flags"] = _failed_checks(store, wide, key, row, bf16)
+        infos = [ctx.info[r] for r in run_ids]
+        row.update(norm=_one(i.norm for i in infos), eps=_one(i.eps for i in infos), epochs=_one(i.epochs for i in infos),
+                   n_test=n if n is not None else np.nan, natbench=_one(i.version for i in infos), run_ids=" ".join(run_ids))
+        rows.append(row)
+    out = pd.DataFrame(rows)
     several = bool((out["seeds"] > 1).any())
+    cols = [c for c in KEY_COLS if c != "variant" or (out["variant"] != "").any()] + ["seeds"]
     for col in value_cols:
-        out[col] = mean[col]
-        if several:
-            out[f"{col}_std"] = std[col]
-    out = out.reset_index()
+        cols += [col, f"{col}_lo", f"{col}_hi"] + ([f"{col}_std"] if several else [])
+    cols += (["flags"] if (out["flags"] != "").any() else []) + list(META_COLS)
+    out = out[cols]
     out["seeds"] = out["seeds"].astype(int)
-    bf16 = set(res.loc[(res["metric"] == "bf16_autocast") & (res["value"] > 0), "run_id"])
-    flags = [_failed_checks(store, wide, key, row, bf16) for row in out.itertuples(index=False)]
-    if any(flags):  # a column only when some row carries a warning
-        out["flags"] = flags
-    out = out.sort_values(key, key=_sort_key, kind="stable").reset_index(drop=True)
-    num = [c for c in out.columns if c not in (*key, "seeds", "flags")]
+    num = [c for c in cols if c in value_cols or c.endswith(SUFFIXES)]
     out[num] = out[num].astype(float).round(2)
-    out.attrs.update(task=task, metric=metric)
+    out.attrs.update(task=ctx.task, metric=metric)
     return out
+
+
+def _one(values):
+    """The common value of a row's runs (they differ in seed only; NaN/'' when unknown)."""
+    vals = list(values)
+    known = list(dict.fromkeys(v for v in vals if v == v and v != ""))
+    if not known:
+        return "" if vals and isinstance(vals[0], str) else np.nan
+    return known[0] if len(known) == 1 else " ".join(map(str, known))
+
+
+def _n_test(store, run_id: str, checkpoint: str) -> int | None:
+    """Test points of one evaluation: the length of its stored clean flags (None without flags)."""
+    try:
+        flags = store.flags(run_id, checkpoint)
+    except Exception:  # noqa: BLE001 - an old store without flags
+        return None
+    clean = flags.get("clean")
+    return int(clean.shape[0]) if clean is not None and clean.shape[0] else None
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
     """Render a :func:`table` frame as ``md``, ``csv``, ``json`` or ``html`` text.
 
-    md is a GitHub pipe table with ``mean ± std`` cells where ``_std`` columns exist; csv is
-    ``df.to_csv(index=False)`` (std as separate columns); json a list of records (NaN -> null);
-    html a small standalone page. Missing values are left empty.
+    md is a GitHub pipe table with ``mean ± h`` cells, ``h`` the larger half of the cell's 95 %
+    interval (``_lo``/``_hi``; docs/leaderboard.md), and without the provenance columns; csv is
+    ``df.to_csv(index=False)`` (interval bounds, std and provenance as their own columns); json a list
+    of records (NaN -> null); html a small standalone table (the full page is :func:`html_page`).
+    Missing values are left empty.
     """
     if fmt == "csv":
         return df.to_csv(index=False)
@@ -212,11 +350,24 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     raise ConfigError(f"Unknown leaderboard format '{fmt}'. Available: {', '.join(FORMATS)}")
 
 
+def md_preamble(df: pd.DataFrame) -> str:
+    """One line under the md title: the threat model, test points, recipe and what ``±``/``avg`` mean."""
+    def common(col: str) -> str:
+        vals = [v for v in dict.fromkeys(df[col].tolist()) if v == v and v != ""] if col in df.columns else []
+        return ", ".join(eps_text(v) if col == "eps" and isinstance(v, float) else f"{v:g}" if isinstance(v, float) else str(v)
+                         for v in vals) or "?"
+    avg = ", ".join(df.attrs.get("avg_attacks", [])) or "none"
+    return (f"Threat model {common('norm')} eps {common('eps')}; test points {common('n_test')}; "
+            f"epochs {common('epochs')}. `±`: 95 % interval (docs/leaderboard.md). `avg`: mean over {avg}. "
+            f"Sorted by {df.attrs.get('sort_by') or 'defense'}, descending.")
+
+
 def write(store, out_dir: Path, task: str | None = None, formats: tuple[str, ...] = _WRITE_FORMATS) -> list[Path]:
     """Write ``<out_dir>/<task>.<fmt>`` for every task (or just ``task``) and every format of
     ``formats`` (default md, csv, json; ``"html"`` adds the page of :func:`html_page`); return the paths.
 
-    Each file is written atomically (temporary file in ``out_dir`` + ``os.replace``).
+    Each file is written atomically (temporary file in ``out_dir`` + ``os.replace``), with the
+    permissions the user's umask gives a new file.
     """
     unknown_fmt = [f for f in formats if f not in FORMATS]
     if unknown_fmt:
@@ -234,7 +385,7 @@ def write(store, out_dir: Path, task: str | None = None, formats: tuple[str, ...
             if fmt == "md":
                 text = (f"# {name} ({df.attrs['metric']}, %)\n\n"
                         "<!-- Generated by `natbench leaderboard --write`; do not edit by hand. -->"
-                        f"\n\n{text}")
+                        f"\n\n{md_preamble(df)}\n\n{text}")
             path = out_dir / f"{name}.{fmt}"
             _atomic_write(path, text)
             paths.append(path)
@@ -255,10 +406,10 @@ def _worst_case(store, run_id: str, checkpoint: str, attacks: list[str]) -> floa
         return float("nan")
 
 
-def _failed_checks(store, wide: pd.DataFrame, key: list[str], row, bf16: set[str] = frozenset()) -> str:
+def _failed_checks(store, wide: pd.DataFrame, key: list[str], row: dict, bf16: set[str] = frozenset()) -> str:
     """``"! name, name (docs/flags.md)"`` for the sanity checks any run of the row failed, plus
     ``bf16_eval`` when a run of the row was evaluated under bf16 autocast; else ''."""
-    cols = dict(zip(key, [getattr(row, k) for k in key]))
+    cols = {k: row[k] for k in key}
     runs = wide.loc[(wide[list(cols)] == pd.Series(cols)).all(axis=1), "run_id"].unique()
     failed: dict[str, None] = {}
     for run_id in runs:
@@ -280,26 +431,49 @@ def _attack_order(suites: pd.Series, present: pd.Series) -> list[str]:
     return [a for a in seen if a in have]
 
 
-def _sort_key(col: pd.Series) -> pd.Series:
-    """Sort "best" before "last" (others after, alphabetically); other keys alphabetically."""
-    if col.name == "checkpoint":
-        return col.map(lambda c: f"{_CHECKPOINT_ORDER.get(c, 2)}{c}")
-    return col
+def value_columns(df: pd.DataFrame) -> list[str]:
+    """The value columns of a table frame (attacks, avg, worst-case): not key, provenance or companions."""
+    fixed = (*KEY_COLS, "seeds", "flags", *META_COLS, "source")
+    return [c for c in df.columns if c not in fixed and not (str(c).endswith(SUFFIXES) and str(c)[:-3] in df.columns)
+            and not (str(c).endswith("_std") and str(c)[:-4] in df.columns)]
+
+
+def headline_columns(df: pd.DataFrame) -> list[str]:
+    """The value columns of the headline view: clean, the headline attack (AutoAttack where run, else
+    the attack with the lowest mean over the rows: the strongest of the table) and the worst case,
+    every metric of each (re-id: mAP and rank-1)."""
+    metrics = str(df.attrs.get("metric", "accuracy")).split("/")
+    values = value_columns(df)
+
+    def base(c: str) -> str:
+        return next((c[: -len(m) - 1] for m in metrics if len(metrics) > 1 and c.endswith(f" {m}")), c)
+
+    attacks = [c for c in values if base(c) not in ("clean", "avg") and not c.startswith(("worst-case", ESCALATED_PREFIX))]
+    head = df.attrs.get("sort_by") if df.attrs.get("sort_by") in attacks else None
+    if head is None and attacks:
+        primary = [c for c in attacks if len(metrics) == 1 or c.endswith(f" {metrics[0]}")] or attacks
+        means = {c: df[c].mean() for c in primary if df[c].notna().any()}
+        head = min(means, key=means.get) if means else None
+    keep = {"clean"} | ({base(head)} if head else set())
+    return [c for c in values if base(c) in keep or c.startswith("worst-case")]
+
+
+def cell(rec: dict, col: str) -> str:
+    """``"85.00 ± 7.07"``: the value and the larger half of its 95 % interval (just the value without one)."""
+    v = rec.get(col)
+    text = _fmt(v)
+    lo, hi = rec.get(f"{col}_lo"), rec.get(f"{col}_hi")
+    if text and isinstance(v, (float, int, np.floating)) and lo is not None and hi is not None and not _isnan(lo) and not _isnan(hi):
+        text += f" ± {max(float(v) - float(lo), float(hi) - float(v)):.2f}"
+    return text
 
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
-    """Header, formatted rows and numeric-column flags; ``x`` + ``x_std`` become ``mean ± std``."""
-    cols = [c for c in df.columns if not (str(c).endswith("_std") and str(c)[:-4] in df.columns)]
-    rows = []
-    for rec in df.to_dict("records"):
-        row = []
-        for c in cols:
-            v, s = rec[c], rec.get(f"{c}_std")
-            cell = _fmt(v)
-            if cell and s is not None and not _isnan(s):
-                cell += f" ± {float(s):.2f}"
-            row.append(cell)
-        rows.append(row)
+    """Header, formatted rows and numeric-column flags of the displayed columns (no companions, no
+    provenance); a value with ``_lo``/``_hi`` becomes ``mean ± h`` (:func:`cell`)."""
+    values = set(value_columns(df))
+    cols = [c for c in df.columns if c in values or c in (*KEY_COLS, "seeds", "flags", "source")]
+    rows = [[cell(rec, c) if c in values else _fmt(rec[c]) for c in cols] for rec in df.to_dict("records")]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
     return [str(c) for c in cols], rows, numeric
 
@@ -325,12 +499,14 @@ def _jsonable(v):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``; the
+    file gets the mode a plain ``open(path, "w")`` would (0666 less the umask), not mkstemp's 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -338,180 +514,14 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-# -- the html page --------------------------------------------------------------------------------
-
-_KEY_COLS = ("defense", "profile", "variant", "checkpoint", "seeds", "flags")
-
-
-def _row_key_cols(df: pd.DataFrame) -> list[str]:
-    return [c for c in ("defense", "profile", "variant") if c in df.columns]
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
-def _point_columns(df: pd.DataFrame) -> tuple[str, str | None, list[str], str]:
-    """``(clean column, worst-case column or None, attack columns in order, metric)`` of a table frame.
-    With several metrics (re-id) the metric that has a worst-case column is used (rank-1), else the first."""
-    metrics = str(df.attrs.get("metric", "accuracy")).split("/")
-    values = [c for c in df.columns if c not in _KEY_COLS and not str(c).endswith("_std")]
-    if len(metrics) == 1:
-        m, suffix = metrics[0], ""
-    else:
-        m = next((mm for mm in metrics if f"worst-case {mm}" in df.columns), metrics[0])
-        suffix = f" {m}"
-    mine = [c for c in values if len(metrics) == 1 or str(c).endswith(suffix)]
-    clean = f"clean{suffix}"
-    worst = f"worst-case{suffix}" if f"worst-case{suffix}" in df.columns else None
-    attacks = [c for c in mine if c not in (clean, f"avg{suffix}", f"worst-case{suffix}")
-               and not str(c).startswith(ESCALATED_PREFIX)]
-    return clean, worst, attacks, m
-
-
-def scatter_points(df: pd.DataFrame) -> tuple[list[dict], str, str]:
-    """One point per table row: clean (x) against robust (y) with the std over seeds as error bars.
-    Robust is the row's ``worst-case`` column when it has a value, else its last attack column with a
-    value. Returns ``(points, x label, caption text saying which column each point uses)``."""
-    clean, worst, attacks, m = _point_columns(df)
-    points, used = [], {}
-    for rec in df.to_dict("records"):
-        x = rec.get(clean)
-        col = worst if worst is not None and not _isnan(rec.get(worst)) and rec.get(worst) is not None else None
-        if col is None:
-            col = next((a for a in reversed(attacks) if rec.get(a) is not None and not _isnan(rec.get(a))), None)
-        if col is None or x is None or _isnan(x):
-            continue
-        label = " ".join(str(rec[k]) for k in _row_key_cols(df) if rec.get(k) not in (None, "")) or "?"
-        points.append({"label": label, "checkpoint": str(rec.get("checkpoint", "")), "x": float(x), "y": float(rec[col]),
-                       "xerr": _std(rec.get(f"{clean}_std")), "yerr": _std(rec.get(f"{col}_std")), "column": col})
-        used.setdefault(col, []).append(f"{label} ({rec.get('checkpoint', '')})")
-    parts = []
-    for col, rows in used.items():
-        what = "the per-sample worst case over clean and every attack of the run" if col == worst else "the last attack of the row's suite"
-        parts.append(f"'{col}' ({what}) for {len(rows)} row(s)" + ("" if len(used) == 1 else ": " + ", ".join(rows)))
-    caption = (f"Robust = {'; '.join(parts) or 'nothing to plot'}. Error bars: sample standard deviation over seeds "
-               f"(none with one seed). Filled circles: best checkpoint; open squares: last.")
-    return points, f"{clean} ({m}, %)", caption
-
-
-def _std(v) -> float:
-    return 0.0 if v is None or _isnan(v) else float(v)
-
-
-def cost_rows(store, task: str, df: pd.DataFrame) -> tuple[list[str], list[list[str]], dict[str, dict]]:
-    """The cost of each row of the leaderboard (one line per defense/profile/variant, both checkpoints
-    share it): seeds, training and evaluation wall time (mean, min-max over seeds, from the store's
-    runs), device(s), and the *estimated* attack budget per image summed over the row's suite
-    (:mod:`natbench.analysis.budget`). Also returns ``{attack id: {"attack", "params", "budget"}}``."""
-    from .analysis.budget import attack_budget
-    from .checks import ESCALATIONS
-
-    runs = store.runs(task)
-    res = store.results(task)
-    runs = runs[runs["run_id"].isin(res["run_id"])].sort_values(["finished", "run_id"]).drop_duplicates("config_hash", keep="last")
-    keys = _row_key_cols(df)
-    per_attack: dict[str, dict] = {}
-    escalated = {aid: (name, params) for entries in ESCALATIONS.values() for aid, name, params in entries}
-    header = [*keys, "seeds", "train s (mean)", "train s (min-max)", "eval s (mean)", "device",
-              "attack budget per image (estimated)"]
-    rows = []
-    if runs.empty:
-        return header, rows, per_attack
-    if "variant" not in runs.columns:
-        runs = runs.assign(variant="")
-    seen = df[keys].drop_duplicates().to_dict("records") if keys else [{}]
-    for key in seen:
-        sel = runs
-        for k, v in key.items():
-            sel = sel[sel[k] == v]
-        if sel.empty:
-            continue
-        fwd = bwd = sur = 0.0
-        known = True
-        suite_cfg = {}
-        try:
-            cfg = store.get_run(sel["run_id"].iloc[-1]).config or {}
-            suite_cfg = {a["id"]: a for a in cfg.get("suite", {}).get("attacks", [])}
-        except Exception:  # noqa: BLE001 - an old store or a hand-filled one: no suite config
-            suite_cfg = {}
-        present = set(res.loc[res["run_id"].isin(sel["run_id"]), "attack"]) - {"clean"}
-        order = {a: i for i, a in enumerate(suite_cfg)}
-        attacks = sorted(present, key=lambda a: (a.startswith(ESCALATED_PREFIX), order.get(a, len(order)), a))
-        for aid in attacks:
-            if aid in suite_cfg:
-                name, params = suite_cfg[aid].get("attack", ""), suite_cfg[aid].get("params") or {}
-            elif aid in escalated:
-                name, params = escalated[aid]
-                if name == "pgd":
-                    params = {**params, "steps": max([int((a.get("params") or {}).get("steps", 0)) for a in suite_cfg.values()
-                                                      if a.get("attack") == "pgd"] or [20])}
-            else:
-                known = False
-                continue
-            b = attack_budget(name, params)
-            per_attack.setdefault(aid, {"attack": name, "params": params, "budget": b})
-            fwd, bwd, sur = fwd + b.forward, bwd + b.backward, sur + b.surrogate_backward
-        budget = (f"{fwd:g} fwd / {bwd:g} bwd" + (f" (+{sur:g} bwd on surrogates)" if sur else "")
-                  + ("" if known else " (some attacks unknown)")) if attacks and (known or fwd) else ("n/a" if attacks else "")
-        tr, ev = sel["wall_train_s"].astype(float), sel["wall_eval_s"].astype(float)
-        rows.append([*(str(key[k]) for k in keys), str(len(sel)), f"{tr.mean():.1f}", f"{tr.min():.1f}-{tr.max():.1f}",
-                     f"{ev.mean():.1f}", ", ".join(sorted(set(sel["device"]))), budget])
-    return header, rows, per_attack
-
-
-def html_page(store, task: str, df: pd.DataFrame | None = None) -> str:
-    """The self-contained leaderboard page of ``task``: the table (click a header to sort), a
-    clean-vs-robust scatter (one point per row, error bars over seeds), the cost of each row, the
-    estimated budget of each attack and the flags with their details. Images are embedded (base64
-    PNG), CSS and the few lines of sorting JS are inline: nothing is fetched."""
-    import tempfile as _tf
-
-    from .analysis import html as H
-    from .analysis.plots import clean_vs_robust_plot
-
-    df = table(store, task) if df is None else df
-    metric = str(df.attrs.get("metric", "accuracy"))
-    header, rows, numeric = _cells(df)
-    source = getattr(store, "path", None)
-    source = Path(str(source)).name if source and "://" not in str(source) else "the results store"
-    parts = [f"<p>Generated from {H.esc(source)} by <code>natbench leaderboard --format html --write</code>; "
-             f"do not edit by hand. Values are test {H.esc(metric)} in percent, mean ± std over seeds; "
-             f"<b>best</b> = checkpoint selected on the validation split, <b>last</b> = final epoch. "
-             f"Click a column header to sort.</p>",
-             "<h2>Leaderboard</h2>", H.table(header, rows, numeric=numeric, sortable=True)]
-    points, xlabel, caption = scatter_points(df)
-    if points:
-        ylabel = "robust (%): " + ", ".join(dict.fromkeys(p["column"] for p in points))
-        with _tf.TemporaryDirectory() as tmp:
-            png = clean_vs_robust_plot(points, Path(tmp) / "scatter.png", f"{task}: clean against robust, one point per row",
-                                       xlabel, ylabel)
-            parts += ["<h2>Clean against robust</h2>", H.img(png, "clean against robust", caption)]
-    ch, cr, per_attack = cost_rows(store, task, df)
-    if cr:
-        parts += ["<h2>Cost of each row</h2>", H.table(ch, cr, numeric=[False] * (len(ch) - 6) + [True] * 4 + [False, False], sortable=True),
-                  "<p class=\"note\">Wall times and device are the store's provenance of each run (training includes "
-                  "nothing of its dependencies, e.g. NAT's adversary, which is its own row). The attack budget is an "
-                  "estimated budget per image: forward and backward passes of the evaluated model implied by each attack's "
-                  "parameters (steps x restarts x targets x EOT; Square: queries), summed over the row's attacks; natbench does "
-                  "not count passes. Attacks that work only on still-robust points use fewer.</p>"]
-    if per_attack:
-        arow = [[aid, d["attack"], ", ".join(f"{k}={v}" for k, v in sorted(d["params"].items())) or "-",
-                 f"{d['budget'].forward:g}", f"{d['budget'].backward:g}",
-                 f"{d['budget'].surrogate_backward:g}" if d["budget"].surrogate_backward else "", d["budget"].note]
-                for aid, d in per_attack.items()]
-        parts += ["<h3>Estimated budget per image of each attack</h3>",
-                  H.table(["attack id", "attack", "params", "forward", "backward", "surrogate backward", "note"], arow,
-                          numeric=[False, False, False, True, True, True, False])]
-    flag_rows = []
-    runs = store.runs(task)
-    for rid, defense in zip(runs["run_id"], runs["defense"]):
-        chk = store.checks(rid)
-        for c in chk[~chk["passed"]].itertuples():
-            flag_rows.append([defense, rid, c.checkpoint, c.name, c.detail])
-    parts.append("<h2>Flags</h2>")
-    if flag_rows:
-        parts += ["<p>Failed evaluation sanity checks (the flags column; causes and remedies in docs/flags.md):</p>",
-                  H.table(["defense", "run", "checkpoint", "check", "detail"], flag_rows, sortable=True)]
-    else:
-        parts.append('<p class="pass">No run of this task failed a sanity check.</p>')
-    return H.page(f"natbench leaderboard: {task}", "\n".join(parts), script=True)
+# the html page (its own module; re-exported here, where callers have always found it)
+from .leaderboard_page import cost_rows, html_page, scatter_points  # noqa: E402,F401
 
 
 # ``natbench.leaderboard("digits")`` (the Python API) calls this module: natbench.api.leaderboard

@@ -4,12 +4,17 @@ Every field has a default and a comment; unknown keys are rejected by :func:`con
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, from_dict, load_with_include
+from .config import ConfigError, deep_merge, from_dict, load_yaml
 from .contracts import ThreatModel
+
+log = logging.getLogger(__name__)
+#: the built-in specs an ``include:`` falls back to (natbench/specs/tasks, natbench/specs/suites)
+BUILTIN_SPECS = Path(__file__).resolve().parent / "specs"
 
 
 @dataclass(frozen=True)
@@ -147,9 +152,58 @@ class SuiteSpec:
             raise ConfigError(f"{where}.attacks: ids must be non-empty, unique and not 'clean'")
 
 
+def resolve_include(path: Path, inc: str, section: str) -> tuple[Path, str]:
+    """Where ``include: inc`` of the spec ``path`` points: the including file's folder first, then the
+    built-in specs of ``section`` (``tasks`` or ``suites``); ``inc`` may omit ``.yaml``
+    (``include: digits``). Returns ``(file, "next to <file>" | "built-in")``."""
+    names = [inc] if inc.endswith((".yaml", ".yml")) else [inc, f"{inc}.yaml", f"{inc}.yml"]
+    if Path(inc).is_absolute():
+        tried = [Path(n) for n in names]
+        where = [(p, "absolute path") for p in tried]
+    else:
+        where = [(path.parent / n, f"next to {path.name}") for n in names]
+        where += [(BUILTIN_SPECS / section / n, "built-in") for n in names]
+    for candidate, how in where:
+        if candidate.is_file():
+            return candidate, how
+    raise ConfigError(f"{path}: include: {inc} found neither next to it ({path.parent}) nor among the built-in "
+                      f"{section} ({', '.join(sorted(p.stem for p in (BUILTIN_SPECS / section).glob('*.yaml')))}); "
+                      f"write e.g. include: digits.yaml")
+
+
+def load_spec_dict(path: Path, section: str = "tasks") -> dict:
+    """A spec file as a plain dict, its ``include:`` (one level) resolved by :func:`resolve_include` and
+    deep-merged under it; which file was included is logged (INFO) and kept as ``_included`` (not part of
+    the spec: :func:`load_task_spec` removes it)."""
+    path = Path(path)
+    data = load_yaml(path)
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if not isinstance(inc, str) or not inc:
+        raise ConfigError(f"{path}: 'include' must be one file name (e.g. include: digits.yaml), got {inc!r}")
+    base_path, how = resolve_include(path, inc, section)
+    base = load_yaml(base_path)
+    if "include" in base:
+        if how != "built-in":
+            raise ConfigError(f"{base_path}: 'include' may be used one level deep only (included from {path})")
+        base = load_spec_dict(base_path, section)  # a built-in spec that includes another built-in (cifar100)
+        base.pop("_included", None)
+    log.info("%s: include: %s -> %s (%s)", path.name, inc, base_path, how)
+    out = deep_merge(base, data)
+    out["_included"] = f"{base_path} ({how})"
+    return out
+
+
+def _load(cls, path: Path, section: str):
+    data = load_spec_dict(path, section)
+    data.pop("_included", None)
+    return from_dict(cls, data, f"{Path(path).name}")
+
+
 def load_task_spec(path: Path) -> TaskSpec:
-    return from_dict(TaskSpec, load_with_include(path), f"{path.name}")
+    return _load(TaskSpec, path, "tasks")
 
 
 def load_suite_spec(path: Path) -> SuiteSpec:
-    return from_dict(SuiteSpec, load_with_include(path), f"{path.name}")
+    return _load(SuiteSpec, path, "suites")

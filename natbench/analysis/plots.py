@@ -339,15 +339,21 @@ def ablation_plot(df, param: str, path: Path, robust_label: str, metric: str = "
 
 def clean_vs_robust_plot(points: list[dict], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     """One point per leaderboard row: ``{"label", "checkpoint", "x", "y", "xerr", "yerr"}`` (percent;
-    errors = std over seeds, 0 for one seed). ``best`` filled circles, ``last`` open squares."""
+    an error is ``(below, above)`` the point, the row's 95 % interval, or one symmetric number; 0 or
+    None: no bar). ``best`` filled circles, ``last`` open squares."""
     plt = _plt()
+
+    def bar(e):
+        if isinstance(e, (tuple, list)):
+            return [[float(e[0])], [float(e[1])]] if any(e) else None
+        return e or None
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     labels = list(dict.fromkeys(p["label"] for p in points))
     cols = dict(zip(labels, _colors(len(labels))))
     for p in points:
         best = p["checkpoint"] == "best"
-        ax.errorbar(p["x"], p["y"], xerr=p.get("xerr") or None, yerr=p.get("yerr") or None, fmt="o" if best else "s",
+        ax.errorbar(p["x"], p["y"], xerr=bar(p.get("xerr")), yerr=bar(p.get("yerr")), fmt="o" if best else "s",
                     color=cols[p["label"]], mfc=cols[p["label"]] if best else "none", ms=7, capsize=3,
                     label=f"{p['label']} ({p['checkpoint']})")
         if len(labels) <= 4:  # more labels overlap in clusters: the legend names every point
