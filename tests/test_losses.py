@@ -125,6 +125,59 @@ def test_trades_loss_equals_reference_formula(batch):
     assert cache["logits_clean"].requires_grad and cache["logits_adv"].requires_grad
 
 
+def _bn_state(model):
+    bn = model[2]
+    return bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+
+
+def _reference_trades_outer(model, x, x_adv, y, beta, passes):
+    """trades.py's outer loss written out (train mode): logits = f(x); CE; KL_sum(log_softmax(f(x')),
+    softmax(f(x))) / B, f(x) computed again as the KL target when ``passes == 3`` (as the reference)."""
+    logits = model(x)
+    z_adv = model(x_adv)
+    target = model(x) if passes == 3 else logits
+    kl = torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(z_adv, dim=1), F.softmax(target, dim=1))
+    return F.cross_entropy(logits, y) + beta * kl / len(y)
+
+
+@pytest.mark.parametrize("forwards", [3, 2])
+def test_trades_train_mode_step_matches_the_reference_passes(batch, forwards):
+    """In train mode: the loss and gradients equal trades.py's, and the BatchNorm running statistics
+    took the reference's three updates (x, x', x) by default, two (x, x') with ``forwards=2``."""
+    import copy
+
+    task = _Task()
+    model = _net(2).train()
+    cache = {}
+    trades = TRADES(TRADES.Params(beta=6.0, forwards=forwards))
+    trades.prepare(model, batch, task, cache, torch.Generator().manual_seed(0))
+    ref, ref3 = copy.deepcopy(model), copy.deepcopy(model)
+    out = trades.loss(model, batch, task, cache)
+    out.loss.backward()
+    expected = _reference_trades_outer(ref, batch.x, cache["x_adv"], batch.y, 6.0, forwards)
+    expected.backward()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    mean, var, n = _bn_state(model)
+    rmean, rvar, rn = _bn_state(ref)
+    assert n == rn == forwards
+    torch.testing.assert_close(mean, rmean, rtol=0, atol=1e-14)
+    torch.testing.assert_close(var, rvar, rtol=0, atol=1e-14)
+    # the two readings differ only in the running statistics (not in the loss)
+    three = _reference_trades_outer(ref3, batch.x, cache["x_adv"], batch.y, 6.0, 3)
+    assert three.item() == pytest.approx(out.loss.item(), rel=1e-12)
+    assert (forwards == 3) == torch.allclose(_bn_state(ref3)[0], mean, rtol=0, atol=1e-14)
+
+
+def test_trades_forwards_is_checked():
+    from natbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="forwards"):
+        TRADES(TRADES.Params(forwards=1))
+    assert TRADES.Params().forwards == 3
+
+
 def test_trades_attack_uses_eval_mode_bn(batch):
     model = _net(2)
     bn = model[2]

@@ -10,6 +10,19 @@ Inner maximisation (notes Sec. 2.2), with BatchNorm in **eval** mode: start at
 [0, 1]. The reference recomputes f(x) every step; in eval mode with fixed weights it does not
 change, so natbench computes it once (same values, fewer forward passes). Only ``d/dx'`` is used.
 With ``attack_bn="train"`` f(x) would depend on the batch and is recomputed each step.
+
+**Forward passes of the outer loss** (``forwards``). ``trades.py`` runs three train-mode forwards per
+step: ``f(x)`` for the CE, ``f(x')``, and ``f(x)`` again as the KL's target. In train mode BatchNorm
+normalises with the batch's statistics, so the third pass gives the same logits as the first and the
+loss and its gradient are those of two passes; what differs is that the running statistics take three
+momentum updates per step (x, x', x) instead of two, which changes the eval-mode model that is
+validated and evaluated. ``forwards=3`` (default) does what the reference does; ``forwards=2`` is the
+cheaper reading (one clean forward/backward less), ``f(x)`` serving both CE and KL target. The third
+pass is made only when TRADES computed the clean logits itself: when another component supplied them
+(NAT's ``joint_forward``: one pass on ``cat([x, x'])``) there is no reference to follow and no third
+pass. Deviation: trades_AWP/train_trades_cifar.py (TRADES-AWP) orders its passes x', x (KL target), x
+(CE); ``trades+awp`` keeps TRADES' order x, x', x (same values, the running statistics weight the
+clean batch by 0.181 and the adversarial by 0.09 instead of 0.19 and 0.081 for one step).
 """
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut, cached_logits
+from ..errors import ConfigError
 from ._common import attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample
 
 
@@ -42,9 +56,15 @@ class TRADES:
         step_size: float | None = None  # None: the task's threat_model.train_step_size
         init_std: float = 0.001  # std of the Gaussian start around x
         attack_bn: Literal["train", "eval"] = "eval"  # TRADES attacks with running BN statistics
+        forwards: int = 3  # train-mode forwards of the outer loss: 3 = trades.py (x, x', x: three BN running-stat updates), 2 = x, x'
+
+        def validate(self, where: str) -> None:
+            if self.forwards not in (2, 3):
+                raise ConfigError(f"{where}.forwards: must be 3 (the reference's x, x', x) or 2 (x, x'), got {self.forwards}")
 
     def __init__(self, params: "TRADES.Params | None" = None):
         self.params = params or self.Params()
+        self.params.validate("trades")
 
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         p, tm = self.params, task.threat
@@ -67,8 +87,10 @@ class TRADES:
         return F.cross_entropy(z, inp.batch.y, reduction="none") + self.params.beta * kl_per_sample(z, inp.logits_adv)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        supplied = "logits_clean" in cache  # by another component (NAT's joint forward): no third pass
         z = cached_logits(model, batch, task, cache, "clean", batch.x)
         z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
         ce = F.cross_entropy(z, batch.y)
-        kl = trades_kl(z, z_adv) / len(batch)
+        z_target = z if self.params.forwards == 2 or supplied else task.logits(model, batch, batch.x)
+        kl = trades_kl(z_target, z_adv) / len(batch)
         return LossOut(ce + self.params.beta * kl, {"ce_clean": ce.item(), "trades_kl": kl.item()})
