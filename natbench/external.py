@@ -8,7 +8,7 @@
   classes, untrained (``pretrained=False`` / ``weights=None``; give ``--weights``);
 - ``torchscript:<file>``: a TorchScript module saved with ``torch.jit.save``;
 - ``robustbench:<model name>``: a RobustBench zoo model (package ``robustbench``, extra
-  ``natbench[robustbench]``) for the task's dataset and threat model (:func:`robustbench_names`);
+  ``natbench[robustbench]``) for the task's dataset and threat model (:func:`natbench.zoo.robustbench_names`);
   with ``--weights`` the zoo architecture is built and the local file loaded (nothing downloaded),
   without it ``robustbench.utils.load_model`` downloads the published weights.
 
@@ -52,9 +52,6 @@ CHECKPOINT = "external"
 #: profile recorded for external runs (they are not trained)
 PROFILE = "external"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-#: task dataset -> RobustBench ``BenchmarkDataset`` value; norm -> ``ThreatModel`` value
-RB_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}
-RB_THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
 _WRAPPERS = ("state_dict", "model", "net", "model_state_dict")
 
 
@@ -136,42 +133,6 @@ def _call_factory(spec: Spec, fn: Any, num_classes: int) -> nn.Module:
     return model
 
 
-def robustbench_names(task_spec: Any) -> tuple[str, str]:
-    """``(dataset, threat_model)`` as RobustBench names them for a task: its ``data.dataset``
-    (cifar10, cifar100, imagenet) and threat-model norm (linf -> Linf, l2 -> L2)."""
-    ds, norm = task_spec.data.dataset, task_spec.threat_model.norm
-    if ds not in RB_DATASETS:
-        raise ConfigError(f"--model robustbench:...: RobustBench has no zoo for dataset '{ds}' (task {task_spec.task}); "
-                          f"it covers {', '.join(RB_DATASETS)}")
-    if norm not in RB_THREATS:
-        raise ConfigError(f"--model robustbench:...: RobustBench has no '{norm}' threat model; it has {', '.join(RB_THREATS.values())}")
-    return RB_DATASETS[ds], RB_THREATS[norm]
-
-
-def _robustbench(spec: Spec, task_spec: Any, weights: Path | None, model_dir: Path) -> nn.Module:
-    try:
-        from robustbench.model_zoo import model_dicts
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    except ImportError as e:
-        raise ConfigError(f"--model {spec.text}: the robustbench package cannot be imported ({_one_line(e)}); "
-                          f"pip install 'natbench[robustbench]' (see docs/external.md)") from None
-    dataset, threat = robustbench_names(task_spec)
-    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
-    if spec.target not in zoo:
-        from .errors import suggest
-
-        raise ConfigError(f"--model {spec.text}: no RobustBench {dataset}/{threat} model '{spec.target}'.{suggest(spec.target, zoo)}")
-    if weights is not None:  # the zoo architecture, the local weights: nothing downloaded
-        return zoo[spec.target]["model"]()
-    from robustbench.utils import load_model
-
-    try:
-        return load_model(model_name=spec.target, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
-    except Exception as e:  # noqa: BLE001 - a download or a checkpoint failure
-        raise ConfigError(f"--model {spec.text}: robustbench.load_model failed ({_one_line(e)}); "
-                          f"download the weights elsewhere and pass them with --weights") from None
-
-
 def build(spec: Spec, task_spec: Any, num_classes: int, weights: Path | None = None,
           model_dir: Path = Path("robustbench-models")) -> nn.Module:
     """The bare model of ``spec`` (weights not yet loaded; random initialisation seeded)."""
@@ -212,7 +173,9 @@ def build(spec: Spec, task_spec: Any, num_classes: int, weights: Path | None = N
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"--model {spec.text}: {path} is not a TorchScript file ({_one_line(e)})") from None
     if spec.source == "robustbench":
-        return _robustbench(spec, task_spec, weights, model_dir)
+        from .zoo import robustbench_model
+
+        return robustbench_model(spec, task_spec, weights, model_dir)
     raise AssertionError(spec.source)
 
 

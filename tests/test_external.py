@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from natbench import external
+from natbench import external, zoo
 from natbench.cli import main
 from natbench.errors import ConfigError
 
@@ -223,13 +223,13 @@ def _fake_robustbench(monkeypatch, calls: list) -> None:
                                                  ("cifar100", "l2", ("cifar100", "L2"))])
 def test_robustbench_names(dataset, norm, want):
     spec = SimpleNamespace(task="t", data=SimpleNamespace(dataset=dataset), threat_model=SimpleNamespace(norm=norm))
-    assert external.robustbench_names(spec) == want
+    assert zoo.robustbench_names(spec) == want
 
 
 def test_robustbench_names_refuse_other_datasets():
     spec = SimpleNamespace(task="digits", data=SimpleNamespace(dataset="digits"), threat_model=SimpleNamespace(norm="linf"))
     with pytest.raises(ConfigError, match="no zoo for dataset 'digits'"):
-        external.robustbench_names(spec)
+        zoo.robustbench_names(spec)
 
 
 def test_robustbench_path_passes_dataset_and_threat_model(monkeypatch, tmp_path):
@@ -388,3 +388,33 @@ def test_reid_model_from_a_user_file(tmp_path, capsys):
     assert main(["eval", "--task", str(tmp_path / "reid_small.yaml"), "--model", f"{tmp_path / 'bad_reid.py'}:build",
                  "--suite", "reid-smoke", "--data-root", str(data), "--root", str(root)]) == 2
     assert "must return an embedding (B, D)" in capsys.readouterr().err
+
+
+def test_robustbench_zoo_architecture_with_local_weights(tmp_path, monkeypatch):
+    """The real package (skipped where it is not installed; see docs/external.md for the arrangement):
+    a zoo architecture with random weights saved locally, evaluated on the CIFAR-10 fixture."""
+    try:
+        zoo.import_robustbench()
+    except ConfigError as e:
+        pytest.skip(str(e))
+    import robustbench.utils
+
+    import natbench
+
+    model_dicts, BD, TM = zoo.import_robustbench()
+    torch.manual_seed(0)
+    arch = model_dicts[BD("cifar10")][TM("Linf")]["Ding2020MMA"]["model"]()
+    torch.save(arch.state_dict(), tmp_path / "ding.pt")
+    data = tmp_path / "data"
+    assert main(["data", "fixture", "cifar10", "--out", str(data)]) == 0
+    res = natbench.evaluate("robustbench:Ding2020MMA", task="cifar10", suite="smoke", weights=tmp_path / "ding.pt",
+                            n=6, data_root=data, root=tmp_path / "runs")
+    assert res.provenance["source"] == "robustbench" and res.provenance["params"] == sum(p.numel() for p in arch.parameters())
+    assert set(res.robust) >= {"fgsm", "pgd-5"}
+    calls = []
+    monkeypatch.setattr(robustbench.utils, "load_model", lambda **kw: calls.append(kw) or arch)
+    from natbench.registry import get_registry
+    from natbench.resolve import load_task
+
+    external.build(external.parse_spec("robustbench:Ding2020MMA"), load_task(get_registry(), "cifar10"), 10, None, tmp_path)
+    assert calls == [{"model_name": "Ding2020MMA", "model_dir": str(tmp_path), "dataset": "cifar10", "threat_model": "Linf"}]
