@@ -259,20 +259,37 @@ def _head_sections(runs: list[_Run], out_dir: Path) -> str:
         return '<p class="note">No final linear layer found: weight and boundary matrices skipped.</p>'
     wd = {k: weight_distances(w).numpy() for k, (w, _) in heads.items()}
     sd = {k: shortest_boundary_distances(w, "min").numpy() for k, (w, _) in heads.items()}
+    norm = {k: float(w.norm(dim=1).mean()) for k, (w, _) in heads.items()}  # mean ||w_c||: the head's scale
     c = next(iter(wd.values())).shape[0]
     p1 = plots.matrix_plot(wd, out_dir / "weight_distances.png",
                            "L2 distance between class weight vectors ||w_j - w_i|| (NAT Eq. 11, Fig. 7)", "distance")
+    p1s = plots.matrix_plot({k: v / norm[k] for k, v in wd.items()}, out_dir / "weight_distances_scaled.png",
+                            "Scale-free: ||w_j - w_i|| / mean_c ||w_c||", "distance / mean weight norm")
     p2 = plots.matrix_plot(sd, out_dir / "shortest_distances.png",
                            "Shortest distance between class boundaries by projection (NAT Eq. 12, Fig. 4), "
                            "symmetrised by min", "distance")
+    p2s = plots.matrix_plot({k: v / norm[k] for k, v in sd.items()}, out_dir / "shortest_distances_scaled.png",
+                            "Scale-free: Eq. 12 / mean_c ||w_c||", "distance / mean weight norm")
     rows = [[k, f"{offdiag_mean(torch.as_tensor(wd[k])):.4g}", f"{offdiag_mean(torch.as_tensor(sd[k])):.4g}",
-             f"{float(heads[k][0].norm(dim=1).mean()):.4g}"] for k in heads]
-    tbl = H.table(["run", "mean ||w_j - w_i|| (i != j)", "mean shortest distance (i != j)", "mean ||w_c||"], rows,
-                  numeric=[False, True, True, True])
+             f"{norm[k]:.4g}", f"{offdiag_mean(torch.as_tensor(wd[k])) / norm[k]:.4g}",
+             f"{offdiag_mean(torch.as_tensor(sd[k])) / norm[k]:.4g}"] for k in heads]
+    tbl = H.table(["run", "mean ||w_j - w_i|| (i != j)", "mean shortest distance (i != j)", "mean ||w_c||",
+                   "mean ||w_j - w_i|| / mean ||w_c||", "mean shortest distance / mean ||w_c||"], rows,
+                  numeric=[False, True, True, True, True, True])
     return ("<h3>Class weight vectors of the linear head</h3>" + tbl
-            + H.img(p1, "weight distances", f"Eq. 11 on the {c} x {c} head; biases ignored as in the paper.")
-            + H.img(p2, "shortest distances", "Eq. 12: the part of w_j - w_i orthogonal to w_i, ||w_j|| sin(angle); "
-                    "Eq. 12 is not symmetric when norms differ, the matrix shows min(D_ij, D_ji) (docs/analysis.md)."))
+            + '<p class="note">Eq. 11 and Eq. 12 grow with the scale of the weights: a head whose every w_c is 1.5 times '
+              "longer has 1.5 times the distances and the same decision boundaries. The scale-free views (right) divide "
+              "by the run's mean ||w_c||; a margin gain shows there, a change of scale does not.</p>"
+            + _side_by_side(H.img(p1, "weight distances", f"Eq. 11 on the {c} x {c} head; biases ignored as in the paper."),
+                            H.img(p1s, "weight distances, scale-free", "The same divided by the run's mean ||w_c||."))
+            + _side_by_side(H.img(p2, "shortest distances", "Eq. 12: the part of w_j - w_i orthogonal to w_i, ||w_j|| "
+                                  "sin(angle); Eq. 12 is not symmetric when norms differ, the matrix shows min(D_ij, D_ji) "
+                                  "(docs/analysis.md)."),
+                            H.img(p2s, "shortest distances, scale-free", "The same divided by the run's mean ||w_c||.")))
+
+
+def _side_by_side(*figures: str) -> str:
+    return '<div style="display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start">' + "".join(figures) + "</div>"
 
 
 def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: ReportOptions, reporter) -> str:
@@ -282,7 +299,7 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
     from .analysis import sparsity as S
     from .analysis import surface as U
     from .analysis.collect import LimitedLoader, collect
-    from .attacks.pgd import PGD
+    from .report_attack import analysis_attack, attack_consistency, n_test, same_point
 
     main = runs[0]
     task = main.task
@@ -295,21 +312,24 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
     eps_list = R.default_eps_list(eps, opts.eps_multiples)
     total = len(runs) * (n_batches + len(eps_list) + 2)
     bar = reporter.start("report analyses", total)
-    attack_label = f"PGD-{opts.attack_steps}"
-    attack = PGD(PGD.Params(steps=opts.attack_steps, step_size=eps / 4))
     parts = []
     try:
+        labels = {}
         for r in runs:
-            gen = torch.Generator().manual_seed(opts.seed)
-            r.data["out"] = collect(r.task, r.model, test_loader, attack, device=runner.device, generator=gen,
-                                    on_batch=lambda: reporter.advance(bar, 1))
+            attack, seed, aid = analysis_attack(r, opts, eps)
+            r.data["attack"] = (attack, seed, aid)
+            labels[r.label] = aid or f"PGD-{opts.attack_steps}"
+            r.data["out"] = collect(r.task, r.model, test_loader, attack, device=runner.device,
+                                    generator=torch.Generator().manual_seed(seed), on_batch=lambda: reporter.advance(bar, 1))
+        attack_label = "/".join(dict.fromkeys(labels.values()))
+        parts.append(attack_consistency(runs, runner.store, opts, n_test(runner.store, main.run_id, opts.checkpoint)))
         # -------------------------------------------------------------- sparsity (Fig. 3)
         prof = {r.label: {"clean": S.profile(r.data["out"].logits, r.data["out"].y),
                           "adv": S.profile(r.data["out"].adv_logits, r.data["out"].y)} for r in runs}
         p = plots.sparsity_plot(prof, out_dir / "sparsity.png", attack_label)
         rows = []
         for label, d in prof.items():
-            for which, name in (("clean", "clean"), ("adv", attack_label)):
+            for which, name in (("clean", "clean"), ("adv", labels[label])):
                 q = d[which]
                 rows.append([label, name, f"{100 * q['accuracy']:.2f}", f"{q['entropy_mean']:.4f}",
                              f"{q['nontarget_entropy_mean']:.4f}", f"{q['hoyer_mean']:.4f}",
@@ -318,7 +338,7 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
         parts.append("<h3>Output-probability sparsity (NAT Fig. 3)</h3>" + H.table(
             ["run", "inputs", "accuracy %", "entropy", "non-target entropy", "Hoyer", "mean top-1 prob", "mean top-2 prob"],
             rows, numeric=[False, False] + [True] * 6)
-            + H.img(p, "sparsity", f"{n} test images, clean and under {attack_label} (step eps/4, random start, eps "
+            + H.img(p, "sparsity", f"{n} test images, clean and under {attack_label} (the attack of the table above, eps "
                     f"{eps:.4g}). Left: mean of each sample's probabilities sorted in decreasing order (log scale). "
                     f"Non-target entropy: entropy of the probabilities off the true class, renormalised."))
         # -------------------------------------------------------------- head geometry (Figs. 6, 7, 4)
@@ -348,11 +368,17 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
                 diag = np.diag(paper[label])
                 off = paper[label].copy()
                 np.fill_diagonal(off, np.nan)
+                hn = float(next(r for r in runs if r.label == label).data["out"].features.double().norm(dim=1).mean())
                 rows.append([label, f"{np.nanmean(diag):.4g}", f"{np.nanmean(off):.4g}",
-                             f"{np.nanmean(pair[label]):.4g}", f"{np.nanmin(pair[label]):.4g}"])
+                             f"{np.nanmean(pair[label]):.4g}", f"{np.nanmin(pair[label]):.4g}", f"{hn:.4g}",
+                             f"{np.nanmean(diag) / hn:.4g}", f"{np.nanmean(pair[label]) / hn:.4g}"])
             parts.append("<h3>Distance of samples to the class boundaries (NAT Eq. 10, Fig. 6)</h3>" + H.table(
-                ["run", "own class (diagonal), mean", "other classes, mean", "pairwise margin, mean", "pairwise margin, min class mean"],
-                rows, numeric=[False, True, True, True, True])
+                ["run", "own class (diagonal), mean", "other classes, mean", "pairwise margin, mean", "pairwise margin, min class mean",
+                 "mean ||h||", "own class mean / mean ||h||", "pairwise margin mean / mean ||h||"],
+                rows, numeric=[False] + [True] * 7)
+                + '<p class="note">Eq. 10 divides by ||w_j||, so it does not change with the head\'s scale, but it grows '
+                  "with the scale of the features h: the last two columns divide by the run's mean ||h|| (clean test "
+                  "features), the scale-free view.</p>"
                 + H.img(p6, "boundary distance of one class", f"Class {row}'s clean test samples (NAT Fig. 6 uses class 0 "
                         f"of CIFAR-10): the paper's Eq. 10 is the distance to the hyperplane w_j.h + b_j = 0 of class j; "
                         f"the absolute value is removed as in the paper's Sec. 4.4.")
@@ -404,6 +430,7 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
         for r in runs:
             c = R.accuracy_vs_eps(r.task, r.model, test_loader, eps_list, steps=opts.eps_steps, device=runner.device,
                                   seed=opts.seed, on_point=lambda: reporter.advance(bar, 1))
+            same_point(c, r, opts, eps)
             curves[r.label] = c
             for chk in R.eps_curve_checks(c):
                 check_rows.append([r.label, chk.name, "pass" if chk.passed else "FAIL", chk.detail])
@@ -414,7 +441,10 @@ def _classification_analyses(runs: list[_Run], runner, out_dir: Path, opts: Repo
         rows = [[k] + [f"{100 * a:.2f}" for a in c.accuracy] for k, c in curves.items()]
         parts.append("<h3>Robust accuracy against eps</h3>"
                      + H.table(["run \\ eps"] + header[1:], rows, numeric=[False] + [True] * len(eps_list))
-                     + H.img(pc, "accuracy vs eps", f"{attack_eps} at each eps (eps 0 = clean), {n} test images.")
+                     + H.img(pc, "accuracy vs eps", f"{attack_eps} at each eps (eps 0 = clean), {n} test images; each "
+                             f"point draws its own random start (seed {opts.seed}), except the point at the task's eps "
+                             f"{eps:.4g}, which is the evaluation of the first table (the suite's random start where "
+                             f"the suite has the same PGD), so one (checkpoint, attack) has one number in this report.")
                      + H.table(["run", "check", "result", "detail"], check_rows, row_classes=classes)
                      + '<p class="note">eps_curve_non_increasing: a larger eps must not be significantly weaker than '
                        "a smaller one (paired sign test on the per-sample flags, as natbench.checks); "

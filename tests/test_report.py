@@ -18,7 +18,8 @@ from natbench.cli import main
 from natbench.report import REPORT_DIR, REPORT_PAGE
 
 PNGS = {"sparsity.png", "boundary_distance_class.png", "boundary_distance_matrix.png", "boundary_distance_pairwise.png",
-        "weight_distances.png", "shortest_distances.png", "embedding.png", "loss_surface.png", "eps_curve.png"}
+        "weight_distances.png", "shortest_distances.png", "weight_distances_scaled.png", "shortest_distances_scaled.png",
+        "embedding.png", "loss_surface.png", "eps_curve.png"}
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +131,8 @@ def test_report_of_a_reid_run_skips_what_needs_class_labels(tmp_path, capsys):
     assert main(["report", run_id, "--root", str(root), "--data-root", str(data), "--device", "cpu"]) == 0
     rdir = root / run_id / REPORT_DIR
     assert {p.name for p in rdir.iterdir()} == {REPORT_PAGE, f"training_{run_id}.png", "weight_distances.png",
-                                                "shortest_distances.png"}
+                                                "shortest_distances.png", "weight_distances_scaled.png",
+                                                "shortest_distances_scaled.png"}
     page = (rdir / REPORT_PAGE).read_text()
     assert_offline(page)
     assert "are skipped" in page and "identity classifier" in page
@@ -154,3 +156,34 @@ def test_report_user_errors(tmp_path, capsys):
                  "--root", str(root)]) == 2
     assert "omgea" in capsys.readouterr().err
     assert not list(root.glob("ablation-*"))  # nothing trained or written before the checks
+
+
+@pytest.mark.slow
+def test_report_has_one_number_per_checkpoint_and_attack(tmp_path, capsys):
+    """PGD-20 of one checkpoint used to show three values in one report (sparsity table, eps curve at the
+    task's eps, stored suite result: 36.49 / 35.10 / 34.26): the analyses now run the suite's pgd-20 with
+    the stored evaluation's random-start seed, the eps curve reuses it at the task's eps, and a table says
+    what was run next to the stored number. Also the scale-free views of Eq. 11/12."""
+    from natbench.report import ReportOptions, build_report
+
+    root = tmp_path / "runs"
+    assert main(["run", "--task", "digits", "--defense", "vanilla", "--profile", "quick", "--set", "training.epochs=1",
+                 "--set", "model.width=8", "--set", "threat_model.eps=0.05", "--suite", "digits", "--root", str(root),
+                 "--device", "cpu", "--no-leaderboard"]) == 0
+    run_id = next(p.name for p in root.iterdir() if p.is_dir())
+    page = build_report(root, run_id, options=ReportOptions(eps_multiples=(0.0, 1.0, 2.0), surface_n=5,
+                                                            embed_samples=100)).read_text()
+    assert_offline(page)
+    table = page[page.index("The attack of the analyses"):]
+    row = re.search(r"<td class=\"num\">([0-9.]+)</td><td class=\"num\">([0-9.]+)</td><td class=\"num\">359</td>"
+                    r"<td class=\"txt\">same</td>", table)
+    assert row and row.group(1) == row.group(2), "the report's pgd-20 is not the stored one"
+    here = row.group(1)
+    curve = page[page.index("Robust accuracy against eps"):]
+    header = re.findall(r"<th>([^<]*)</th>", curve)[:4]
+    cells = re.findall(r'<td class="(?:num|txt)">([^<]*)</td>', curve)[:4]
+    assert header[:3] == ["run \\ eps", "0", "0.05"] and cells[2] == here  # the eps curve at the task's eps
+    sparsity = page[page.index("Output-probability sparsity"):page.index("Distance of samples")]
+    assert f'<td class="txt">pgd-20</td><td class="num">{here}</td>' in sparsity
+    assert "weight_distances_scaled.png" in {p.name for p in (root / run_id / REPORT_DIR).iterdir()}
+    assert "mean ||w_j - w_i|| / mean ||w_c||" in page and "mean ||h||" in page
