@@ -132,13 +132,15 @@ def _with_variant(r: Resolved, pristine: dict) -> Resolved:
     return dataclasses.replace(r, variant=variant_of(pristine, r.config), pristine=pristine)
 
 
-def _profile_sets(reg: Registry, sets, cfg: dict) -> list[str]:
+def _profile_sets(reg: Registry, sets, cfg: dict, components_only: bool = False) -> list[str]:
     """A profile's ``sets`` without those naming a component that is not part of the defense: a
     method recipe's params (``awp.gamma=0.01`` in ``at-awp``) apply when the method is composed in, and
-    the same schedule still serves its baseline (``pgd-at --profile at-awp``)."""
+    the same schedule still serves its baseline (``pgd-at --profile at-awp``). ``components_only``:
+    only the defense's own params (a dependency run re-derives them for its defense)."""
     keep = []
     for item, (path, _) in zip(sets, parse_set(sets)):
-        if path[0] not in cfg["defense"]["params"] and any(reg.has(k, path[0]) for k in compose.COMPONENT_KINDS):
+        mine = path[0] in cfg["defense"]["params"]
+        if (components_only and not mine) or (not mine and any(reg.has(k, path[0]) for k in compose.COMPONENT_KINDS)):
             continue
         keep.append(item)
     return keep
@@ -227,12 +229,14 @@ def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...]
     plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), r.spec.kind)
     cfg = copy.deepcopy(r.config)
     cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+    _apply_sets(reg, cfg, _profile_sets(reg, r.profile.sets, cfg, components_only=True), plan)  # the recipe's method params
     _apply_sets(reg, cfg, sets, plan)
     out = _validate(reg, cfg, plan, kind_cls)
     if r.pristine is None:
         return out
     pristine = copy.deepcopy(r.pristine)
     pristine["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+    _apply_sets(reg, pristine, _profile_sets(reg, r.profile.sets, pristine, components_only=True), plan)
     pristine["profile"] = r.config["profile"]
     return _with_variant(out, _validate(reg, pristine, plan, kind_cls).config)
 

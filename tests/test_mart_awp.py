@@ -406,6 +406,13 @@ def test_awp_recipe_profiles_carry_their_reference_params():
     assert tr.params["awp"] == AWP.Params(gamma=5e-3, warmup=9) and tr.params["trades"].beta == 6.0
     assert set(resolve(reg, "cifar10", "pgd-at", profile="at-awp").params) == {"pgd-at"}
     assert resolve(reg, "cifar10", "pgd-at+awp", profile="at-awp", sets=["awp.gamma=0.005"]).variant == "awp.gamma=0.005"
+    # a dependency run under the same profile gets the recipe's params for its own defense
+    from natbench.resolve import with_defense
+
+    r = resolve(reg, "cifar10", "pgd-at", profile="trades-awp", sets=["model.arch=preact_resnet18"])
+    dep = with_defense(reg, r, "trades+awp")
+    assert dep.params["awp"].warmup == 9 and dep.variant == "model.arch=preact_resnet18"
+    assert dep.config["task"]["model"]["arch"] == "preact_resnet18"  # the user's --set, not reset by the profile
 
 
 def test_mart_recipe_follows_the_architecture():
