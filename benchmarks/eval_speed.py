@@ -1,110 +1,161 @@
-"""AutoAttack evaluation cost: natbench's `autoattack` against the same components run naively.
+"""Evaluation cost: the original AutoAttack against natbench's ``autoattack``, side by side in one process.
 
-Three evaluations of the same model on the same test images, side by side in one process:
+For each model (the three digits demo models vanilla, pgd-at, pgd-at+nat and a CIFAR-shape
+ResNet-18 trained on the CIFAR-10 fixture; all trained by the CLI under ``--root``), on the same
+test images at the task's eps, seed 0:
 
-A. natbench's ``autoattack`` (standard: APGD-CE 100, APGD-T 100 x 9 targets, FAB-T 9 targets,
-   Square 5000 queries), each component only on the points still robust after the previous ones;
-B. the same natbench components, each on *all* points, worst case per sample afterwards (naive);
-C. torchattacks' ``MultiAttack`` of its APGD, APGDT, FAB and Square configured to the same
-   settings (its shipped ``AutoAttack`` wrapper is not the standard version: notes Sec. 8.2).
-   MultiAttack also attacks only the points still robust.
+- ``original``: the authors' ``pyautoattack.AutoAttack(version="standard", seed=0)``, run as is
+  (natbench's ``autoattack-original`` attack);
+- ``natbench``: natbench's ``autoattack`` (fooled points leave every component's batch);
+- ``natbench, no early stop``: the same with ``early_stop=False`` (natbench before issue 17);
+- ``floor``: the original on the finally-robust points alone (they get the full budget of all four
+  attacks in any implementation that gives the original's answer).
 
-Prints wall time and robust accuracy of each, and the ratios B/A and C/A. The model is the digits
-task's small CNN after a few epochs of PGD-AT (so that a good share of points is robust: the
-saving of A over B grows with robust accuracy). No timing assertions anywhere: this is a benchmark.
+Columns: robust accuracy, per-sample robust flags that differ from the original's, CPU seconds
+(``time.process_time``: all threads of the process), wall seconds, and the rows (images) the model
+saw in forward passes and in backward (input-gradient) passes, counted by a wrapper module around
+the model. No timing assertions anywhere: this is a benchmark.
 
-Usage: python benchmarks/eval_speed.py [--n 200] [--epochs 3] [--threads 1] [--no-torchattacks]
+Usage (trains the models first when ``--root`` lacks them; 1 thread as the README's table)::
+
+    python benchmarks/eval_speed.py --root /tmp/evalspeed-bench --data-root /tmp/evalspeed-cifar --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
-from natbench.attacks.apgd import APGDCE, APGDT
 from natbench.attacks.autoattack import AutoAttack
-from natbench.attacks.fab import FABT
-from natbench.attacks.square import Square
-from natbench.compose import Composite
-from natbench.contracts import Batch
+from natbench.attacks.autoattack_original import AutoAttackOriginal
+from natbench.contracts import LogitsObjective
 from natbench.registry import get_registry
 from natbench.resolve import resolve, task_kind_cls
-from natbench.runner import derive_seed, make_optimizer, train_step
+from natbench.store import open_store, store_exists
+
+MODELS = {  # label -> (task, defense)
+    "digits vanilla": ("digits", "vanilla"),
+    "digits pgd-at": ("digits", "pgd-at"),
+    "digits pgd-at+nat": ("digits", "pgd-at+nat"),
+    "cifar10 resnet18 vanilla": ("cifar10", "vanilla"),
+}
 
 
-def trained_model(epochs: int):
+class Counted(nn.Module):
+    """The model, counting the rows of its forward passes and of the backward passes through it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.fwd = self.bwd = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.fwd += len(x)
+        out = self.model(x)
+        if out.requires_grad:
+            out.register_hook(self._count_bwd)
+        return out
+
+    def _count_bwd(self, g: torch.Tensor) -> None:
+        self.bwd += len(g)
+
+
+def train(root: Path, task: str, defense: str, data_root: str | None) -> None:
+    cmd = [sys.executable, "-m", "natbench", "run", "--task", task, "--defense", defense, "--profile", "quick",
+           "--suite", "smoke", "--root", str(root)]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    print("training:", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def load(root: Path, task: str, defense: str, data_root: str | None, n: int):
+    """(model in eval mode, test x[:n], test y[:n], eps, num_classes) of the complete quick run."""
+    runs = open_store(root).runs(task) if store_exists(root) else None
+    if runs is None or not ((runs.defense == defense) & (runs.status == "complete")).any():
+        train(root, task, defense, data_root)
+        runs = open_store(root).runs(task)
+    run_id = runs[(runs.defense == defense) & (runs.status == "complete")].run_id.iloc[-1]
     reg = get_registry()
-    r = resolve(reg, "digits", "pgd-at", profile="quick")
-    task = task_kind_cls(reg, r.spec)(r.spec, None)
-    torch.manual_seed(derive_seed(0, "init"))
-    model = task.build_model()
-    comp = Composite.build(r.plan, r.params)
-    opt = make_optimizer(r.profile, model)
-    for e in range(epochs):
-        gen = torch.Generator().manual_seed(e)
-        train, _, _ = task.loaders(64, gen)
-        for b in train:
-            train_step(comp, model, b, task, opt, gen)
-    return task, model.eval()
+    r = resolve(reg, task, defense, profile="quick")
+    t = task_kind_cls(reg, r.spec)(r.spec, Path(data_root) if data_root else None)
+    model = t.build_model()
+    model.load_state_dict(torch.load(root / run_id / "last.pt", weights_only=True))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, _, test = t.loaders(n, torch.Generator().manual_seed(0), n)
+    b = next(iter(test))
+    return model, b.x[:n], b.y[:n], float(t.threat.eps), int(r.spec.model.num_classes)
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def measure(attack, model: nn.Module, x, y, eps: float, num_classes: int):
+    counted = Counted(model)
+    c0, w0 = time.process_time(), time.perf_counter()
+    adv = attack(LogitsObjective(counted, y, num_classes), x, eps=eps, generator=torch.Generator().manual_seed(0))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    fwd, bwd = counted.fwd, counted.bwd
+    with torch.no_grad():
+        robust = model(adv).argmax(1) == y
+    return {"robust": robust, "cpu": cpu, "wall": wall, "fwd": fwd, "bwd": bwd}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200, help="test images (digits has 359)")
-    ap.add_argument("--epochs", type=int, default=3, help="PGD-AT epochs of the evaluated model")
+    ap.add_argument("--root", default="/tmp/evalspeed-bench", help="results root holding (or receiving) the quick runs")
+    ap.add_argument("--data-root", default=None, help="CIFAR-10 data (natbench data fixture cifar10 --out DIR)")
+    ap.add_argument("--n", type=int, default=359, help="digits test images (all: 359)")
+    ap.add_argument("--cifar-n", type=int, default=20, help="CIFAR test images (ResNet-18 on CPU is slow)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-torchattacks", action="store_true")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated labels of " + ", ".join(MODELS))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    task, model = trained_model(a.epochs)
-    _, _, test = task.loaders(64, torch.Generator().manual_seed(0), 10_000)
-    b = next(iter(test))
-    x, y = b.x[: a.n], b.y[: a.n]
-    eps = task.threat.eps
-    obj = task.objective(model, Batch(x, y), "logits")
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y)
-    print(f"digits small CNN after {a.epochs} PGD-AT epochs, {len(y)} test images, eps {eps}, "
-          f"clean accuracy {100 * clean.float().mean():.2f}%, {torch.get_num_threads()} thread(s)")
-
-    def robust(x_adv):
+    root = Path(a.root)
+    rows = []
+    for label in a.models.split(","):
+        task, defense = MODELS[label]
+        if task == "cifar10" and not a.data_root:
+            print(f"skipping {label}: no --data-root", file=sys.stderr)
+            continue
+        model, x, y, eps, nc = load(root, task, defense, a.data_root, a.cifar_n if task == "cifar10" else a.n)
         with torch.no_grad():
-            return (model(x_adv).argmax(1) == y) & clean
+            clean = (model(x).argmax(1) == y).float().mean().item()
+        orig = measure(AutoAttackOriginal(), model, x, y, eps, nc)
+        runs = {
+            "original": orig,
+            "natbench": measure(AutoAttack(), model, x, y, eps, nc),
+            "natbench, no early stop": measure(AutoAttack(AutoAttack.Params(early_stop=False)), model, x, y, eps, nc),
+        }
+        keep = orig["robust"]
+        if keep.any():
+            floor = measure(AutoAttackOriginal(), model, x[keep], y[keep], eps, nc)
+            floor["robust"] = None
+            runs["floor (original, robust points only)"] = floor
+        for name, m in runs.items():
+            rob = m["robust"]
+            rows.append((label, len(y), clean, name, None if rob is None else rob.float().mean().item(),
+                         None if rob is None else int((rob != orig["robust"]).sum()), m["cpu"], m["wall"],
+                         m["fwd"], m["bwd"], m["cpu"] / orig["cpu"]))
+        print_table(rows, a.threads)
 
-    t_a, x_a = timed(lambda: AutoAttack()(obj, x, eps=eps, generator=torch.Generator().manual_seed(0)))
-    ra = robust(x_a)
 
-    def naive():
-        ok = clean.clone()
-        for atk in (APGDCE(), APGDT(), FABT(), Square()):
-            ok &= robust(atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(0)))
-        return ok
-
-    t_b, rb = timed(naive)
-    rows = [("A natbench autoattack (robust points only)", t_a, ra), ("B same components, all points", t_b, rb)]
-    if not a.no_torchattacks:
-        import torchattacks
-
-        atks = [torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
-                torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
-                torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                                 n_classes=10, seed=0),
-                torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
-                                    resc_schedule=False, seed=0)]
-        multi = torchattacks.MultiAttack(atks)
-        t_c, x_c = timed(lambda: multi(x, y))
-        rows.append(("C torchattacks MultiAttack, same settings", t_c, robust(x_c)))
-    for name, t, r in rows:
-        print(f"{name:45s} {t:8.1f} s   robust accuracy {100 * r.float().mean():6.2f}%   ratio to A {t / t_a:5.2f}")
-    print("per-sample agreement A vs B:", f"{100 * np.mean((ra == rb).numpy()):.1f}%")
+def print_table(rows, threads: int) -> None:
+    print(f"\n{threads} thread(s), torch {torch.__version__}, seed 0\n")
+    print("| model | n | clean % | evaluation | robust % | flags differing from the original | CPU s | wall s "
+          "| forward rows | backward rows | CPU / original |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, n, clean, name, rob, diff, cpu, wall, fwd, bwd, ratio in rows:
+        rob_s = "-" if rob is None else f"{100 * rob:.2f}"
+        diff_s = "-" if diff is None else str(diff)
+        print(f"| {label} | {n} | {100 * clean:.2f} | {name} | {rob_s} | {diff_s} | {cpu:.1f} | {wall:.1f} | "
+              f"{fwd} | {bwd} | {ratio:.2f} |")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,12 @@ def suite_checks(flags: dict[str, torch.Tensor], steps: dict[str, int],
     return out
 
 
+def attack_checks(attacks) -> list[Check]:
+    """The checks the attacks themselves made since they were last asked (an attack with a
+    ``take_checks()`` method: AutoAttack's Square check, the original AutoAttack's warnings)."""
+    return [c for a in attacks if callable(getattr(a, "take_checks", None)) for c in a.take_checks()]
+
+
 #: the checks :func:`suite_checks` makes (recomputed after an escalation)
 SUITE_CHECKS = frozenset({"whitebox_not_above_blackbox", "clean_is_upper_bound", "iterative_beats_single_step",
                           "more_steps_not_weaker"})

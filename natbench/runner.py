@@ -41,7 +41,7 @@ from .distributed import Dist
 from .registry import Registry, get_registry
 from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
-from .checks import SUITE_CHECKS, escalations, model_checks, suite_checks
+from .checks import SUITE_CHECKS, attack_checks, escalations, model_checks, suite_checks
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = ("best", "last")
@@ -556,6 +556,7 @@ class Runner:
                 run_job(job)
             self.reporter.stop(bar)
             found = suite_checks(acc, steps, black_box)
+            found += attack_checks(j.attack for j in jobs)  # AutoAttack's Square check (the original's warning)
             if "ce" in getattr(task, "OBJECTIVES", ()):
                 found += model_checks(task, model, test_loader, device=self.device,
                                       generator=torch.Generator().manual_seed(derive_seed(r.seed, "check", ckpt)))

@@ -178,7 +178,7 @@ def ta_fab(model, n_iter=100):
 
 
 def fab_vs_torchattacks(model, x, y, n_iter=100):
-    ours = FABT(FABT.Params(n_iter=n_iter))(Logits(model, y), x, eps=EPS)
+    ours = FABT(FABT.Params(n_iter=n_iter, early_stop=False))(Logits(model, y), x, eps=EPS)  # minimal distances
     ref = ta_fab(model, n_iter)(x, y)
     f_ours, f_ref = fooled(model, ours, y), fooled(model, ref, y)
     check_ball(ours, x, EPS)
@@ -205,6 +205,55 @@ def test_fab_t_matches_torchattacks_on_100_images(trained):
 def test_fab_t_matches_torchattacks_on_all_test_images(trained):
     model, x, y = trained
     fab_vs_torchattacks(model, x, y)
+
+
+class CountingLogits(Logits):
+    rows = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.model(x)
+
+
+def test_fab_t_early_stop_and_stacked_targets_keep_every_flag(trained):
+    # the sequential cascade without early stop is the original's; early stop and the stacked
+    # targets (one batch of 9 targets per image) must fool exactly the same images
+    model, x, y = trained
+    x, y = x[:60], y[:60]
+    runs = {}
+    for early, stack in ((False, "off"), (True, "off"), (True, "on"), (False, "on")):
+        obj = CountingLogits(model, y)
+        out = FABT(FABT.Params(n_iter=25, early_stop=early, stack_targets=stack))(obj, x, eps=EPS)
+        check_ball(out, x, EPS)
+        runs[early, stack] = fooled(model, out, y), obj.rows, out
+    ref, ref_rows, ref_out = runs[False, "off"]
+    assert 0.3 < ref.float().mean().item() < 0.95
+    for key, (f, rows, out) in runs.items():
+        assert torch.equal(f, ref), key
+        assert torch.equal(out[~f], x[~f])
+    assert torch.equal(runs[False, "on"][2], ref_out)  # stacked without early stop: the very same points
+    assert runs[True, "off"][1] < ref_rows  # fooled images left the batch
+
+
+def test_gama_early_stop_fools_every_image_the_reference_fools_with_less_work(trained):
+    # same start, same trajectory up to the first fooling iterate: every image the reference's last
+    # iterate fools was fooled by some iterate, which early stop keeps
+    model, x, y = trained
+    x, y = x[:80], y[:80]
+    runs = {}
+    for early in (False, True):
+        obj = CountingLogits(model, y)
+        out = GAMAPGD(GAMAPGD.Params(steps=20, early_stop=early))(obj, x, eps=EPS, generator=torch.Generator().manual_seed(0))
+        check_ball(out, x, EPS)
+        runs[early] = fooled(model, out, y), obj.rows
+    (f0, rows0), (f1, rows1) = runs[False], runs[True]
+    assert not (f0 & ~f1).any() and f0.sum() > 10
+    assert rows1 < rows0
+
+
+def test_fab_t_stack_targets_must_be_a_known_mode():
+    with pytest.raises(ConfigError, match="stack_targets"):
+        FABT(FABT.Params(stack_targets="yes"))
 
 
 def test_linf_hyperplane_projection_matches_torchattacks():

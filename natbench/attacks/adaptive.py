@@ -18,8 +18,8 @@ p(x'))``, ``vanilla`` -> CE (so ``adaptive`` on a vanilla model is APGD-CE).
 - ``apgd`` (default, Table 6): APGD (Croce & Hein 2020, Algorithm 1) with its step-size schedule and
   checkpoints (:func:`natbench.attacks.apgd.apgd_single_run`), run as APGD-CE is run by AutoAttack:
   only points the model classifies correctly are attacked, each restart only the points still
-  robust, a sample counts as fooled as soon as an iterate is misclassified; returns the latest
-  misclassified iterate there and the clean input elsewhere.
+  robust, a sample counts as fooled as soon as an iterate is misclassified and then leaves the batch
+  (``early_stop``); returns the first misclassified iterate there and the clean input elsewhere.
 - ``pgd``: L-inf PGD (uniform start, step ``step_size``, default eps/4) on the same objective;
   returns the last iterate (the restart with the highest final objective per sample).
 """
@@ -81,7 +81,7 @@ class Adaptive(LinfAttack):
                 break
             _, acc, _, adv_curr = apgd_single_run(
                 None, x[idx], y[idx], None, eps=eps, n_iter=p.steps, rho=p.rho, generator=generator,
-                joint=lambda xa, idx=idx: loss_logits(xa, idx),
+                joint=lambda xa, rows, idx=idx: loss_logits(xa, idx[rows]), early_stop=True,
             )
             fooled = ~acc
             robust[idx[fooled]] = False

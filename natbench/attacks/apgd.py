@@ -169,25 +169,52 @@ def _loss_grad(forward: Forward | None, loss_fn: LossFn | None, x_adv: Tensor, y
 
 def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: LossFn | None, *, eps: float, n_iter: int,
                     rho: float = 0.75, eot_iter: int = 1, generator: torch.Generator | None = None,
-                    joint: Joint | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    joint: Joint | None = None, y_target: Tensor | None = None,
+                    early_stop: bool = False, start: Tensor | None = None,
+                    group: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One APGD run from a random start: ``(x_best, robust, loss_best, x_best_adv)`` as the original's
     ``attack_single_run``: the highest-loss point, per-sample "never misclassified" flags, its loss,
-    and the latest misclassified iterate (the start where never misclassified). ``joint`` (``x ->
-    (loss, logits)``) replaces ``forward``/``loss_fn`` for objectives that are not a function of the
-    logits alone; the schedule is unchanged."""
+    and the latest misclassified iterate (the start where never misclassified).
+
+    ``joint`` (``(x, rows) -> (loss, logits)`` of rows ``rows`` of the batch) replaces
+    ``forward``/``loss_fn`` for objectives that are not a function of the logits alone; ``y_target``
+    (per row) makes the loss ``dlr_loss_targeted(logits, y, y_target)``. The schedule is unchanged.
+
+    ``early_stop``: a row leaves the batch at the first misclassified iterate and is not computed on
+    again. The "never misclassified" flags are the same (a row's trajectory does not depend on the
+    other rows: the model is evaluated, not trained, and nothing is drawn after the start); for a
+    fooled row ``x_best_adv`` is then the *first* misclassified iterate, not the latest, and
+    ``x_best``/``loss_best`` are as of that step.
+
+    ``start`` replaces the random start (nothing is drawn then). ``group`` (stacked targets, with
+    ``early_stop``): rows of one group are the targets of one image in cascade order; when a row is
+    fooled, the group's later rows leave too, unfooled (they can no longer be the first target that
+    fools the image).
+    """
     b = x.shape[0]
     view = (-1, *([1] * (x.dim() - 1)))
     n_first, n_min, size_decr = schedule(n_iter)
 
-    x_adv = _draw_start(x, eps, generator)
+    def loss_grad(xa: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if joint is not None:
+            return _loss_grad(None, None, xa, None, eot_iter, lambda z: joint(z, rows))
+        yy = y[rows]
+        fn = loss_fn if y_target is None else (lambda z, t: dlr_loss_targeted(z, t, y_target[rows]))
+        return _loss_grad(forward, fn, xa, yy, eot_iter)
+
+    x_adv = _draw_start(x, eps, generator) if start is None else start.clone()
+    out_best, out_best_adv = x_adv.clone(), x_adv.clone()
+    out_acc = torch.ones(b, dtype=torch.bool, device=x.device)
+    rows = torch.arange(b, device=x.device)  # the rows still in the batch
+    x0, yy = x, y
     x_best = x_adv.clone()
-    x_best_adv = x_adv.clone()
     loss_steps = torch.zeros(n_iter, b, device=x.device)
 
-    logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter, joint)
+    logits, loss_indiv, grad = loss_grad(x_adv, rows)
     grad_best = grad.clone()
-    acc = logits.max(1)[1] == y
+    acc = logits.max(1)[1] == yy
     loss_best = loss_indiv.clone()
+    out_loss = loss_best.clone()
 
     step_size = torch.full((b,), 2.0 * eps, device=x.device, dtype=x.dtype).view(view)
     x_adv_old = x_adv.clone()
@@ -195,9 +222,38 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
     counter3 = 0
     loss_best_last_check = loss_best.clone()
     reduced_last_check = torch.ones(b, dtype=torch.bool, device=x.device)
-    lo, hi = x - eps, x + eps
+    lo, hi = x0 - eps, x0 + eps
+
+    def leave(gone: Tensor, adv: Tensor) -> None:  # record the rows that leave (fooled at ``adv``), drop their state
+        nonlocal rows, x0, yy, lo, hi, x_adv, x_adv_old, x_best, grad, grad_best, loss_best, loss_steps
+        nonlocal step_size, loss_best_last_check, reduced_last_check, acc
+        r = rows[gone]
+        out_acc[r] = False
+        out_best_adv[r] = adv
+        out_best[r] = x_best[gone]
+        out_loss[r] = loss_best[gone]
+        if group is not None:  # the later targets of the fooled images leave unfooled
+            first = torch.full((int(group.max()) + 1,), b, device=x.device, dtype=torch.long)
+            first.scatter_reduce_(0, group[r], r, "amin")
+            later = rows > first[group[rows]]
+            if bool(later.any()):
+                out_acc[rows[later]] = acc[later]
+                out_best_adv[rows[later]] = x_adv[later]
+                out_best[rows[later]] = x_best[later]
+                out_loss[rows[later]] = loss_best[later]
+            gone = gone | later
+        keep = ~gone
+        rows, x0, yy, lo, hi = rows[keep], x0[keep], yy[keep], lo[keep], hi[keep]
+        x_adv, x_adv_old, x_best, grad, grad_best = x_adv[keep], x_adv_old[keep], x_best[keep], grad[keep], grad_best[keep]
+        loss_best, loss_steps, step_size = loss_best[keep], loss_steps[:, keep], step_size[keep]
+        loss_best_last_check, reduced_last_check, acc = loss_best_last_check[keep], reduced_last_check[keep], acc[keep]
+
+    if early_stop and not bool(acc.all()):
+        leave(~acc, x_adv[~acc])
 
     for i in range(n_iter):
+        if rows.numel() == 0:
+            break
         # ---- step with momentum
         momentum = x_adv - x_adv_old
         x_adv_old = x_adv.clone()
@@ -206,11 +262,12 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
         x_adv = torch.clamp(torch.min(torch.max(x_adv + (z - x_adv) * a + momentum * (1 - a), lo), hi), 0.0, 1.0)
 
         # ---- gradient, success tracking
-        logits, loss_indiv, grad = _loss_grad(forward, loss_fn, x_adv, y, eot_iter, joint)
-        pred = logits.max(1)[1] == y
+        logits, loss_indiv, grad = loss_grad(x_adv, rows)
+        pred = logits.max(1)[1] == yy
         acc = acc & pred
         wrong = ~pred
-        x_best_adv[wrong] = x_adv[wrong]
+        if not early_stop:
+            out_best_adv[wrong] = x_adv[wrong]
 
         # ---- best point
         loss_steps[i] = loss_indiv
@@ -218,6 +275,8 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
         x_best[better] = x_adv[better]
         grad_best[better] = grad[better]
         loss_best[better] = loss_indiv[better]
+        gone = wrong if early_stop and bool(wrong.any()) else None
+        gone_adv = x_adv[gone].clone() if gone is not None else None  # before the checkpoint below moves x_adv
 
         # ---- step-size checkpoint
         counter3 += 1
@@ -233,8 +292,13 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
                 grad[reduce] = grad_best[reduce]
             k = max(k - size_decr, n_min)
             counter3 = 0
+        if gone is not None:
+            leave(gone, gone_adv)
 
-    return x_best, acc, loss_best, x_best_adv
+    out_acc[rows] = acc
+    out_best[rows] = x_best
+    out_loss[rows] = loss_best
+    return out_best, out_acc, out_loss, out_best_adv
 
 
 # --------------------------------------------------------------------------- perturb
@@ -259,9 +323,10 @@ def _clean_correct(forward: Forward, x: Tensor, y: Tensor) -> Tensor:
 
 def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: float, n_iter: int,
                  restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, early_stop: bool = True) -> Tensor:
     """The original ``APGDAttack.perturb(x, y)``: restarts on the still-robust, clean-correct points;
-    the adversarial example where one succeeded, the clean input elsewhere."""
+    the adversarial example where one succeeded, the clean input elsewhere (``early_stop``: see
+    :func:`apgd_single_run`)."""
     x = x.detach()
     y = y.to(x.device).long()
     robust = _clean_correct(forward, x, y)
@@ -271,7 +336,8 @@ def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps
         if idx.numel() == 0:
             break
         _, acc_curr, _, adv_curr = apgd_single_run(
-            forward, x[idx], y[idx], loss_fn, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter, generator=generator
+            forward, x[idx], y[idx], loss_fn, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter, generator=generator,
+            early_stop=early_stop,
         )
         fooled = ~acc_curr
         robust[idx[fooled]] = False
@@ -281,24 +347,56 @@ def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps
 
 def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float, n_iter: int,
                           n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None, early_stop: bool = True,
+                          stack_targets: bool = False) -> Tensor:
     """The original ``APGDAttack_targeted.perturb(x, y)``: for target ranks 2 .. n_target_classes + 1,
-    targets from the clean logits of the points still robust, ``restarts`` runs each."""
+    targets from the clean logits of the points still robust, ``restarts`` runs each.
+
+    ``stack_targets`` (one restart only): every target of every clean-correct point in one batch
+    (target-major rows, with early stop a point's later targets leave once an earlier one fooled it);
+    per point the result of a sequential cascade with the same starts: the first target that fools
+    it wins. The starts differ from the original's, though: it draws each target's starts for the
+    points still robust, which are known only after the earlier targets ran; stacked, every target
+    draws for all points (the original's draws exactly when no earlier target fooled a point). So
+    the flags can differ from the original's on points whose outcome depends on the start.
+
+    The clean logits are computed once (the original recomputes them on the still-robust points
+    before every target: the same forward of an evaluated model)."""
     x = x.detach()
     y = y.to(x.device).long()
-    robust = _clean_correct(forward, x, y)
+    with torch.no_grad():
+        clean = forward(x)
+    robust = clean.max(1)[1] == y
+    ranking = clean.sort(dim=1)[1]
     adv = x.clone()
+    if stack_targets and restarts == 1:
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return adv
+        n, ranks = idx.numel(), range(2, n_target_classes + 2)
+        xs = x[idx]
+        # the starts the sequential cascade draws when no earlier target fools a point of the chunk
+        start = torch.cat([_draw_start(xs, eps, generator) for _ in ranks])
+        _, acc, _, adv_curr = apgd_single_run(
+            forward, xs.repeat(len(ranks), *([1] * (x.dim() - 1))), y[idx].repeat(len(ranks)), None, eps=eps,
+            n_iter=n_iter, rho=rho, eot_iter=eot_iter, y_target=torch.cat([ranking[idx, -k] for k in ranks]),
+            early_stop=early_stop, start=start, group=torch.arange(n, device=x.device).repeat(len(ranks)) if early_stop else None,
+        )
+        group = torch.arange(n, device=x.device).repeat(len(ranks))
+        rows = (~acc).nonzero().squeeze(1)
+        first = torch.full((n,), acc.numel(), device=x.device, dtype=torch.long)
+        first.scatter_reduce_(0, group[rows], rows, "amin")  # the first target (in rank order) that fools each point
+        hit = first < acc.numel()
+        adv[idx[hit]] = adv_curr[first[hit]]
+        return adv
     for rank in range(2, n_target_classes + 2):
         for _ in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            with torch.no_grad():
-                y_target = target_classes(forward(x[idx]), rank)
-            loss_fn = lambda z, yy, t=y_target: dlr_loss_targeted(z, yy, t)  # noqa: E731
             _, acc_curr, _, adv_curr = apgd_single_run(
-                forward, x[idx], y[idx], loss_fn, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
-                generator=generator,
+                forward, x[idx], y[idx], None, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
+                generator=generator, y_target=ranking[idx, -rank], early_stop=early_stop,
             )
             fooled = ~acc_curr
             robust[idx[fooled]] = False
@@ -326,6 +424,7 @@ class APGDCE(LinfAttack):
         restarts: int = 1  # random restarts, each on the points still robust (AutoAttack standard: 1)
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT; AutoAttack 'rand': 20)
+        early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
 
     def __init__(self, params: "APGDCE.Params | None" = None) -> None:
         super().__init__(params)
@@ -343,7 +442,7 @@ class APGDCE(LinfAttack):
             raise ConfigError(f"attack '{self.name}': the DLR loss needs at least 3 classes, the task has {num_classes}")
         p = self.params
         return apgd_perturb(forward, x, y, self._loss_fn(), eps=eps, n_iter=p.steps, restarts=p.restarts,
-                            rho=p.rho, eot_iter=p.eot_iter, generator=generator).detach()
+                            rho=p.rho, eot_iter=p.eot_iter, generator=generator, early_stop=p.early_stop).detach()
 
 
 class APGDDLR(APGDCE):
@@ -359,6 +458,7 @@ class APGDDLR(APGDCE):
         restarts: int = 1  # random restarts, each on the points still robust (AutoAttack plus: 5)
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT; AutoAttack 'rand': 20)
+        early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
 
     def _loss_fn(self) -> LossFn:
         return dlr_loss
@@ -381,7 +481,9 @@ class APGDT(APGDCE):
         restarts: int = 1  # runs per target class (AutoAttack standard: 1)
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT)
+        early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
         n_target_classes: int = 9  # targets: the 2nd .. (n+1)-th highest clean logits (AutoAttack: 9)
+        stack_targets: bool = False  # all targets in one stacked batch (GPU); starts differ from the original's
 
     def __init__(self, params: "APGDT.Params | None" = None) -> None:
         super().__init__(params)
@@ -399,4 +501,5 @@ class APGDT(APGDCE):
             )
         return apgd_targeted_perturb(forward, x, y, eps=eps, n_iter=p.steps, n_target_classes=p.n_target_classes,
                                      restarts=p.restarts, rho=p.rho, eot_iter=p.eot_iter,
-                                     generator=generator).detach()
+                                     generator=generator, early_stop=p.early_stop,
+                                     stack_targets=p.stack_targets).detach()

@@ -24,8 +24,20 @@ each chunk, gets a **fresh** ``torch.Generator`` (on the given generator's devic
 of an evaluation reuses the same seed, as the original does across its chunks. ``generator=None``
 takes ``torch.initial_seed()`` (the global RNG's seed; nothing is drawn from the global RNG).
 
+Early stop (``early_stop``, default on). A point a component has fooled leaves that component's
+batch at once: APGD stops computing on it at its first misclassified iterate (every variant, restart
+and target), FAB-T once it has a misclassified point within eps. The per-sample robust flags are the
+original's (the model is evaluated, so a row's trajectory does not depend on the other rows, and
+nothing is drawn after a run's start); the returned ``x'`` of a fooled point changes: APGD's is the
+*first* misclassified iterate (the original keeps the latest), FAB-T's the first misclassified
+point within eps (the original keeps the closest found in all its iterations). ``early_stop=False``
+returns the original's ``x'`` too. The work falls with the fooled fraction
+(``benchmarks/eval_speed.py``).
+
 The original's diagnostic checks (randomised model, softmax output, dynamic graph, class count) only
-print warnings and are not run. The components come from :mod:`natbench.attacks.apgd`,
+print warnings and are not run. Its Square check is kept: when Square still fools more than 0.2 % of
+the points (the original's ``check_square_sr`` threshold) after APGD/FAB, :meth:`AutoAttack.take_checks`
+reports a failed check ``square_lowered_robust_accuracy`` with the count, which the runner records. The components come from :mod:`natbench.attacks.apgd`,
 ``natbench.attacks.fab:FABT`` and ``natbench.attacks.square:Square``, imported when an AutoAttack
 that uses them is built, so this module imports without them.
 """
@@ -46,6 +58,9 @@ from natbench.contracts import LogitsObjective
 from natbench.errors import ConfigError, suggest
 
 log = logging.getLogger(__name__)
+
+#: The original's ``check_square_sr`` threshold: Square may lower the robust accuracy by at most this.
+SQUARE_ALPHA = 0.002
 
 #: Component name -> "module:Class".
 COMPONENTS: dict[str, str] = {
@@ -97,6 +112,7 @@ class AutoAttack(LinfAttack):
         n_queries: int = 5000  # Square's query budget (original: 5000)
         eot_iter: int = 1  # EOT gradient passes of APGD-CE/-DLR (original: 1; 'rand' version: 20)
         bs: int = 250  # still-robust points per component call (original run_standard_evaluation bs)
+        early_stop: bool = True  # fooled points leave APGD's/FAB-T's batch (same flags; x': see the module doc)
 
     def __init__(self, params: "AutoAttack.Params | None" = None) -> None:
         super().__init__(params)
@@ -109,15 +125,17 @@ class AutoAttack(LinfAttack):
             raise ConfigError(f"attack '{self.name}' needs at least one component and n_iter, n_target_classes, "
                               f"n_queries, eot_iter, bs >= 1; got {p}.")
         self.components = [(a, self._component(a)) for a in p.attacks]
+        self._points, self._fooled = 0, {a: 0 for a in p.attacks}  # since the last take_checks()
 
     def _component(self, name: str) -> Any:
         p = self.params
         if name in ("apgd-ce", "apgd-dlr"):  # the original's self.apgd: eot_iter applies to it only
-            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=p.eot_iter)
+            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=p.eot_iter, early_stop=p.early_stop)
         if name == "apgd-t":
-            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=1, n_target_classes=p.n_target_classes)
+            return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=1, n_target_classes=p.n_target_classes,
+                         early_stop=p.early_stop)
         if name == "fab-t":
-            return _make(name, n_iter=p.n_iter, restarts=1, n_target_classes=p.n_target_classes)
+            return _make(name, n_iter=p.n_iter, restarts=1, n_target_classes=p.n_target_classes, early_stop=p.early_stop)
         return _make(name, n_queries=p.n_queries, p_init=0.8, restarts=1, rescale_schedule=False)
 
     def __call__(self, objective: Any, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
@@ -133,6 +151,7 @@ class AutoAttack(LinfAttack):
         if num_classes is None:
             num_classes = int(clean.shape[1])
         x_adv = x.clone()
+        self._points += len(y)
         for name, attack in self.components:
             todo = robust.nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -144,8 +163,29 @@ class AutoAttack(LinfAttack):
                     fooled = forward(adv).max(1)[1] != y[idx]
                 robust[idx[fooled]] = False
                 x_adv[idx[fooled]] = adv[fooled]
+                self._fooled[name] += int(fooled.sum())
             log.debug("autoattack: robust after %s: %d / %d", name, int(robust.sum()), len(robust))
         return x_adv
+
+
+    def take_checks(self) -> list:
+        """The original's Square check (``checks.check_square_sr``) over the calls since the last
+        take: Square, run after APGD/FAB, should not fool more than ``SQUARE_ALPHA`` of the points; when
+        it does, AutoAttack's white-box components missed points a black-box attack found (the
+        original warns that the evaluation may be unreliable). Returns ``[]`` without Square or
+        without calls; the counters restart."""
+        from natbench.checks import Check
+
+        n, k = self._points, self._fooled.get("square", 0)
+        self._points, self._fooled = 0, dict.fromkeys(self._fooled, 0)
+        earlier = [a for a in self.params.attacks if a != "square"]
+        if n == 0 or "square" not in self.params.attacks or not earlier:
+            return []
+        passed = k <= SQUARE_ALPHA * n
+        detail = (f"Square fooled {k} of {n} points ({100 * k / n:.2f}%) that {', '.join(earlier)} left robust"
+                  + ("" if passed else f" (the original warns above {100 * SQUARE_ALPHA:g}%: the evaluation may be "
+                                       "unreliable; try Square with more queries or an adaptive attack)"))
+        return [Check("square_lowered_robust_accuracy", passed, detail)]
 
 
 class AutoAttackRand(AutoAttack):
@@ -162,3 +202,4 @@ class AutoAttackRand(AutoAttack):
         n_queries: int = 5000  # only used if square is added
         eot_iter: int = 20  # EOT gradient passes of APGD-CE/-DLR (original 'rand': 20)
         bs: int = 250  # still-robust points per component call
+        early_stop: bool = True  # fooled points leave APGD's batch (same flags; x' = first misclassified iterate)

@@ -104,34 +104,62 @@ def fab_random_start(x0: Tensor, eps: float, generator: torch.Generator | None =
 
 def fab_targeted_single_run(
     objective, x0: Tensor, y: Tensor, target: Tensor, *, n_iter: int, alpha_max: float, eta: float,
-    beta: float, start: Tensor | None = None,
+    beta: float, start: Tensor | None = None, stop_at: float | None = None, group: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One targeted FAB run (L-inf): ``(adv, dist)``, the misclassified point of smallest L-inf
-    distance found per image (``dist = inf`` and ``adv = x0`` where none was found)."""
+    distance found per image (``dist = inf`` and ``adv = x0`` where none was found).
+
+    ``stop_at`` (early stop; AutoAttack passes its eps): a row leaves the batch as soon as it has a
+    misclassified point within ``stop_at``. Whether it ends fooled (misclassified within eps) is
+    then decided, and only its ``adv``/``dist`` differ: the first such point, not the smallest found
+    in all ``n_iter`` iterations. ``group`` (stacked targets, with ``stop_at``): rows of the same
+    group are the targets of one image in cascade order; once a row leaves, the group's later rows
+    leave too (they can no longer be the first target that fools the image). The objective is only
+    evaluated on the rows still in the batch (rows are independent: the model is evaluated, not trained).
+    """
     bs = x0.shape[0]
-    x0f = x0.flatten(1)
+    adv_out = x0.clone()
+    dist_out = torch.full((bs,), float("inf"), device=x0.device, dtype=x0.dtype)
+    rows = torch.arange(bs, device=x0.device)
+    xs, ys, ts = x0, y, target
     x1 = x0.clone() if start is None else start.clone()
     adv = x0.clone()
-    dist = torch.full((bs,), float("inf"), device=x0.device, dtype=x0.dtype)
+    dist = dist_out.clone()
     for _ in range(n_iter):
-        f, g = diff_logits_grad(objective, x1, y, target)
+        if rows.numel() == 0:
+            break
+        f, g = diff_logits_grad(objective, x1, ys, ts)
         w = g.flatten(1)
         b = (w * x1.flatten(1)).sum(1) - f
-        d = project_linf_hyperplane(torch.cat((x1.flatten(1), x0f)), torch.cat((w, w)), torch.cat((b, b)))
+        n = xs.shape[0]
+        d = project_linf_hyperplane(torch.cat((x1.flatten(1), xs.flatten(1))), torch.cat((w, w)), torch.cat((b, b)))
         a = _linf(d).clamp_min(1e-8)
-        a1, a2 = a[:bs], a[bs:]
-        alpha = _view((a1 / (a1 + a2)).clamp(0.0, alpha_max), x0)
-        d1, d2 = d[:bs].view_as(x0), d[bs:].view_as(x0)
-        x1 = ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0.0, 1.0)
+        a1, a2 = a[:n], a[n:]
+        alpha = _view((a1 / (a1 + a2)).clamp(0.0, alpha_max), xs)
+        d1, d2 = d[:n].view_as(xs), d[n:].view_as(xs)
+        x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad():
-            is_adv = objective(x1).argmax(1) != y
+            is_adv = objective(x1).argmax(1) != ys
         if bool(is_adv.any()):
-            t = _linf(x1 - x0)
+            t = _linf(x1 - xs)
             better = is_adv & (t < dist)
-            adv = torch.where(_view(better, x0), x1, adv)
+            adv = torch.where(_view(better, xs), x1, adv)
             dist = torch.where(better, t, dist)
-            x1 = torch.where(_view(is_adv, x0), x0 + (x1 - x0) * beta, x1)
-    return adv, dist
+            x1 = torch.where(_view(is_adv, xs), xs + (x1 - xs) * beta, x1)
+            if stop_at is not None:
+                gone = dist <= stop_at
+                if group is not None and bool(gone.any()):
+                    g_rows = group[rows]
+                    first = torch.full((int(group.max()) + 1,), bs, device=x0.device, dtype=torch.long)
+                    first.scatter_reduce_(0, g_rows[gone], rows[gone], "amin")
+                    gone = gone | (rows > first[g_rows])
+                if bool(gone.any()):
+                    r = rows[gone]
+                    adv_out[r], dist_out[r] = adv[gone], dist[gone]
+                    keep = ~gone
+                    rows, xs, ys, ts, x1, adv, dist = rows[keep], xs[keep], ys[keep], ts[keep], x1[keep], adv[keep], dist[keep]
+    adv_out[rows], dist_out[rows] = adv, dist
+    return adv_out, dist_out
 
 
 class FABT(LinfAttack):
@@ -148,6 +176,8 @@ class FABT(LinfAttack):
         alpha_max: float = 0.1  # cap of the step's bias towards the clean image
         eta: float = 1.05  # overshoot of the projection step
         beta: float = 0.9  # backward step towards the clean image after a success
+        early_stop: bool = True  # an image leaves once fooled within eps (same flags; x' = first such point)
+        stack_targets: str = "auto"  # all targets as one stacked batch: on, off, auto (= on CUDA; restarts 1 only)
 
     def __init__(self, params: "FABT.Params | None" = None) -> None:
         super().__init__(params)
@@ -157,6 +187,8 @@ class FABT(LinfAttack):
                 f"attack '{self.name}' needs n_target_classes >= 1, n_iter >= 0, restarts >= 1, "
                 f"0 <= alpha_max <= 1; got {p}."
             )
+        if p.stack_targets not in ("auto", "on", "off"):
+            raise ConfigError(f"attack '{self.name}': stack_targets must be auto, on or off, got {p.stack_targets!r}.")
 
     def __call__(self, objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         eps = check_eps(eps)
@@ -169,19 +201,50 @@ class FABT(LinfAttack):
         robust = clean.argmax(1) == y  # only clean-correct images are attacked
         num_classes = int(getattr(objective, "num_classes", clean.shape[1]))
         ranking = clean.sort(dim=1)[1]  # ascending: the k-th largest logit is column -k
-        for k in range(2, min(p.n_target_classes, num_classes - 1) + 2):
+        ranks = list(range(2, min(p.n_target_classes, num_classes - 1) + 2))
+        stop_at = eps if p.early_stop else None
+        stack = p.stack_targets == "on" or (p.stack_targets == "auto" and x.device.type == "cuda")
+        if stack and p.restarts == 1:
+            return self._stacked(objective, x, y, out, robust, ranking, ranks, eps, stop_at)
+        for k in ranks:
             for r in range(p.restarts):
                 idx = robust.nonzero().flatten()
                 if idx.numel() == 0:
                     return out
                 x0, y0, t0 = x[idx], y[idx], ranking[idx, -k]
                 start = fab_random_start(x0, eps, generator) if r > 0 else None
-                adv, _ = fab_targeted_single_run(
+                adv, dist = fab_targeted_single_run(
                     objective, x0, y0, t0, n_iter=p.n_iter, alpha_max=p.alpha_max, eta=p.eta, beta=p.beta,
-                    start=start,
+                    start=start, stop_at=stop_at,
                 )
+                cand = (dist <= eps).nonzero().flatten()  # only these can be fooled; the rest is not re-evaluated
                 with torch.no_grad():
-                    fooled = (objective(adv).argmax(1) != y0) & (_linf(adv - x0) <= eps)
+                    ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (_linf(adv[cand] - x0[cand]) <= eps)
+                fooled = cand[ok]
                 out[idx[fooled]] = adv[fooled]
                 robust[idx[fooled]] = False
+        return out
+
+    def _stacked(self, objective, x, y, out, robust, ranking, ranks, eps, stop_at) -> Tensor:
+        """Every target of every still-robust image in one batch (target-major rows): per image the
+        result of the sequential cascade, i.e. of the first target (in rank order) that fools it.
+        Exact: with one restart FAB-T draws nothing, and the rows are independent."""
+        p = self.params
+        idx = robust.nonzero().flatten()
+        if idx.numel() == 0:
+            return out
+        n, m = idx.numel(), len(ranks)
+        x0 = x[idx].repeat(m, *([1] * (x.dim() - 1)))
+        y0 = y[idx].repeat(m)
+        t0 = torch.cat([ranking[idx, -k] for k in ranks])
+        group = torch.arange(n, device=x.device).repeat(m)
+        adv, dist = fab_targeted_single_run(objective, x0, y0, t0, n_iter=p.n_iter, alpha_max=p.alpha_max, eta=p.eta,
+                                            beta=p.beta, stop_at=stop_at, group=group if stop_at is not None else None)
+        cand = (dist <= eps).nonzero().flatten()
+        with torch.no_grad():
+            ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (_linf(adv[cand] - x0[cand]) <= eps)
+        first = torch.full((n,), m * n, device=x.device, dtype=torch.long)
+        first.scatter_reduce_(0, group[cand[ok]], cand[ok], "amin")  # the earliest target's row per image
+        hit = first < m * n
+        out[idx[hit]] = adv[first[hit]]
         return out

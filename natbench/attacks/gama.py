@@ -38,6 +38,12 @@ softmax(f(x_start))`` of the (clamped) start, also computed once and detached. T
 recomputes P at every step, which with a model in eval mode is the same constant; with a model in
 train mode (dropout, BN batch statistics) natbench's P stays the first evaluation.
 
+``early_stop`` (opt-in, off by default so the numbers stay the reference's): an image whose current
+iterate is misclassified (seen in the forward pass of the next step) leaves the batch and that
+iterate is returned; the reference returns the last iterate, which may be classified correctly
+again, so with early stop an image counts as fooled if *any* iterate fooled it (never fewer fooled
+images), and the work falls with the fooled fraction.
+
 Objective kind ``"logits"``. Threat model: ``||x_adv - x||_inf <= eps``, images in [0, 1].
 """
 from __future__ import annotations
@@ -111,6 +117,7 @@ class GAMAPGD(LinfAttack):
         lambda_steps: int = 25  # lambda decays linearly to 0 at this step, then the term is dropped
         guide: str = "start"  # P from the random "start" (reference code, default) or the "clean" image (paper)
         restarts: int = 1  # keep, per image, the restart with the highest final softmax margin
+        early_stop: bool = False  # opt-in: an image leaves once an iterate fools it (that iterate is returned)
 
     def __init__(self, params: "GAMAPGD.Params | None" = None) -> None:
         super().__init__(params)
@@ -142,15 +149,27 @@ class GAMAPGD(LinfAttack):
             else:
                 with torch.no_grad():
                     p_guide = torch.softmax(objective(x_adv), dim=1).detach()
+            out = x_adv.detach().clone()
+            rows, xs, ys, guide = torch.arange(len(x), device=x.device), x, y, p_guide
             for t in range(p.steps):
                 lam = lambda_at(t, p.w_reg, p.lambda_steps)
                 with torch.enable_grad():
                     xr = x_adv.detach().requires_grad_(True)
-                    loss = gama_loss(objective(xr), y, p_guide, lam)
+                    logits = objective(xr)
+                    loss = gama_loss(logits, ys, guide, lam)
                     (grad,) = torch.autograd.grad(loss.sum(), xr)
+                if p.early_stop:  # the iterate just evaluated fools these rows: keep it, drop the rows
+                    wrong = logits.detach().argmax(1) != ys
+                    if bool(wrong.any()):
+                        out[rows[wrong]] = x_adv[wrong].detach()
+                        keep = ~wrong
+                        rows, xs, ys, guide, x_adv, grad = rows[keep], xs[keep], ys[keep], guide[keep], x_adv[keep], grad[keep]
+                        if rows.numel() == 0:
+                            break
                 x_adv = torch.clamp(x_adv + step_at(t, alpha0, p.milestones, p.drop) * grad.sign(), 0.0, 1.0)
-                x_adv = torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0.0, 1.0)  # clamp: float safety only
-            x_adv = x_adv.detach()
+                x_adv = torch.clamp(xs + torch.clamp(x_adv - xs, -eps, eps), 0.0, 1.0)  # clamp: float safety only
+            out[rows] = x_adv.detach()
+            x_adv = out
             if p.restarts == 1:
                 return x_adv
             with torch.no_grad():
