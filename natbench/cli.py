@@ -306,6 +306,8 @@ def leaderboard(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for --write (default: <root>/leaderboards)"),
     columns: str = typer.Option("auto", "--columns", help="Terminal table: auto (the headline view when the table is wider "
                                 "than the terminal) | headline (clean, headline attack, worst-case, flags) | all"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Published numbers (RobustBench model_info JSON: a file, "
+                                             "a list, or a directory) shown as rows marked reported (docs/external.md)"),
 ) -> None:
     """Print the leaderboard: one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
     from . import leaderboard as lb
@@ -330,25 +332,28 @@ def leaderboard(
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
 
-        frames = [lb.table(store, t).assign(task=t) for t in tasks]
+        from .reference import apply as with_reference
+
+        frames = [with_reference(lb.table(store, t), store, t, reference).assign(task=t) for t in tasks]
         df = pd.concat(frames, ignore_index=True)
         df = df[["task", *[c for c in df.columns if c != "task"]]]
         sys.stdout.write(lb.render(df, fmt))
         return
     for t in tasks:
-        _print_leaderboard(store, t, fmt, columns)
+        _print_leaderboard(store, t, fmt, columns, reference)
 
 
-def _print_leaderboard(store, task: str, fmt: str, columns: str = "auto") -> None:
+def _print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None) -> None:
     from . import leaderboard as lb
+    from .reference import apply as with_reference
 
-    df = lb.table(store, task)
+    df = with_reference(lb.table(store, task), store, task, reference)
     if fmt != "table":
         text = lb.html_page(store, task, df) if fmt == "html" else lb.render(df, fmt)  # html: the page --write writes
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     metrics = df.attrs.get("metric", "accuracy").split("/")
-    key_cols = [c for c in ("defense", "profile", "variant", "checkpoint", "seeds") if c in df.columns]
+    key_cols = [c for c in ("defense", "source", "profile", "variant", "checkpoint", "seeds", "reference") if c in df.columns]
     flagged = "flags" in df.columns and bool((df["flags"] != "").any())
     recs = df.to_dict("records")
 

@@ -170,7 +170,9 @@ def table(store, task: str, metric: str | None = None, *, profile: str | None = 
     out = frames[0] if len(frames) == 1 else _merge_metrics(frames, metrics, ctx.threat_eps)
     out = _sort(out, ctx, metrics)
     out.attrs.update(task=task, metric="/".join(metrics), avg_attacks=list(ctx.avg_attacks))
-    return out
+    from .reference import mark_sources  # outside models (natbench eval --model): source column, seeds "-"
+
+    return mark_sources(out, set(ctx.runs.loc[ctx.runs["profile"] == "external", "run_id"]))
 
 
 def _merge_metrics(frames: list[pd.DataFrame], metrics, threat_eps: str = "") -> pd.DataFrame:
@@ -433,7 +435,7 @@ def _attack_order(suites: pd.Series, present: pd.Series) -> list[str]:
 
 def value_columns(df: pd.DataFrame) -> list[str]:
     """The value columns of a table frame (attacks, avg, worst-case): not key, provenance or companions."""
-    fixed = (*KEY_COLS, "seeds", "flags", *META_COLS, "source")
+    fixed = (*KEY_COLS, "seeds", "flags", *META_COLS, "source", "reference")
     return [c for c in df.columns if c not in fixed and not (str(c).endswith(SUFFIXES) and str(c)[:-3] in df.columns)
             and not (str(c).endswith("_std") and str(c)[:-4] in df.columns)]
 
@@ -472,7 +474,7 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, formatted rows and numeric-column flags of the displayed columns (no companions, no
     provenance); a value with ``_lo``/``_hi`` becomes ``mean ± h`` (:func:`cell`)."""
     values = set(value_columns(df))
-    cols = [c for c in df.columns if c in values or c in (*KEY_COLS, "seeds", "flags", "source")]
+    cols = [c for c in df.columns if c in values or c in (*KEY_COLS, "seeds", "flags", "source", "reference")]
     rows = [[cell(rec, c) if c in values else _fmt(rec[c]) for c in cols] for rec in df.to_dict("records")]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
     return [str(c) for c in cols], rows, numeric

@@ -54,6 +54,18 @@ def raises():
 '''
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``natbench eval`` sets up rich logging on stderr for the process; later tests get it back as it was."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture()
 def user_file(tmp_path) -> Path:
     p = tmp_path / "my_models.py"
@@ -418,3 +430,50 @@ def test_robustbench_zoo_architecture_with_local_weights(tmp_path, monkeypatch):
 
     external.build(external.parse_spec("robustbench:Ding2020MMA"), load_task(get_registry(), "cifar10"), 10, None, tmp_path)
     assert calls == [{"model_name": "Ding2020MMA", "model_dir": str(tmp_path), "dataset": "cifar10", "threat_model": "Linf"}]
+
+
+def test_leaderboard_source_column_and_reported_rows(user_file, tmp_path, capsys):
+    import io
+
+    import pandas as pd
+
+    from natbench.store import ResultRow, RunRecord, Store
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    with Store(root / "natbench.sqlite") as st:  # a trained run, written by hand
+        st.record_run(RunRecord(run_id="digits-vanilla-s0-aaaa", task="digits", defense="vanilla", profile="default", seed=0,
+                                config_hash="h0", git_rev="t", versions={}, device="cpu", started="2024-01-01T00:00:00+00:00",
+                                finished="2024-01-01T00:01:00+00:00", wall_train_s=1.0, wall_eval_s=1.0, config={},
+                                suite=["clean", "fgsm", "pgd-5"]),
+                      [ResultRow(ck, a, "accuracy", v) for ck in ("best", "last")
+                       for a, v in (("clean", 0.98), ("fgsm", 0.3), ("pgd-5", 0.1))], [], [])
+    assert main(["eval", "--task", "digits", "--model", f"{user_file}:build", "--name", "Tiny2024", "--suite", "smoke",
+                 "--root", str(root)]) == 0
+    ref = tmp_path / "model_info"
+    ref.mkdir()
+    (ref / "Tiny2024.json").write_text(json.dumps({"name": "Tiny nets are robust", "clean_acc": "91.50", "autoattack_acc": "60.25",
+                                                   "eps": "0.2", "architecture": "TinyCNN", "venue": "arXiv, Jan 2024"}))
+    (ref / "Other2023.json").write_text(json.dumps({"name": "Other", "clean_acc": 80, "autoattack_acc": 50.5, "eps": "0.2",
+                                                    "architecture": "WRN", "venue": "ICML 2023", "dataset": "digits"}))
+    (ref / "Cifar2023.json").write_text(json.dumps({"name": "C", "clean_acc": 80, "autoattack_acc": 50, "dataset": "cifar10"}))
+    capsys.readouterr()
+    assert main(["leaderboard", "--task", "digits", "--format", "csv", "--root", str(root)]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"seeds": str})
+    assert dict(zip(df["defense"], df["source"])) == {"vanilla": "trained", "Tiny2024": "external"}
+    assert df.loc[df["source"] == "external", "seeds"].tolist() == ["-"]
+    assert set(df.loc[df["source"] == "trained", "seeds"]) == {"1"}
+    assert main(["leaderboard", "--task", "digits", "--format", "csv", "--root", str(root), "--reference", str(ref)]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"seeds": str})
+    ext = df.index[df["source"] == "external"][0]
+    assert df.loc[ext + 1, "defense"] == "Tiny2024" and df.loc[ext + 1, "source"] == "reported"  # side by side
+    assert df.loc[ext + 1, "clean"] == 91.5 and df.loc[ext + 1, "autoattack"] == 60.25 and df.loc[ext + 1, "seeds"] == "-"
+    assert df.iloc[-1]["defense"] == "Other2023" and df.iloc[-1]["source"] == "reported"
+    assert "Cifar2023" not in set(df["defense"])  # another dataset
+    assert df.loc[df["source"] != "reported", "autoattack"].isna().all()  # claimed numbers stay in their own rows
+    for fmt in ("table", "md", "json"):
+        assert main(["leaderboard", "--task", "digits", "--format", fmt, "--root", str(root), "--reference", str(ref)]) == 0
+        assert "reported" in capsys.readouterr().out
+    (ref / "bad.json").write_text(json.dumps({"name": "x"}))
+    assert main(["leaderboard", "--task", "digits", "--root", str(root), "--reference", str(ref)]) == 2
+    assert "needs name, clean_acc, autoattack_acc" in capsys.readouterr().err
