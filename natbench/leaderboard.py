@@ -287,6 +287,10 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
     cols += (["flags"] if (out["flags"] != "").any() else []) + list(META_COLS)
     out = out[cols]
     out["seeds"] = out["seeds"].astype(int)
+    for col in ("epochs", "n_test"):  # counts: integers in csv/json ("3", not "3.0"), empty when unknown
+        vals = pd.to_numeric(out[col], errors="coerce")
+        if (vals.dropna() % 1 == 0).all():
+            out[col] = vals.astype("Int64")
     num = [c for c in cols if c in value_cols or c.endswith(SUFFIXES)]
     out[num] = out[num].astype(float).round(2)
     out.attrs.update(task=ctx.task, metric=metric)
@@ -481,7 +485,7 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
 
 
 def _fmt(v) -> str:
-    if v is None or _isnan(v):
+    if v is None or v is pd.NA or _isnan(v):
         return ""
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.2f}"
@@ -493,7 +497,7 @@ def _isnan(v) -> bool:
 
 
 def _jsonable(v):
-    if _isnan(v):
+    if _isnan(v) or v is pd.NA:
         return None
     if isinstance(v, np.generic):
         return v.item()

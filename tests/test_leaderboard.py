@@ -374,6 +374,7 @@ def test_a_spec_of_ones_own_under_a_builtin_name_is_a_variant_row(store, tmp_pat
     assert rows.loc["", "natbench"] == "0.1.0"
     recs = json.loads(leaderboard.render(df.reset_index(), "json"))
     assert {r["variant"]: r["eps"] for r in recs} == {"": 0.2, "threat_model.eps=0.1": 0.1}
+    assert {type(r["epochs"]) for r in recs} == {int}  # counts print as 3, not 3.0
 
 
 def test_two_specs_under_one_unregistered_name_are_never_averaged(store, tmp_path):
