@@ -359,7 +359,7 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 def md_preamble(df: pd.DataFrame) -> str:
     """One line under the md title: the threat model, test points, recipe and what ``±``/``avg`` mean."""
     def common(col: str) -> str:
-        vals = [v for v in dict.fromkeys(df[col].tolist()) if v == v and v != ""] if col in df.columns else []
+        vals = [v for v in dict.fromkeys(df[col].tolist()) if not pd.isna(v) and v != ""] if col in df.columns else []
         return ", ".join(eps_text(v) if col == "eps" and isinstance(v, float) else f"{v:g}" if isinstance(v, float) else str(v)
                          for v in vals) or "?"
     avg = ", ".join(df.attrs.get("avg_attacks", [])) or "none"

@@ -143,7 +143,7 @@ def cost_rows(store, task: str, df: pd.DataFrame) -> tuple[list[str], list[list[
 
 
 def _meta(col: str, v) -> str:
-    if v is None or L._isnan(v) or v == "":
+    if v is None or pd.isna(v) or v == "":
         return ""
     if col == "eps" and isinstance(v, float):
         return L.eps_text(v)

@@ -161,9 +161,12 @@ def _num(v) -> float:
 
 
 def eps_text(eps: float) -> str:
-    """``8/255`` for multiples of 1/255 (as the papers write them), else the shortest decimal."""
+    """The shortest decimal when it is short (``0.2``), else ``8/255`` for multiples of 1/255 (as the
+    papers write them), else the decimal."""
     if eps != eps:
         return "?"
+    if len(f"{eps:g}") <= 5:
+        return f"{eps:g}"
     k = eps * 255
     if eps > 0 and abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
