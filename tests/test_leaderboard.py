@@ -445,3 +445,19 @@ def test_reid_worst_case_per_eps(store):
     row = leaderboard.table(store, "reid_market").iloc[0]
     assert row["worst-case rank1 @8/255"] == 50.0  # samples 0 and 1 survive sma-8 and fna-8
     assert row["worst-case rank1 @10/255"] == 25.0  # only sample 3 survives sma-10 and fna-10
+
+
+def test_avg_is_the_same_attack_set_for_best_and_last(store):
+    """The observed case: ``natbench eval --suite paper-table6 --checkpoint best`` added four attacks to
+    best only, and best and last then averaged different sets. avg is over the configured suite."""
+    cfg = {"suite": {"attacks": [{"id": "pgd-20", "attack": "pgd"}, {"id": "cw-inf", "attack": "cw-inf"}]}}
+    run = RunRecord(run_id="n", task="digits", defense="pgd-at+nat", profile="default", seed=0, config_hash="hn", git_rev="g",
+                    versions={}, device="cpu", started="2024-01-01T00:00:00Z", finished="2024-01-01T01:00:00Z",
+                    wall_train_s=1.0, wall_eval_s=1.0, config=cfg, suite=["clean", "pgd-20", "cw-inf", "adaptive-apgd-10"])
+    accs = {"best": {"clean": 0.9, "pgd-20": 0.6, "cw-inf": 0.5, "adaptive-apgd-10": 0.1},
+            "last": {"clean": 0.8, "pgd-20": 0.4, "cw-inf": 0.3}}
+    store.record_run(run, [ResultRow(ck, a, "accuracy", v) for ck, d in accs.items() for a, v in d.items()], [], [])
+    df = leaderboard.table(store, "digits").set_index("checkpoint")
+    assert df.attrs["avg_attacks"] == ["pgd-20", "cw-inf"]
+    assert df.loc["best", "avg"] == 55.0 and df.loc["last", "avg"] == 35.0  # best's adaptive-apgd-10 is not in it
+    assert df.loc["best", "adaptive-apgd-10"] == 10.0 and np.isnan(df.loc["last", "adaptive-apgd-10"])
