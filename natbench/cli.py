@@ -240,6 +240,7 @@ def eval_(
     db: Optional[str] = DbOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root"),
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
+    force: bool = typer.Option(False, "--force", help="A checkpoint that differs from the recorded one is evaluated as a new model, replacing all its results"),
 ) -> None:
     """Evaluate a finished run again (another suite, or one checkpoint) and add the results; or, with
     --task and --model, an outside model (an external run; evaluating it again adds missing attacks)."""
@@ -270,10 +271,14 @@ def eval_(
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
+    from .integrity import verify
+
+    ok = verify(runner.store, run_id, runner.root / run_id, cks, force=force)  # every file, before any compute
     results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
     if not runner.dist.is_main:  # data-parallel: rank 0 records
         return
-    runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)])
+    runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)],
+                             checkpoints=ok.sha256, replace=ok.replace)
     from .runner import PARTIAL
 
     (runner.root / run_id / PARTIAL).unlink(missing_ok=True)
@@ -322,8 +327,13 @@ def leaderboard(
 
         raise RunError(f"no results store at {store_url(_root(root), db)}; run something first, "
                        f"e.g. natbench run --task digits --defense vanilla")
-    store = Store(store_url(_root(root), db))
+    store = Store(store_url(_root(root), db), readonly=True)  # a reading command never writes the store
     tasks = [task] if task else lb.tasks(store)
+    if write:  # task names become file names under --out
+        from .safety import check_name
+
+        for t in tasks:
+            check_name("--task", t)
     if write:
         for t in tasks:
             for p in lb.write(store, out_dir or _root(root) / "leaderboards", t,
@@ -414,6 +424,10 @@ def report(
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     if max_samples is not None and max_samples < 1:
         raise ConfigError(f"--max-samples {max_samples}: expected a positive number of test samples")
+    from .safety import check_run_id
+
+    for rid in (run_id, *compare):  # before any file is opened
+        check_run_id(rid)
     setup_logging()
     path = build_report(_root(root), run_id, compare, data_root=resolve_data_root(data_root), device=pick_device(device),
                         reporter=RichReporter(), options=ReportOptions(checkpoint=checkpoint, max_samples=max_samples), db=db)
@@ -469,6 +483,8 @@ def fixture(dataset: str = typer.Argument(..., help="Dataset name"),
         raise unknown("fixture dataset", dataset, FIXTURES)
     from .registry import load_target
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file, not a directory; give a directory (it is created if missing)")
     path = load_target(FIXTURES[dataset])(out_dir)
     print(f"wrote {dataset} fixture to {path}", file=sys.stderr)
 
@@ -506,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     except _ABORTS:
         err.print("[red]aborted[/red]")
         return 130
+    except OSError as e:  # a file system refusal (read-only --root, a file where a folder belongs): one line
+        if e.filename is None:
+            raise
+        err.print(f"[red]error:[/red] {e.filename}: {e.strerror or e}; check the path and its permissions, "
+                  f"or use another --root / --out", markup=True, highlight=False)
+        return 2
     except _CLICK_ERRORS as e:
         ctx = getattr(e, "ctx", None)
         if _NoArgsIsHelp and isinstance(e, _NoArgsIsHelp) and ctx is not None:

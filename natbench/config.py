@@ -19,6 +19,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import ConfigError, suggest
+from .ranges import check as check_range
 
 
 # ----------------------------------------------------------------------------------------- YAML
@@ -58,6 +59,8 @@ def load_yaml(path: str | Path) -> dict:
     try:
         with path.open() as f:
             data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file ({e.reason} at byte {e.start}); give a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -142,6 +145,8 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate(where)
+    for key, value in kwargs.items():  # natbench.ranges, after the class's own (more specific) checks
+        check_range(cls, key, value, f"{where}.{key}")
     return obj
 
 

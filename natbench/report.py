@@ -83,7 +83,7 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
     ``db``: the results store URL (default: ``$NATBENCH_DB`` or ``<root>/natbench.sqlite``)."""
     from .registry import get_registry
     from .runner import Reporter, Runner
-    from .store import store_exists, store_url
+    from .store import open_store, store_exists, store_url
 
     opts = options or ReportOptions()
     if opts.checkpoint not in ("best", "last"):
@@ -95,7 +95,7 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
         raise RunError(f"no results store at {store_url(root, db)}; run something first, "
                        f"e.g. natbench run --task digits --defense vanilla")
     runner = Runner(root, data_root, torch.device(device), reporter, reg, db=db)
-    store = runner.store
+    store = runner._store = open_store(root, db, readonly=True)  # a reading command never writes the store
     try:
         ids = list(dict.fromkeys([run_id, *compare]))
         runs = [_load_run(root, store, rid, reg) for rid in ids]

@@ -23,6 +23,8 @@ from . import compose
 from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
 from .errors import CompositionError, DataError, suggest
 from .registry import Registry
+from .preflight import check_model_cfg
+from .safety import check_name
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
@@ -175,6 +177,8 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
         from_dict(kind_params, spec.params, "task.params")
     elif spec.params:
         raise ConfigError(f"task.params: task kind {spec.kind} takes no parameters; drop them")
+    if spec.kind == "classification":  # natbench.models.build; re-id and detection build their own networks
+        check_model_cfg(spec.model, "task.model")  # the architecture exists and fits its settings: no run folder otherwise
     profile = from_dict(ProfileCfg, cfg["training"], "training")
     params = compose.check_params(plan, cfg["defense"]["params"])
     suite = from_dict(SuiteSpec, cfg["suite"], "suite")
@@ -196,7 +200,8 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
             parent = parent.get(key, {})
         parent.pop(path[-1], None)
     h = config_hash(hashed)
-    run_id = f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}"
+    check_name("task", spec.task, "rename 'task:' in the task YAML (it becomes the run's folder name)")
+    run_id = check_name("run id", f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}")
     return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
 
 

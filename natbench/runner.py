@@ -41,6 +41,9 @@ from .distributed import Dist
 from .registry import Registry, get_registry
 from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
+from .integrity import sha256_file, verify
+from .lock import locked_run_dir
+from .safety import atomic_write, load_state, load_torch, load_weights, run_dir as safe_run_dir
 from .checks import SUITE_CHECKS, attack_checks, escalations, model_checks, suite_checks
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ CHECKPOINTS = ("best", "last")
 ESCALATED = "escalated-square"
 #: finished evaluations of a run not yet recorded in the store (deleted once they are)
 PARTIAL = "eval-partial.pt"
+#: the fix named by an unreadable checkpoint's error
+_RETRAIN = "restore the file, or train the run again with: natbench run ... --force"
 
 
 # ------------------------------------------------------------------------------------- progress
@@ -85,15 +90,12 @@ def pick_device(device: str) -> torch.device:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through a unique temporary file (two writers never share one) and a rename."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def git_revision() -> str:
@@ -235,7 +237,12 @@ class Runner:
 
     # --------------------------------------------------------------------------------- run
     def run(self, r: Resolved, *, force: bool = False) -> str:
-        """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists."""
+        """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists; one
+        process at a time per run directory (:mod:`natbench.lock`: a second start waits, then reuses)."""
+        with locked_run_dir(safe_run_dir(self.root, r.run_id), self.dist.is_main, self.reporter.message):
+            return self._run(r, force=force)
+
+    def _run(self, r: Resolved, *, force: bool = False) -> str:
         existing = None
         if self.dist.is_main:
             fresh = self._store is None and not store_exists(self.root, self.db)
@@ -254,7 +261,7 @@ class Runner:
         for component, dep in composite.dependencies():
             model = self.dependency_model(r, dep)
             component.bind(dep.role, model.to(memory_format=torch.channels_last) if channels_last else model)
-        run_dir = self.root / r.run_id
+        run_dir = safe_run_dir(self.root, r.run_id)
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if force:  # from scratch: drop what an earlier attempt left
@@ -266,6 +273,7 @@ class Runner:
         t0 = time.perf_counter()
         history = self.train(r, task, composite, run_dir)
         fast = dict(getattr(self, "_fast", {}))  # before an evaluation dependency trains and replaces it
+        resumed_s = self._resumed_train_s  # training time of earlier (killed) attempts: the cost is their sum
         t1 = time.perf_counter()
         results, flags, checks = self.evaluate(r, task, run_dir)
         t2 = time.perf_counter()
@@ -274,14 +282,15 @@ class Runner:
             config_hash=r.config_hash, git_rev=git_revision(), versions=versions(),
             device=str(self.device) + "".join(f" {k}={v}" for k, v in fast.items()),
             started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            wall_train_s=round(t1 - t0, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
+            wall_train_s=round(t1 - t0 + resumed_s, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
             suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
         )
         if self.dist.is_main:
-            self.store.record_run(record, results, flags, checks)
+            shas = {c: sha256_file(run_dir / f"{c}.pt") for c in CHECKPOINTS}  # what the results were computed from
+            self.store.record_run(record, results, flags, checks, checkpoints=shas)
             (run_dir / PARTIAL).unlink(missing_ok=True)
             atomic_write_text(run_dir / "record.json", json.dumps({
-                **to_dict(record), "history": history, "processes": self.dist.world,
+                **to_dict(record), "history": history, "processes": self.dist.world, "checkpoints_sha256": shas,
                 "fast_path": fast,
                 "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
             }, indent=1, default=str))
@@ -312,7 +321,7 @@ class Runner:
             return dep_task.build_model().to(self.device)
         if evaluated is not None and dep_r.config_hash == r.config_hash:
             self.reporter.message(f"{r.run_id}: its {dep.role} model is the run itself ({dep.checkpoint} checkpoint)")
-            return self.load_model(dep_task, evaluated, dep.checkpoint)
+            return self.load_model(dep_task, evaluated, dep.checkpoint, verified=True)  # checked by the evaluation
         if dep_r.config_hash in (*self._stack, r.config_hash):
             raise CompositionError(f"{r.run_id}: its {dep.role} dependency ({dep_r.defense}) needs itself; "
                                    f"check defense_params / --set of {dep.defense}")
@@ -331,16 +340,19 @@ class Runner:
         if missing:
             self.reporter.message(f"{run_id}: evaluating {', '.join(a.id for a in missing)} (not in its record yet)")
             suite = dataclasses.replace(r.suite, attacks=tuple(missing))
+            ok = verify(self.store, run_id, self.root / run_id, CHECKPOINTS) if self.dist.is_main else None
             results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
             if self.dist.is_main:
-                self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)])
+                self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)],
+                                       checkpoints=ok.sha256)
                 (self.root / run_id / PARTIAL).unlink(missing_ok=True)
             self.dist.barrier()
 
-    def load_model(self, task: Any, run_id: str, checkpoint: str) -> torch.nn.Module:
+    def load_model(self, task: Any, run_id: str, checkpoint: str, verified: bool = False) -> torch.nn.Module:
         model = task.build_model().to(self.device)
-        state = torch.load(self.root / run_id / f"{checkpoint}.pt", map_location=self.device, weights_only=True)
-        model.load_state_dict(state)
+        if not verified and store_exists(self.root, self.db) and self.store.get_run(run_id) is not None:  # a finished run's file
+            verify(self.store, run_id, self.root / run_id, (checkpoint,))
+        load_weights(model, self.root / run_id / f"{checkpoint}.pt", f"run {run_id}: checkpoint", _RETRAIN, self.device)
         return model
 
     # --------------------------------------------------------------------------------- train
@@ -363,13 +375,15 @@ class Runner:
         step_model = torch.compile(model) if fast.get("compile") else model
         state_path = run_dir / "state.pt"
         start, history, best, stopped = 0, [], float("-inf"), False
+        attempt_t0, self._resumed_train_s = time.perf_counter(), 0.0  # earlier attempts' training time (resumed)
         if state_path.exists():
-            state = torch.load(state_path, map_location=self.device, weights_only=True)
+            state = load_state(state_path, r.run_id, self.device)
             if state.get("config_hash") == r.config_hash and state["epoch"] + 1 <= prof.epochs:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 composite.load_state_dict(state.get("components", {}))
                 start, best = state["epoch"] + 1, state["best"]
+                self._resumed_train_s = float(state.get("train_s", 0.0))
                 history = json.loads(state["history"])
                 stopped = bool(state.get("stopped", False))
                 self.reporter.message(f"{r.run_id}: resuming after epoch {start} of {prof.epochs}"
@@ -444,7 +458,8 @@ class Runner:
                 atomic_save(weights, run_dir / "last.pt")
                 atomic_save({"config_hash": r.config_hash, "epoch": epoch, "best": best, "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "components": composite.state_dict(),
-                             "history": json.dumps(history)}, state_path)
+                             "history": json.dumps(history),
+                             "train_s": self._resumed_train_s + time.perf_counter() - attempt_t0}, state_path)
             dist.barrier()  # every rank sees best.pt before the next epoch's "exists" test
             self.reporter.advance(bar, 1, **{k: f"{v:.3f}" for k, v in val.items()})
         self.reporter.stop(bar)
@@ -500,12 +515,13 @@ class Runner:
         partial_path = run_dir / PARTIAL
         dist = self.dist
         dist.barrier()  # rank 0 wrote the checkpoints (and any partial results)
-        partial = dist.broadcast((torch.load(partial_path, weights_only=True) if partial_path.exists() else {})
-                                 if dist.is_main else None)
+        partial = dist.broadcast((load_torch(partial_path, f"run {run_dir.name}: unfinished evaluations",
+                                             "delete the file (those evaluations are computed again)")
+                                  if partial_path.exists() else {}) if dist.is_main else None)
         shard = dist.active and bool(getattr(task, "EVAL_SHARDABLE", False))
         for ckpt in checkpoints:
             if external is None:
-                model.load_state_dict(torch.load(run_dir / f"{ckpt}.pt", map_location=self.device, weights_only=True))
+                load_weights(model, run_dir / f"{ckpt}.pt", f"run {run_dir.name}: checkpoint", _RETRAIN, self.device)
             steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
             black_box = {j.id for j in jobs if j.black_box}
             acc: dict[str, torch.Tensor] = {}
@@ -623,7 +639,7 @@ def run_from_dir(root: Path, run_id: str, registry: Registry) -> Resolved:
     from .config import load_yaml
     from .errors import RunError
 
-    path = Path(root) / run_id / "config.yaml"
+    path = safe_run_dir(root, run_id) / "config.yaml"  # the id is checked before any file is opened
     if not path.is_file():
         raise RunError(f"run '{run_id}': no {path}; list runs with: natbench leaderboard --format csv")
     return from_run_config(registry, load_yaml(path))

@@ -87,6 +87,10 @@ def _metadata():
                    Column("name", Text, nullable=False), Column("passed", Integer, nullable=False),
                    Column("detail", Text, nullable=False))
     Index("checks_run", checks.c.run_id)
+    # sha256 of each checkpoint file the results were computed from (natbench.integrity); a table added
+    # after schema 2 by create_all, so older stores gain it when first opened for writing
+    Table("checkpoints", md, Column("run_id", Text, fk(), nullable=False), Column("checkpoint", Text, nullable=False),
+          Column("sha256", Text, nullable=False), PrimaryKeyConstraint("run_id", "checkpoint"))
     Table("natbench_meta", md, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
     return md
 
@@ -171,22 +175,33 @@ class Store:
     """The results store at ``path_or_url``: a SQLite file path, or a ``postgresql://`` URL.
     Safe to open from several processes (and, with PostgreSQL, from many nodes)."""
 
-    def __init__(self, path_or_url: str | Path):
-        """Open the store, creating the SQLite file's parent directory and the schema if needed."""
+    def __init__(self, path_or_url: str | Path, readonly: bool = False):
+        """Open the store, creating the SQLite file's parent directory and the schema if needed.
+        ``readonly`` (reading commands): a SQLite store is opened read-only and never written
+        (:mod:`natbench.store_guard`); one of an older schema is upgraded first where writable."""
         from sqlalchemy import create_engine, event
+
+        from .store_guard import readonly_creator
 
         target = str(path_or_url)
         self.is_sqlite = "://" not in target
+        self.readonly = readonly and self.is_sqlite
         if self.is_sqlite:
             self.path: Path | str = Path(target)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30})
+            if self.readonly:
+                engine = create_engine("sqlite://", creator=readonly_creator(self.path))
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30})
 
             @event.listens_for(engine, "connect")
             def _on_connect(dbapi_conn, _record):
                 dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA foreign_keys = ON")
+                if self.readonly:
+                    cur.close()
+                    return
                 mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     log.warning("store %s: could not enable WAL (journal_mode=%s)", self.path, mode)
@@ -214,8 +229,12 @@ class Store:
 
     def _init_schema(self) -> None:
         from sqlalchemy import text
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError
 
+        from .store_guard import describe
+
+        if self.readonly:
+            return self._check_readonly()
         try:
             with self._engine.connect() as conn:
                 conn = conn.execution_options(natbench_write=True)
@@ -237,12 +256,38 @@ class Store:
                         conn.execute(text("DELETE FROM natbench_meta WHERE key = 'schema_version'"))
                         conn.execute(text("INSERT INTO natbench_meta (key, value) VALUES ('schema_version', :v)"),
                                      {"v": str(SCHEMA_VERSION)})
-        except OperationalError as e:
+        except DatabaseError as e:
             self._engine.dispose()
-            raise RunError(f"store {self.path}: cannot open it ({str(e.orig).strip().splitlines()[0]})") from None
+            raise describe(self.path, e) from None
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _check_readonly(self) -> None:
+        """A read-only store: its schema version and tables checked, nothing written; an older schema
+        is upgraded by opening it writable once (which fails in one line where it cannot be written)."""
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import DatabaseError
+
+        from .store_guard import describe
+
+        try:
+            with self._engine.connect() as conn:
+                version = self._version(conn)
+                tables = set(inspect(conn).get_table_names())
+        except DatabaseError as e:
+            self._engine.dispose()
+            raise describe(self.path, e) from None
+        if version > SCHEMA_VERSION:
+            self._engine.dispose()
+            raise RunError(f"Store {self.path} has schema version {version}, newer than this natbench "
+                           f"({SCHEMA_VERSION}). Upgrade natbench or use another --root.")
+        if "runs" not in tables:
+            self._engine.dispose()
+            raise describe(self.path, RuntimeError("not a natbench store: no runs table"))
+        if version < SCHEMA_VERSION:
+            self._engine.dispose()
+            self.__init__(self.path)  # an older store: upgraded once (where writable), then read
 
     def _version(self, conn) -> int:
         from sqlalchemy import inspect, text
@@ -269,6 +314,10 @@ class Store:
                         return fn(conn)
             except (IntegrityError, OperationalError, DBAPIError) as e:
                 transient = isinstance(e, (IntegrityError, OperationalError)) or getattr(e.orig, "sqlstate", "") in ("40001", "40P01")
+                if self.is_sqlite and _sqlite_fatal(e):  # damaged file, read-only root: one line, no retry
+                    from .store_guard import describe
+
+                    raise describe(self.path, e) from None
                 if not transient or attempt == WRITE_ATTEMPTS - 1:
                     raise
                 log.info("store %s: write lost a race (%s); retrying", self.path, type(e.orig).__name__)
@@ -277,9 +326,15 @@ class Store:
 
     def _read(self, sql: str, params: dict | None = None) -> list[tuple]:
         from sqlalchemy import text
+        from sqlalchemy.exc import DatabaseError
 
-        with self._engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params or {}).fetchall()]
+        try:
+            with self._engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql), params or {}).fetchall()]
+        except DatabaseError as e:  # a store damaged after it was opened (truncated, overwritten)
+            from .store_guard import describe
+
+            raise describe(self.path, e) from None
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -289,8 +344,10 @@ class Store:
         results: Iterable[ResultRow],
         flags: Iterable[FlagRow],
         checks: Iterable[CheckRow],
+        checkpoints: dict[str, str] | None = None,
     ) -> None:
-        """Write ``run`` (status 'complete') and all its rows in ONE transaction.
+        """Write ``run`` (status 'complete') and all its rows in ONE transaction; ``checkpoints``:
+        checkpoint -> sha256 of the file evaluated.
 
         An existing run with the same ``run_id`` is replaced atomically (its rows are deleted by
         cascade in the same transaction). Rows that repeat a key are refused before anything is
@@ -309,22 +366,26 @@ class Store:
             from sqlalchemy import text
 
             conn.execute(text("DELETE FROM runs WHERE run_id = :r"), {"r": run.run_id})
-            for table in ("results", "flags", "checks"):  # the cascade, spelled out (any back end)
+            for table in ("results", "flags", "checks", "checkpoints"):  # the cascade, spelled out (any back end)
                 conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": run.run_id})
             conn.execute(self._t["runs"].insert(), [run_row])
             self._insert(conn, rows)
+            self._set_checkpoints(conn, run.run_id, checkpoints or {})
 
         self._write(write)
         log.info("store %s: recorded run %s (%d results, %d flags, %d checks)", self.path,
                  run.run_id, *map(len, rows))
 
     def add_results(self, run_id: str, results: Iterable[ResultRow], flags: Iterable[FlagRow],
-                    checks: Iterable[CheckRow], suite: list[str]) -> None:
+                    checks: Iterable[CheckRow], suite: list[str], checkpoints: dict[str, str] | None = None,
+                    replace: Iterable[str] = ()) -> None:
         """Add (or replace) evaluation rows of a complete run in ONE transaction (``natbench eval``).
 
         Rows of the same (checkpoint, attack) are replaced; ``suite`` ids not yet in the run's suite
-        are appended to it, keeping its order.
+        are appended to it, keeping its order. ``replace``: checkpoints whose earlier rows are all
+        dropped (a new evaluation of a changed file, ``eval --force``); ``checkpoints``: their sha256.
         """
+        replace = tuple(replace)
         rows = _rows(run_id, results, flags, checks)
 
         def write(conn) -> None:
@@ -344,10 +405,32 @@ class Store:
                              {"r": run_id, "c": r["checkpoint"], "a": r["attack"]})
             for ckpt in {c["checkpoint"] for c in rows[2]}:
                 conn.execute(text("DELETE FROM checks WHERE run_id=:r AND checkpoint=:c"), {"r": run_id, "c": ckpt})
+            for ckpt in replace:
+                for table in ("results", "flags", "checks"):
+                    conn.execute(text(f"DELETE FROM {table} WHERE run_id=:r AND checkpoint=:c"), {"r": run_id, "c": ckpt})
+            self._set_checkpoints(conn, run_id, checkpoints or {})
             conn.execute(text("UPDATE runs SET suite_json=:s WHERE run_id=:r"), {"s": json.dumps(merged), "r": run_id})
             self._insert(conn, rows)
 
         self._write(write)
+
+    def _set_checkpoints(self, conn, run_id: str, shas: dict[str, str]) -> None:
+        from sqlalchemy import text
+
+        for ckpt, sha in shas.items():
+            conn.execute(text("DELETE FROM checkpoints WHERE run_id=:r AND checkpoint=:c"), {"r": run_id, "c": ckpt})
+            conn.execute(self._t["checkpoints"].insert(), [{"run_id": run_id, "checkpoint": ckpt, "sha256": sha}])
+
+    def checkpoint_sha256(self, run_id: str) -> dict[str, str]:
+        """checkpoint -> sha256 recorded with ``run_id`` (empty for runs recorded before hashes were)."""
+        from sqlalchemy import inspect
+
+        if self.readonly:  # an older store opened read-only may not have the table yet
+            with self._engine.connect() as conn:
+                if not inspect(conn).has_table("checkpoints"):
+                    return {}
+        rows = self._read("SELECT checkpoint, sha256 FROM checkpoints WHERE run_id = :r", {"r": run_id})
+        return dict(rows)
 
     def _insert(self, conn, rows: tuple[list, list, list]) -> None:
         for table, data in zip(("results", "flags", "checks"), rows):
@@ -359,7 +442,7 @@ class Store:
         from sqlalchemy import text
 
         def write(conn) -> int:
-            for table in ("results", "flags", "checks"):
+            for table in ("results", "flags", "checks", "checkpoints"):
                 conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": run_id})
             return conn.execute(text("DELETE FROM runs WHERE run_id = :r"), {"r": run_id}).rowcount
 
@@ -476,9 +559,17 @@ class Store:
         return f"Store({str(self.path)!r})"
 
 
-def open_store(root: str | Path, db: str | None = None) -> Store:
-    """The store of a results root (:func:`store_url`)."""
-    return Store(store_url(root, db))
+def open_store(root: str | Path, db: str | None = None, readonly: bool = False) -> Store:
+    """The store of a results root (:func:`store_url`); ``readonly`` for reading commands."""
+    return Store(store_url(root, db), readonly=readonly)
+
+
+def _sqlite_fatal(e: Exception) -> bool:
+    """A SQLite error that retrying cannot cure (not a lost race)."""
+    from .store_guard import DAMAGED, NOT_WRITABLE
+
+    low = str(getattr(e, "orig", e)).lower()
+    return any(k in low for k in (*DAMAGED, *NOT_WRITABLE))
 
 
 def _rows(run_id: str, results: Iterable[ResultRow], flags: Iterable[FlagRow],

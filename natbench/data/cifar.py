@@ -5,7 +5,9 @@ On-disk format (notes/formats.md Sec. 1; ``torchvision/datasets/cifar.py``; the 
 - ``<root>/cifar-10-batches-py/``: ``data_batch_1`` .. ``data_batch_5``, ``test_batch``,
   ``batches.meta``; ``<root>/cifar-100-python/``: ``train``, ``test``, ``meta``.
 - every file is one pickled ``dict`` (Python-2 cPickles in the real archive, hence
-  ``pickle.load(f, encoding="latin1")``, which also turns their byte-string keys into ``str``);
+  ``pickle.load(f, encoding="latin1")``, which also turns their byte-string keys into ``str``); natbench
+  unpickles them with :class:`natbench.safety.RestrictedUnpickler`, which resolves only numpy's array
+  reconstruction globals, so a crafted file cannot run code;
 - ``data``: ``numpy.uint8`` array ``(N, 3072)``, each row channel-major: 1024 R, 1024 G, 1024 B,
   each a 32x32 image in row-major order, so ``reshape(N, 3, 32, 32)`` is already NCHW;
 - labels: ``labels`` (CIFAR-10, 0..9) or ``fine_labels`` (CIFAR-100, 0..99), lists of N ints;
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safety import restricted_load
 from . import TensorSplits
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,7 @@ def _load(path: Path, spec: _Spec) -> dict:
         raise spec.error(path, "file not found")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = restricted_load(f, encoding="latin1")  # plain data and numpy arrays only: no code runs
     except Exception as e:  # truncated / not a pickle / unknown classes: all a malformed file
         raise spec.error(path, f"not a readable pickle ({type(e).__name__}: {e})".replace("\n", " ")) from e
     if not isinstance(obj, dict):

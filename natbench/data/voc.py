@@ -113,14 +113,18 @@ def _text(node: ET.Element, tag: str, path: Path, default: str | None = None) ->
 
 
 def _parse_xml_tree(path: Path) -> ET.Element:
+    """The root element, parsed without entity expansion (:func:`natbench.safety.parse_xml` refuses a
+    DOCTYPE/ENTITY declaration; real VOC annotations have none)."""
+    from ..safety import UnsafeXML, parse_xml
+
     try:
-        try:  # torchvision uses defusedxml when it is installed; so do we
-            from defusedxml.ElementTree import parse as _parse  # type: ignore[import-not-found]
-        except ImportError:
-            _parse = ET.parse
-        return _parse(path).getroot()
+        return parse_xml(Path(path).read_bytes())
     except FileNotFoundError:
         raise _error(path, "annotation file not found") from None
+    except OSError as e:
+        raise _error(path, f"cannot read it ({e.strerror})") from None
+    except UnsafeXML as e:
+        raise _error(path, f"unsafe XML: {e}") from None
     except ET.ParseError as e:
         raise _error(path, f"malformed XML ({e})") from None
 

@@ -291,11 +291,17 @@ class ClassificationTask:
     def check_data(self) -> None:
         """Read the data now (the file list for file datasets) so missing data fails before training."""
         data = self._data()
+        channels = None
         if self._files is not None:  # decode one image of each split: unreadable files fail now too
             tf = self._transforms()[1]
             for split in ("train", "test"):
                 files, y = data[split]
-                ImageFileLoader(files, y, 1, tf, hint=self._files.hint).load(0)
+                channels = ImageFileLoader(files, y, 1, tf, hint=self._files.hint).load(0).shape[-1]
+        from ..preflight import check_fits_data  # the model fits the data: fails now, not during training
+
+        for split in ("train", "test"):
+            x, y = data[split]
+            check_fits_data(self.spec.model, self.spec.data.dataset, channels if self._files is not None else x.shape[1], y)
 
     def _data(self) -> dict[str, tuple[Any, Tensor]]:
         if self._splits is None:
