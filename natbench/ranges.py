@@ -81,6 +81,7 @@ RANGES: dict[str, dict[str, str]] = {
                                   "n_target_classes": f"[1, {BIG}]"},
     **{f"{_ATT}.autoattack.{c}.Params": {"n_iter": STEPS, "n_target_classes": f"[1, {BIG}]", "n_queries": "[1, 10000000]",
                                          "eot_iter": f"[1, {BIG}]", "bs": "[1, 1000000]"} for c in ("AutoAttack", "AutoAttackRand")},
+    f"{_ATT}.autoattack_original.AutoAttackOriginal.Params": {"bs": "[1, 1000000]"},
     f"{_ATT}.cw.CWInf.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
     f"{_ATT}.dag.DAG.Params": {"steps": STEPS, "gamma": STEP},
     f"{_ATT}.det_cls.DetCls.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
