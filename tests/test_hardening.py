@@ -446,3 +446,75 @@ def test_bad_input(case, tmp_path, template, capsys, monkeypatch):
     assert after == before, f"files changed: {sorted(set(after.items()) ^ set(before.items()))}"
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "abs").exists()
     assert not (tmp_path / "cwd" / "PWNED").exists(), "a pickle payload ran"
+
+
+# ------------------------------------------------------------------------------- integrity of runs
+@pytest.mark.slow
+def test_resumed_run_records_the_sum_of_its_attempts_training_time(tmp_path, monkeypatch):
+    """Attempt 1 trains every epoch and dies in evaluation; attempt 2 resumes (nothing left to train)
+    and evaluates. The recorded training time is both attempts' (before: only the second's, ~0 s)."""
+    from natbench.runner import Runner
+
+    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=2"], suite="smoke")
+    runner = Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg)
+    real = Runner.evaluate
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "evaluate", dies)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(r)
+    state = torch.load(tmp_path / "runs" / r.run_id / "state.pt", weights_only=True)
+    first = state["train_s"]
+    assert first > 0 and state["epoch"] == 1
+    monkeypatch.setattr(Runner, "evaluate", real)
+    Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg).run(r)
+    with Store(tmp_path / "runs" / "natbench.sqlite") as s:
+        recorded = s.get_run(r.run_id).wall_train_s
+    assert first <= recorded < first + 30, (first, recorded)
+
+
+def _run_quick(root: str, out: str) -> None:
+    import json
+    import sys
+
+    from natbench.runner import Reporter, Runner
+
+    class Say(Reporter):
+        def message(self, text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+            with open(out, "a") as f:
+                f.write(json.dumps(text) + "\n")
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=1"], suite="smoke")
+    Runner(Path(root), None, torch.device("cpu"), Say(), reg).run(r)
+
+
+@pytest.mark.slow
+def test_the_same_run_started_twice_trains_once(tmp_path, monkeypatch):
+    """Two processes start the same run together: one trains, the other waits ("running in PID N")
+    and then reuses the finished run."""
+    import json
+    import multiprocessing as mp
+
+    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])  # inherited by the forked children
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_run_quick, args=(str(tmp_path / "runs"), str(tmp_path / f"log{i}.jsonl"))) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+        assert p.exitcode == 0
+    logs = [[json.loads(x) for x in (tmp_path / f"log{i}.jsonl").read_text().splitlines()] for i in range(2)]
+    trained = [any("complete (train" in m for m in log) for log in logs]
+    assert sorted(trained) == [False, True], logs
+    waiter = logs[trained.index(False)]
+    assert any("running in PID" in m for m in waiter) and any("already complete" in m for m in waiter), waiter
+    with Store(tmp_path / "runs" / "natbench.sqlite") as s:
+        assert len(s.runs()) == 1
+    leftovers = [p.name for p in (tmp_path / "runs").rglob("*.tmp")] + [p.name for p in (tmp_path / "runs").rglob(".lock")]
+    assert leftovers == []
