@@ -199,7 +199,7 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
         config = {"external": ext.provenance, "task": r0.config["task"], "suite": to_dict(suite_spec), "n": n,
                   "seed": 0, "eval_batch_size": bs}
         record = RunRecord(run_id=run_id, task=r0.task, defense=ext.provenance["name"], profile=PROFILE, seed=0,
-                           config_hash=h, git_rev=git_revision(), versions=versions(), device=str(runner.device),
+                           config_hash=h, git_rev=git_revision(), versions=versions(), device=_device_column(runner.device),
                            started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                            wall_train_s=0.0, wall_eval_s=wall, config=config, suite=ids)
         db_store.record_run(record, results, flags, checks)
@@ -347,3 +347,11 @@ def leaderboard(task: str, *, root: str | Path | None = None, db: str | None = N
         return lb.table(store, task)
     finally:
         store.close()
+
+
+def _device_column(device: Any) -> str:
+    """The store's device value with the numerics (threads, GPU) of this evaluation (natbench.provenance)."""
+    from .provenance import device_column
+    from .threads import numerics
+
+    return device_column(numerics(device))

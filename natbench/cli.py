@@ -3,9 +3,14 @@
 Exit codes: 0 success; 2 a user error, printed as one red line (what, where, one fix); 1 a bug
 (full traceback). ``--format csv``/``json`` print machine-readable output on stdout and nothing
 else (progress and messages go to stderr).
+
+Start-up is kept fast: this module imports typer and natbench's torch-free modules only; torch,
+pandas, rich's tables and the plugins are imported inside the commands that need them, so
+``--help``, ``--version``, ``list`` and argument errors answer without loading torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -13,8 +18,6 @@ from typing import List, Optional
 
 import click
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .errors import ConfigError, NatbenchError
 
@@ -22,11 +25,80 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="natbench: train a defense, attack it with a suite, compare on a leaderboard.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic fixtures in the real on-disk formats.")
 app.add_typer(data_app, name="data")
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+class _LazyConsole:
+    """rich's stdout Console, created on first use (rich is imported only by commands that print tables)."""
+
+    _console = None
+
+    def __getattr__(self, name: str):
+        if _LazyConsole._console is None:
+            from rich.console import Console
+
+            _LazyConsole._console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+        return getattr(_LazyConsole._console, name)
+
+
+out = _LazyConsole()
+
+
+def Table(*args, **kwargs):  # noqa: N802 - rich.table.Table, imported when a table is printed
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"natbench {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                               help="Print natbench's version and exit")) -> None:
+    """natbench: train a defense, attack it with a suite, compare on a leaderboard."""
 
 RootOpt = typer.Option(None, "--root", help="Results root (default: $NATBENCH_ROOT or ./runs)")
 DbOpt = typer.Option(None, "--db", help="Results store: a postgresql:// URL (default: $NATBENCH_DB, else <root>/natbench.sqlite)")
+ThreadsOpt = typer.Option(None, "--threads", help="torch's intra-op CPU threads (default: $NATBENCH_THREADS, else "
+                         "$OMP_NUM_THREADS, else 1; see NOTES.md). Recorded with every result: CPU numbers are "
+                         "bit-identical only for the same threads, device and torch version")
+SuiteOpt = typer.Option(None, "--suite", help="Attack suite: a name (natbench list suites) or a path to a suite YAML "
+                        "(default: the task's)")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
+DataRootOpt = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)")
 LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "averagers", "attacks", "suites", "task_kinds")
+
+
+def _threads(threads: Optional[int]) -> int:
+    """Validate and apply --threads (natbench.threads) before any work; returns the count."""
+    from .threads import apply
+
+    return apply(threads)
+
+
+def _check_names(reg, task: str, defenses: List[str], suite: Optional[str]) -> None:
+    """Task, suite and defense-component names, checked before torch is imported so that a typo
+    answers at once (resolve() checks everything again, with the same messages)."""
+    from .errors import CompositionError, suggest
+
+    def is_path(x: str) -> bool:
+        return x.endswith((".yaml", ".yml")) or os.sep in x
+
+    if not is_path(task):
+        reg.entry("tasks", task)
+    if suite and not is_path(suite):
+        reg.entry("suites", suite)
+    kinds = ("defenses", "regularizers", "perturbations", "averagers")  # natbench.compose.COMPONENT_KINDS
+    names = sorted(n for k in kinds for n in reg.names(k))
+    for spec in defenses:
+        for n in (x.strip() for x in spec.split("+")):
+            if n and not any(reg.has(k, n) for k in kinds):
+                raise CompositionError(f"Unknown defense '{n}'.{suggest(n, names)} Available: {', '.join(names)}")
 
 
 def _root(root: Optional[Path]) -> Path:
@@ -34,20 +106,41 @@ def _root(root: Optional[Path]) -> Path:
 
 
 @app.command("list")
-def list_(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} (default: all)")) -> None:
-    """List registered plugins as a table."""
+def list_(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)} (default: all)"),
+          name: Optional[str] = typer.Argument(None, help="One entry of KIND: its Params (--set keys, defaults, meaning), "
+                                                         "a suite's attacks or a task's profiles")) -> None:
+    """List registered plugins as a table, or show one entry in detail (natbench list defenses trades)."""
     from .errors import unknown
     from .registry import get_registry
 
     reg = get_registry()
     if kind is not None and kind not in LIST_KINDS:
         raise unknown("list kind", kind, LIST_KINDS)
+    if name is not None:
+        from rich.markup import escape
+
+        from .describe import describe
+
+        for title, cols, rows in describe(reg, kind, name):
+            table = Table(title=title, title_justify="left")
+            for c in cols:
+                table.add_column(c, overflow="fold")
+            for row in rows:
+                table.add_row(*map(escape, row))
+            out.print(table)
+        return
     for k in [kind] if kind else LIST_KINDS:
         table = Table(title=k, title_justify="left")
-        for col in ("name", "target / spec", "alias", "cite"):
+        for col in ("name", "target / spec", "alias", "task kinds", "cite"):
             table.add_column(col, overflow="fold")
         for e in reg.entries(k):
-            table.add_row(e.name, e.target or e.spec or "", e.alias or "", e.cite)
+            if e.source != "builtin" and e.target:  # a plugin's cite and task kinds are class attributes
+                try:
+                    reg.load(k, e.name)
+                    e = reg.entry(k, e.name)
+                except NatbenchError as err:
+                    e = dataclasses.replace(e, cite=f"[red]{err}[/red]")
+            table.add_row(e.name, e.target or e.spec or "", e.alias or "", ", ".join(e.tasks or ()), e.cite)
         out.print(table)
 
 
@@ -79,33 +172,38 @@ def run(
     seed: List[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several runs)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)"),
     sweep: List[str] = typer.Option([], "--sweep", help="Run once per value: key.path=v1,v2,... (repeatable: every combination); one leaderboard row per value"),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's; natbench list suites)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    suite: Optional[str] = SuiteOpt,
+    device: str = DeviceOpt,
     root: Optional[Path] = RootOpt,
     db: Optional[str] = DbOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
-    force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists"),
+    data_root: Optional[str] = DataRootOpt,
+    force: bool = typer.Option(False, "--force", help="Train again from scratch even if an identical run exists "
+                               "(with other numerics -- threads, device, torch -- the new result is kept beside the old)"),
     show: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Print the task's leaderboard at the end"),
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (shorthand for torchrun --nproc-per-node N -m natbench run ...)"),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: SyncBatchNorm, statistics of the global batch (CUDA only)"),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results.
 
     Every --defense x --sweep value x --seed combination is one run; all are checked before the first starts.
     Under torchrun (or with --nproc N) every rank trains on its shard of each batch (see natbench.distributed)."""
     from .registry import get_registry
-    from .resolve import data_root as resolve_data_root, resolve
-    from .runner import Runner, pick_device
-    from .ui import RichReporter, setup_logging
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: expected a number of processes >= 1")
+    reg = get_registry()
+    _check_names(reg, task, defense, suite)
+    _threads(threads)
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _torchrun(nproc)
-    reg = get_registry()
+    from .resolve import data_root as resolve_data_root, resolve
+    from .runner import Runner, pick_device
+    from .ui import RichReporter, setup_logging
+
     combos = [list(set_) + list(extra) for extra in _sweep_sets(sweep)]
     resolved = [resolve(reg, task, d, profile=profile, seed=s, sets=c, suite=suite)
                 for d in defense for c in combos for s in seed]  # all checks first
@@ -132,8 +230,8 @@ def sweep(
     seeds: List[str] = typer.Option(["0"], "--seeds", help="Seeds (comma-separated or repeated)"),
     set_grid: List[str] = typer.Option([], "--set-grid", help="key.path=v1,v2,... (repeatable: every combination)"),
     set_: List[str] = typer.Option([], "--set", help="A fixed override for every cell: key.path=value (repeatable)"),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p"),
-    suite: Optional[str] = typer.Option(None, "--suite"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of every task spec (default: each task's)"),
+    suite: Optional[str] = SuiteOpt,
     executor: str = typer.Option("local", "--executor", help="local | debug | slurm (submitit)"),
     parallel: int = typer.Option(1, "--parallel", help="local: jobs at a time (1 = sequential)"),
     partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
@@ -143,10 +241,11 @@ def sweep(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="slurm: CPUs per job"),
     mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="slurm: memory per job (GB)"),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Job logs (default: <root>/sweep-logs)"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = DeviceOpt,
     root: Optional[Path] = RootOpt,
     db: Optional[str] = DbOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_root: Optional[str] = DataRootOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Run a grid of tasks x defenses x seeds x --set-grid values through submitit.
 
@@ -165,6 +264,7 @@ def sweep(
     except ValueError:
         raise ConfigError(f"--seeds {','.join(seeds)}: expected integers, e.g. --seeds 0,1,2") from None
     reg = get_registry()
+    n_threads = _threads(threads)  # exported: every job (subprocess, slurm) uses the same
     droot = resolve_data_root(data_root)
     rootp = _root(root)
     store = Store(store_url(rootp, db)) if store_exists(rootp, db) else None
@@ -175,7 +275,8 @@ def sweep(
     stages = plan.stages()
     skipped = sum(c.status == "skipped" for c in plan.cells)
     out.print(f"sweep: {len(plan.cells)} runs ({skipped} already complete), "
-              f"{sum(len(st) for st in stages)} to run in {len(stages)} stage(s), executor {executor}")
+              f"{sum(len(st) for st in stages)} to run in {len(stages)} stage(s), executor {executor}, "
+              f"{n_threads} thread(s) per job")
     if stages:
         setup_logging()
         run_sweep(plan, ex, root=rootp, db=db, data_root=str(droot) if droot else None, device=device,
@@ -233,33 +334,36 @@ def eval_(
     weights: Optional[Path] = typer.Option(None, "--weights", help="With --model: a state dict (.pt/.pth with weights_only=True, or .safetensors)"),
     name: Optional[str] = typer.Option(None, "--name", help="With --model: the leaderboard name (default: from the spec)"),
     normalize: str = typer.Option("none", "--normalize", help="With --model: none, or MEAN,STD (per channel: m1,..,mC,s1,..,sC) applied to the [0,1] pixels inside the model"),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Suite to run (default: the run's own)"),
-    checkpoint: str = typer.Option("both", "--checkpoint", help="best | last | both"),
-    device: str = typer.Option("auto", "--device"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Suite to run: a name or a path to a suite YAML (default: the run's own)"),
+    checkpoint: str = typer.Option("both", "--checkpoint", help="best | last | both (the same epoch is evaluated once)"),
+    device: str = DeviceOpt,
     root: Optional[Path] = RootOpt,
     db: Optional[str] = DbOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_root: Optional[str] = DataRootOpt,
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
     force: bool = typer.Option(False, "--force", help="A checkpoint that differs from the recorded one is evaluated as a new model, replacing all its results"),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Evaluate a finished run again (another suite, or one checkpoint) and add the results; or, with
     --task and --model, an outside model (an external run; evaluating it again adds missing attacks)."""
     if model is not None or task is not None:
+        _threads(threads)
         return _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root)
     if run_id is None:
         raise ConfigError("natbench eval: give a RUN_ID, or --task T --model SPEC for an outside model")
     from .config import from_dict
     from .registry import get_registry
-    from .resolve import check_suite, data_root as resolve_data_root, task_kind_cls
+    from .resolve import check_suite, data_root as resolve_data_root, load_suite, task_kind_cls
     from .runner import CHECKPOINTS, Runner, pick_device, run_from_dir
-    from .taskspec import SuiteSpec, load_suite_spec
+    from .taskspec import SuiteSpec
     from .ui import RichReporter, setup_logging
 
     if checkpoint not in (*CHECKPOINTS, "both"):
         raise ConfigError(f"--checkpoint {checkpoint!r}: expected best, last or both")
     reg = get_registry()
+    _threads(threads)
     r = run_from_dir(_root(root), run_id, reg)
-    s = load_suite_spec(reg.entry("suites", suite).spec_path()) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
+    s = load_suite(reg, suite) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
     check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
     setup_logging()
     from .distributed import Dist
@@ -412,6 +516,7 @@ def report(
     root: Optional[Path] = RootOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
     db: Optional[str] = DbOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Write <root>/RUN_ID/report/index.html (self-contained) and its PNGs: training curves, the NAT
     paper's analyses, suite results with sanity flags, provenance."""
@@ -428,6 +533,7 @@ def report(
 
     for rid in (run_id, *compare):  # before any file is opened
         check_run_id(rid)
+    _threads(threads)
     setup_logging()
     path = build_report(_root(root), run_id, compare, data_root=resolve_data_root(data_root), device=pick_device(device),
                         reporter=RichReporter(), options=ReportOptions(checkpoint=checkpoint, max_samples=max_samples), db=db)
@@ -443,11 +549,12 @@ def ablation(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Training profile of the task spec"),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of every run"),
     set_: List[str] = typer.Option([], "--set", help="Other config overrides for every run: key.path=value (repeatable)"),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Attack suite (default: the task's)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    suite: Optional[str] = SuiteOpt,
+    device: str = DeviceOpt,
     root: Optional[Path] = RootOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)"),
+    data_root: Optional[str] = DataRootOpt,
     db: Optional[str] = DbOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Train DEFENSE once per value of PARAM (NAT Fig. 2) and plot best/last clean and robust accuracy
     against it: <root>/ablation-<task>-<param>.png and .csv."""
@@ -458,6 +565,7 @@ def ablation(
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    _threads(threads)
     droot = resolve_data_root(data_root)
     setup_logging()
     res = run_ablation(task, defense, param, values, root=_root(root), data_root=droot, profile=profile, seed=seed,
@@ -508,7 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors -> one red line and exit 2."""
     global _ARGV
     _ARGV = list(sys.argv[1:] if argv is None else argv)
-    err = Console(stderr=True, soft_wrap=True)
+
+    class _Err:  # rich's stderr Console, imported only when there is something to print
+        def print(self, *args, **kwargs) -> None:
+            from rich.console import Console
+
+            Console(stderr=True, soft_wrap=True).print(*args, **kwargs)
+
+    err = _Err()
     try:
         rv = app(args=argv, standalone_mode=False)
         return rv if isinstance(rv, int) else 0

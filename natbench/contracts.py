@@ -10,7 +10,7 @@ imports the runner.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -302,13 +302,4 @@ The runner calls them; a component without them is unaffected.
 """
 
 
-KINDS: Mapping[str, str] = {
-    "task_kinds": "task kind",
-    "tasks": "task",
-    "defenses": "defense",
-    "regularizers": "regularizer",
-    "perturbations": "weight perturbation",
-    "averagers": "weight averager",
-    "attacks": "attack",
-    "suites": "suite",
-}
+from .registry import KINDS  # noqa: E402,F401 - the registry sections, defined there (torch-free)

@@ -6,18 +6,24 @@ registry is filled by import side effects. Task and suite entries point at YAML 
 Third-party packages add plugins through the entry-point groups ``natbench.task_kinds``,
 ``natbench.defenses``, ``natbench.regularizers``, ``natbench.perturbations``, ``natbench.averagers`` and
 ``natbench.attacks`` (value ``"module:attr"``); tasks and suites come from ``natbench.tasks`` and
-``natbench.suites`` (value: a path to the YAML spec).
+``natbench.suites`` (value: a path to the YAML spec). A plugin class may carry ``cite`` (its paper or
+source, shown by ``natbench list``) and ``task_kinds`` (the task kinds it supports, checked when a
+defense is composed) as class attributes; they are read when the plugin is first loaded. A plugin
+whose name is a built-in's (or another plugin's) is refused, and one that fails to import is a user
+error (one line, exit 2), not a traceback.
+
+This module imports neither torch nor any plugin: ``natbench list`` and ``--help`` stay fast.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .contracts import KINDS
 from .errors import ConfigError, unknown
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -26,6 +32,17 @@ SPECS_DIR = PACKAGE_DIR / "specs"
 CODE_KINDS = ("task_kinds", "defenses", "regularizers", "perturbations", "averagers", "attacks")
 SPEC_KINDS = ("tasks", "suites")
 ENTRY_KEYS = {"target", "spec", "cite", "alias", "tasks", "kind"}
+#: registry sections -> the word used in messages (also ``natbench.contracts.KINDS``)
+KINDS: Mapping[str, str] = {
+    "task_kinds": "task kind",
+    "tasks": "task",
+    "defenses": "defense",
+    "regularizers": "regularizer",
+    "perturbations": "weight perturbation",
+    "averagers": "weight averager",
+    "attacks": "attack",
+    "suites": "suite",
+}
 
 
 @dataclass(frozen=True)
@@ -103,8 +120,19 @@ class Registry:
             raise unknown(KINDS[kind], name, self._entries[kind]) from None
 
     def load(self, kind: str, name: str) -> Any:
-        """Import and return the object behind a code entry."""
-        return load_target(self.entry(kind, name).target or "")
+        """Import and return the object behind a code entry. A third-party plugin that fails to
+        import is a user error (ConfigError: one line, exit 2); its ``cite`` and ``task_kinds``
+        class attributes, if any, are copied into its entry."""
+        e = self.entry(kind, name)
+        if e.source == "builtin":
+            return load_target(e.target or "")
+        try:
+            obj = load_target(e.target or "")
+        except Exception as err:  # noqa: BLE001 - whatever a third-party import raises
+            raise ConfigError(f"{KINDS[kind]} plugin '{name}' ({e.target}, {e.source}) failed to import: "
+                              f"{type(err).__name__}: {err}; fix or uninstall the package that provides it") from None
+        self._entries[kind][name] = _with_class_attributes(e, obj)
+        return obj
 
 
 def load_target(target: str) -> Any:
@@ -118,11 +146,32 @@ def load_target(target: str) -> Any:
     return obj
 
 
+def _with_class_attributes(e: Entry, obj: Any) -> Entry:
+    """``e`` with the plugin class's ``cite`` and ``task_kinds`` attributes (when it declares them)."""
+    cite, kinds = getattr(obj, "cite", None), getattr(obj, "task_kinds", None)
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    changes: dict[str, Any] = {}
+    if isinstance(cite, str) and cite.strip():
+        changes["cite"] = cite.strip()
+    if kinds and all(isinstance(k, str) for k in kinds):
+        changes["tasks"] = tuple(kinds)
+    return dataclasses.replace(e, **changes) if changes else e
+
+
 def _add_entry_points(entries: dict[str, dict[str, Entry]]) -> None:
+    """Add the entry-point plugins; a name that is already taken (a built-in, or another plugin with
+    another target) is refused with one line naming both."""
     for kind in KINDS:
         for ep in metadata.entry_points(group=f"natbench.{kind}"):
-            if ep.name in entries[kind]:
-                continue  # built-ins win; a plugin cannot silently replace one
+            have = entries[kind].get(ep.name)
+            if have is not None:
+                if have.source != "builtin" and (have.target or have.spec) == ep.value:
+                    continue  # the same plugin seen twice (e.g. installed as egg-link and dist-info)
+                what = f"the built-in {KINDS[kind]} '{ep.name}' ({have.target or have.spec})" if have.source == "builtin" \
+                    else f"the {KINDS[kind]} plugin '{ep.name}' ({have.target or have.spec}, {have.source})"
+                raise ConfigError(f"{KINDS[kind]} plugin '{ep.name}' ({ep.value}, entry point {ep.group}) has the name of "
+                                  f"{what}; rename the plugin in its package's entry points")
             is_spec = kind in SPEC_KINDS
             entries[kind][ep.name] = Entry(
                 kind=kind, name=ep.name, cite=f"third-party plugin ({ep.value})",

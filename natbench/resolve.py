@@ -70,6 +70,13 @@ def load_task(reg: Registry, task: str) -> TaskSpec:
     return load_task_spec(reg.entry("tasks", task).spec_path())
 
 
+def load_suite(reg: Registry, suite: str) -> SuiteSpec:
+    """A registered suite name, or a path to a suite YAML (``my_suite.yaml``), as ``--task`` takes either."""
+    if suite.endswith((".yaml", ".yml")) or os.sep in suite:
+        return load_suite_spec(Path(suite))
+    return load_suite_spec(reg.entry("suites", suite).spec_path())
+
+
 def task_kind_cls(reg: Registry, spec: TaskSpec) -> type:
     return reg.load("task_kinds", spec.kind)  # an unknown kind raises UnknownNameError (did-you-mean)
 
@@ -89,7 +96,7 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
     pname = profile or spec.default_profile
     if pname not in spec.profiles:
         raise ConfigError(f"--profile '{pname}': task {spec.task} has no such profile.{suggest(pname, spec.profiles)} Available: {', '.join(spec.profiles)}")
-    suite = load_suite_spec(reg.entry("suites", suite or spec.suite).spec_path())
+    suite = load_suite(reg, suite or spec.suite)
     cfg = {
         "task": to_dict(spec),
         "profile": pname,

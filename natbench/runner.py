@@ -45,6 +45,8 @@ from .integrity import sha256_file, verify
 from .lock import locked_run_dir
 from .safety import atomic_write, load_state, load_torch, load_weights, run_dir as safe_run_dir
 from .checks import SUITE_CHECKS, attack_checks, escalations, model_checks, suite_checks
+from . import provenance
+from .threads import numerics
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = ("best", "last")
@@ -243,15 +245,22 @@ class Runner:
             return self._run(r, force=force)
 
     def _run(self, r: Resolved, *, force: bool = False) -> str:
-        existing = None
+        existing, now = None, numerics(self.device)
         if self.dist.is_main:
             fresh = self._store is None and not store_exists(self.root, self.db)
-            existing = None if fresh else self.store.find_complete(r.config_hash)  # no store file for a failed first run
+            existing = None if fresh else provenance.find_existing(self.store, r.config_hash, r.task, now)  # no store file for a failed first run
         existing = self.dist.broadcast(existing)  # every rank takes rank 0's decision
         if existing and not force:
-            self.reporter.message(f"{r.run_id}: already complete (same config); reusing it. Use --force to run again.")
-            self._complete_suite(r, existing)
-            return existing
+            other = "" if existing.same else (f", computed with {provenance.describe(existing.numerics)}; now "
+                                              f"{provenance.describe(now)}; --force adds a result with these")
+            self.reporter.message(f"{existing.run_id}: already complete (same config{other}); reusing it. Use --force to run again.")
+            self._complete_suite(r, existing.run_id)
+            return existing.run_id
+        if existing and (not existing.same or existing.run_id != r.run_id):  # other numerics: a new result, kept beside
+            r = provenance.as_new_result(r, now)
+            if not existing.same:
+                self.reporter.message(f"{r.run_id}: {existing.run_id} was computed with {provenance.describe(existing.numerics)}; "
+                                      f"recording this run ({provenance.describe(now)}) as a separate result")
         task = self.task(r)
         task.check_data()
         if self.device.type == "cpu":
@@ -269,6 +278,7 @@ class Runner:
                     (run_dir / name).unlink(missing_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
         self.dist.barrier()
+        self.reporter.message(f"run {r.run_id} ({provenance.describe(now)}) in {run_dir}")
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         history = self.train(r, task, composite, run_dir)
@@ -280,7 +290,7 @@ class Runner:
         record = RunRecord(
             run_id=r.run_id, task=r.task, defense=r.defense, profile=r.profile_name, seed=r.seed,
             config_hash=r.config_hash, git_rev=git_revision(), versions=versions(),
-            device=str(self.device) + "".join(f" {k}={v}" for k, v in fast.items()),
+            device=provenance.device_column(now, fast),
             started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             wall_train_s=round(t1 - t0 + resumed_s, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
             suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
@@ -291,7 +301,7 @@ class Runner:
             (run_dir / PARTIAL).unlink(missing_ok=True)
             atomic_write_text(run_dir / "record.json", json.dumps({
                 **to_dict(record), "history": history, "processes": self.dist.world, "checkpoints_sha256": shas,
-                "fast_path": fast,
+                "fast_path": fast, "numerics": now,
                 "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
             }, indent=1, default=str))
         self.dist.barrier()
@@ -519,9 +529,18 @@ class Runner:
                                              "delete the file (those evaluations are computed again)")
                                   if partial_path.exists() else {}) if dist.is_main else None)
         shard = dist.active and bool(getattr(task, "EVAL_SHARDABLE", False))
+        evaluated: dict[str, str] = {}  # digest of the weights -> the checkpoint evaluated with them
         for ckpt in checkpoints:
             if external is None:
                 load_weights(model, run_dir / f"{ckpt}.pt", f"run {run_dir.name}: checkpoint", _RETRAIN, self.device)
+                same = evaluated.setdefault(provenance.weights_digest(model.state_dict()), ckpt)
+                if same != ckpt:  # best and last are the same epoch: evaluate once, record for both
+                    self.reporter.message(f"{run_dir.name}: {ckpt} has the weights of {same} (same epoch); "
+                                          f"recording {same}'s results for {ckpt} too")
+                    results += [dataclasses.replace(x, checkpoint=ckpt) for x in results if x.checkpoint == same]
+                    flags += [dataclasses.replace(x, checkpoint=ckpt) for x in flags if x.checkpoint == same]
+                    checks += [dataclasses.replace(x, checkpoint=ckpt) for x in checks if x.checkpoint == same]
+                    continue
             steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
             black_box = {j.id for j in jobs if j.black_box}
             acc: dict[str, torch.Tensor] = {}
@@ -534,6 +553,7 @@ class Runner:
                 key = derive_seed(ckpt, ckpt_sha, job.id, type(job.attack).__name__,
                                   to_dict(job.attack.params) if job.attack is not None else None, job.objective,
                                   task.threat.eps, r.seed, r.profile.eval_batch_size, self.eval_bf16)
+                self.reporter.advance(bar, 0, attack=job.id)  # the progress line names the attack being run
                 done = partial.get(f"{ckpt}/{job.id}")
                 if done is not None and done["key"] == key:
                     out_metrics, correct = done["metrics"], done["correct"]

@@ -144,7 +144,9 @@ class RunJob:
         from .registry import get_registry
         from .resolve import from_run_config
         from .runner import Runner, pick_device
+        from .threads import apply
 
+        apply(None)  # the threads the sweep command exported ($NATBENCH_THREADS)
         reg = get_registry()
         r = from_run_config(reg, self.config)
         runner = Runner(Path(self.root), Path(self.data_root) if self.data_root else None, pick_device(self.device),

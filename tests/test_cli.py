@@ -75,6 +75,9 @@ def _bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str | None]]:
         "leaderboard-no-store": (["leaderboard"], "natbench.sqlite"),
         "leaderboard-bad-format": (["leaderboard", "--format", "xml"], "xml"),
         "list-unknown-kind": (["list", "nosuchkind"], "nosuchkind"),
+        "list-unknown-name": (["list", "defenses", "trade"], "Did you mean: trades"),
+        "threads-zero": ([*run, "--threads", "0"], "--threads 0"),
+        "suite-missing-yaml": ([*run, "--suite", str(tmp / "nosuch.yaml")], "no such config file"),
         "fixture-unknown-dataset": (["data", "fixture", "nosuch", "--out", str(tmp / "fx")], "nosuch"),
     }
 
@@ -85,6 +88,7 @@ BAD_IDS = [
     "set-eps-not-a-number", "set-component-not-composed", "missing-data-root", "unknown-profile", "unknown-suite",
     "bad-device", "negative-seed", "sweep-malformed", "sweep-duplicate-value", "sweep-bad-value", "second-seed-bad-set", "eval-unknown-run", "eval-bad-checkpoint",
     "leaderboard-no-store", "leaderboard-bad-format", "list-unknown-kind", "fixture-unknown-dataset",
+    "list-unknown-name", "threads-zero", "suite-missing-yaml",
 ]
 
 
@@ -242,3 +246,137 @@ def test_leaderboard_write(root, tmp_path, capsys):
     md = (dest / "digits.md").read_text()
     assert "pgd-at" in md and "| defense" in md
     assert "digits.md" in err
+
+
+# ------------------------------------------------------------------------------- start-up, options, plugins
+def test_cli_answers_without_importing_torch():
+    """--help, --version, list and argument errors never import torch (what made them take seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom natbench.cli import main\nassert 'torch' not in sys.modules, 'import natbench.cli'\n"
+            "for argv in (['--help'], ['--version'], ['list'], ['list', 'defenses'], ['run', '--task', 'digits'],\n"
+            "             ['run', '--task', 'digits', '--defense', 'trade'], ['run', '--task', 'digitz', '--defense', 'vanilla']):\n"
+            "    main(argv)\n    assert 'torch' not in sys.modules, argv\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_version(capsys):
+    from natbench import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"natbench {__version__}"
+
+
+def test_every_option_has_help():
+    import typer.main
+
+    from natbench.cli import app
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            yield f"{path} {p.name}", getattr(p, "help", None)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    missing = [where for where, text in walk(typer.main.get_command(app), "natbench") if not (text or "").strip()]
+    assert missing == []
+
+
+def test_list_one_defense_shows_params_defaults_and_comments(capsys):
+    assert main(["list", "defenses", "trades"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if "trades.beta" in ln)
+    assert " 6 " in row and "robust-term weight" in row  # the --set key, its default and its comment
+    assert "Zhang et al." in out
+
+
+def test_list_one_suite_shows_its_attacks(capsys):
+    assert main(["list", "suites", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert [w for w in ("fgsm", "pgd-10", "pgd-20", "pgd-50", "cw-inf") if w in out] == ["fgsm", "pgd-10", "pgd-20", "pgd-50", "cw-inf"]
+    assert "steps=20" in out
+
+
+def test_list_one_task_shows_its_profiles(capsys):
+    assert main(["list", "tasks", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "quick" in out and "default" in out and "training.epochs" in out
+    row = next(ln for ln in out.splitlines() if "training.epochs" in ln)
+    assert " 15 " in row and " 3 " in row  # default and quick profile epochs
+    assert "lr_points" in out and "[[epoch, lr], ...]" in out  # comments are printed literally, not as markup
+
+
+def test_describe_field_comments():
+    from natbench.describe import field_comments
+    from natbench.taskspec import ProfileCfg
+
+    c = field_comments(ProfileCfg)
+    assert c["epochs"] == "training epochs" and c["momentum"] == "SGD momentum"
+
+
+def test_suite_option_takes_a_yaml_path(tmp_path):
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("suite: mine\nattacks:\n  - {id: pgd-3, attack: pgd, params: {steps: 3}}\n")
+    r = resolve(get_registry(), "digits", "vanilla", suite=str(path))
+    assert r.suite.suite == "mine" and [a.id for a in r.suite.attacks] == ["pgd-3"]
+    assert r.run_id == resolve(get_registry(), "digits", "vanilla").run_id  # the suite is not in the run's hash
+
+
+@pytest.fixture
+def plugin_registry(monkeypatch):
+    """Install fake entry points for one test; the process-wide registry is rebuilt around it."""
+    import importlib.metadata
+
+    import natbench.registry as registry_mod
+
+    def install(*eps):
+        def entry_points(*, group=None, **kw):
+            return [ep for ep in eps if group is None or ep.group == group]
+
+        monkeypatch.setattr(registry_mod.metadata, "entry_points", entry_points)
+        registry_mod.get_registry.cache_clear()
+        return importlib.metadata.EntryPoint
+
+    yield install
+    registry_mod.get_registry.cache_clear()
+
+
+def test_run_with_a_plugin_that_fails_to_import_is_one_line(plugin_registry, root, capsys):
+    import importlib.metadata
+
+    plugin_registry(importlib.metadata.EntryPoint(name="broken", value="natbench_no_such_plugin:Defense",
+                                                  group="natbench.defenses"))
+    assert main(["run", "--task", "digits", "--defense", "broken", "--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "failed to import" in err and "natbench_no_such_plugin" in err
+    _no_run_recorded(root)
+
+
+def test_plugin_with_a_builtin_name_fails_check_naming_both(plugin_registry, capsys):
+    import importlib.metadata
+
+    plugin_registry(importlib.metadata.EntryPoint(name="pgd-at", value="mypkg.defense:PGDAT", group="natbench.defenses"))
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mypkg.defense:PGDAT" in err and "natbench.defenses.pgd_at" in err
+
+
+def test_threads_option_and_env(monkeypatch):
+    from natbench import threads
+    from natbench.errors import ConfigError
+
+    for var in (threads.ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert threads.requested(None) == threads.DEFAULT_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.requested(None) == 3
+    monkeypatch.setenv(threads.ENV, "2")
+    assert threads.requested(None) == 2 and threads.requested(5) == 5
+    monkeypatch.setenv(threads.ENV, "two")
+    with pytest.raises(ConfigError, match="NATBENCH_THREADS"):
+        threads.requested(None)

@@ -204,15 +204,73 @@ def test_entry_point_task_spec_is_a_spec(monkeypatch, tmp_path):
     assert e.source == "entry point natbench.tasks"
 
 
-def test_entry_point_cannot_override_builtin(monkeypatch):
+def test_entry_point_with_a_builtin_name_is_refused_naming_both(monkeypatch):
     ep = importlib.metadata.EntryPoint(name="trades", value=f"{__name__}:ThirdPartyDefense",
                                        group="natbench.defenses")
     monkeypatch.setattr(registry_mod.metadata, "entry_points", _fake_entry_points([ep]))
+    with pytest.raises(ConfigError) as ei:
+        Registry.from_file()
+    msg = str(ei.value)
+    assert "\n" not in msg and ei.value.exit_code == 2
+    assert f"{__name__}:ThirdPartyDefense" in msg and "natbench.defenses.trades:TRADES" in msg and "rename" in msg
+
+
+def test_two_plugins_with_one_name_are_refused(monkeypatch):
+    eps = [importlib.metadata.EntryPoint(name="fancy", value=f"{__name__}:ThirdPartyDefense", group="natbench.defenses"),
+           importlib.metadata.EntryPoint(name="fancy", value=f"{__name__}:CitedDefense", group="natbench.defenses")]
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", _fake_entry_points(eps))
+    with pytest.raises(ConfigError, match="ThirdPartyDefense.*CitedDefense|CitedDefense.*ThirdPartyDefense"):
+        Registry.from_file()
+
+
+def test_the_same_plugin_seen_twice_is_one_entry(monkeypatch):
+    ep = importlib.metadata.EntryPoint(name="fancy", value=f"{__name__}:ThirdPartyDefense", group="natbench.defenses")
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", _fake_entry_points([ep, ep]))
+    assert Registry.from_file().entry("defenses", "fancy").target == ep.value
+
+
+def test_plugin_that_fails_to_import_is_a_user_error(monkeypatch):
+    ep = importlib.metadata.EntryPoint(name="broken", value="natbench_no_such_plugin_module:Defense",
+                                       group="natbench.defenses")
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", _fake_entry_points([ep]))
     reg = Registry.from_file()
-    e = reg.entry("defenses", "trades")
-    assert e.source == "builtin"
-    assert e.target == "natbench.defenses.trades:TRADES"
-    assert reg.load("defenses", "trades") is not ThirdPartyDefense
+    with pytest.raises(ConfigError) as ei:
+        reg.load("defenses", "broken")
+    msg = str(ei.value)
+    assert "\n" not in msg and "broken" in msg and "natbench_no_such_plugin_module" in msg and "failed to import" in msg
+
+
+class CitedDefense(ThirdPartyDefense):
+    """A fake third-party defense that declares its citation and task kinds (entry-point test only)."""
+
+    name = "cited"
+    cite = "Doe et al., A Defense, 2031"
+    task_kinds = ("reid",)
+
+
+def test_plugin_class_attributes_give_cite_and_task_kinds(monkeypatch):
+    from natbench import compose
+    from natbench.errors import CompositionError
+
+    ep = importlib.metadata.EntryPoint(name="cited", value=f"{__name__}:CitedDefense", group="natbench.defenses")
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", _fake_entry_points([ep]))
+    reg = Registry.from_file()
+    assert reg.entry("defenses", "cited").cite.startswith("third-party plugin")  # nothing imported yet
+    assert reg.load("defenses", "cited") is CitedDefense
+    e = reg.entry("defenses", "cited")
+    assert e.cite == "Doe et al., A Defense, 2031" and e.tasks == ("reid",)
+    with pytest.raises(CompositionError, match="supports task kinds reid, not classification"):
+        compose.plan("cited", reg, frozenset({"logits"}), "classification")
+
+
+def test_registry_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from natbench.registry import get_registry; get_registry().names('defenses'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_entry_points_disabled(monkeypatch):

@@ -57,7 +57,7 @@ def test_nat_run_records_both_checkpoints_and_dependency(reference, nat_run_id):
     runs = Store(root / "natbench.sqlite").runs()
     assert sorted(runs.defense) == ["pgd-at+nat", "vanilla"]  # the adversary is a recorded vanilla run
     rec = runs.set_index("defense").loc["pgd-at+nat"]
-    assert rec.seed == 0 and rec.git_rev and rec.device == "cpu"
+    assert rec.seed == 0 and rec.git_rev and rec.device == f"cpu threads={torch.get_num_threads()}"
     assert (root / nat_run_id / "config.yaml").is_file() and (root / nat_run_id / "record.json").is_file()
 
 
@@ -152,3 +152,92 @@ def test_missing_cifar_data_is_a_user_error(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "natbench data fixture cifar10" in err[0]
     assert not (tmp_path / "runs" / "natbench.sqlite").exists()  # nothing half-written
+
+
+# ------------------------------------------------------------------------------- provenance, best == last
+def _tiny(seed: int = 3):
+    return resolve(get_registry(), "digits", "vanilla", seed=seed, sets=["training.epochs=1"], suite="smoke")
+
+
+def test_best_equal_to_last_is_evaluated_once_and_recorded_for_both(tmp_path, monkeypatch):
+    import shutil
+
+    import natbench.runner as runner_mod
+    from natbench.runner import PARTIAL
+
+    monkeypatch.setattr(runner_mod, "escalations", lambda *a, **k: [])  # an untrained model fails the checks: no Square here
+    r = _tiny()
+    runner = Runner(tmp_path, None, torch.device("cpu"), registry=get_registry())
+    task = runner.task(r)
+    run_dir = tmp_path / r.run_id
+    run_dir.mkdir()
+    torch.manual_seed(0)
+    weights = task.build_model().state_dict()
+    torch.save(weights, run_dir / "best.pt")
+    torch.save(weights, run_dir / "last.pt")  # same weights, another file (torch names the archive after it)
+    calls: list[str] = []
+    real = type(task).evaluate
+
+    def counting(self, model, loader, attack, **kw):
+        calls.append(type(attack).__name__)
+        return real(self, model, loader, attack, **kw)
+
+    monkeypatch.setattr(type(task), "evaluate", counting)
+    results, flags, checks = runner.evaluate(r, task, run_dir)
+    once = list(calls)
+    assert once[:3] == ["NoneType", "FGSM", "PGD"]  # clean, fgsm, pgd-5 (then the model checks' own attacks)
+    by = {(x.checkpoint, x.attack, x.metric): x.value for x in results}
+    assert {k[0] for k in by} == {"best", "last"}
+    assert {k[1:]: v for k, v in by.items() if k[0] == "best"} == {k[1:]: v for k, v in by.items() if k[0] == "last"}
+    assert sorted((f.checkpoint, f.attack) for f in flags) == sorted((c, a) for c in ("best", "last") for a in ("clean", "fgsm", "pgd-5"))
+    assert {c.name for c in checks if c.checkpoint == "last"} == {c.name for c in checks if c.checkpoint == "best"} != set()
+
+    (run_dir / PARTIAL).unlink()
+    torch.manual_seed(1)
+    torch.save(task.build_model().state_dict(), run_dir / "last.pt")  # other weights: both are evaluated
+    calls.clear()
+    runner.evaluate(r, task, run_dir)
+    assert calls == once * 2  # so with equal weights the suite and the checks ran for one checkpoint only
+
+
+def test_numerics_are_recorded_and_a_rerun_with_other_numerics_is_a_new_result(tmp_path, monkeypatch):
+    import json
+
+    import natbench.runner as runner_mod
+
+    r = _tiny()
+    runner = Runner(tmp_path, None, torch.device("cpu"), registry=get_registry())
+    assert runner.run(r) == r.run_id
+    store = Store(tmp_path / "natbench.sqlite")
+    rec = json.loads((tmp_path / r.run_id / "record.json").read_text())
+    threads_now = torch.get_num_threads()
+    assert rec["numerics"] == {"device": "cpu", "threads": threads_now, "torch": torch.__version__}
+    assert store.get_run(r.run_id).device == f"cpu threads={threads_now}"
+    first = _results(tmp_path, r.run_id)
+
+    real = runner_mod.numerics
+    monkeypatch.setattr(runner_mod, "numerics", lambda device: {**real(device), "threads": 99})
+    assert runner.run(r) == r.run_id  # without --force: the complete run is reused
+    new_id = runner.run(r, force=True)  # other numerics: a new result beside the first, not an overwrite
+    assert new_id.startswith(r.run_id + ".cpu-t99-torch")
+    runs = store.runs().set_index("run_id")
+    assert set(runs.index) == {r.run_id, new_id} and set(runs.config_hash) == {r.config_hash}
+    assert runs.loc[r.run_id, "variant"] == r.variant == "training.epochs=1"
+    assert runs.loc[new_id, "variant"] == f"training.epochs=1 numerics={new_id[len(r.run_id) + 1:]}"
+    assert runs.loc[new_id, "device"] == "cpu threads=99"
+    assert _results(tmp_path, r.run_id) == first and (tmp_path / new_id / "best.pt").is_file()
+    assert runner.run(r) == new_id  # a plain rerun reuses the result with the current numerics
+    assert runner.run(r, force=True) == new_id and len(store.runs()) == 2  # same numerics: replaced
+
+    monkeypatch.setattr(runner_mod, "numerics", real)
+    assert runner.run(r, force=True) == r.run_id and len(store.runs()) == 2
+
+
+def test_run_id_does_not_depend_on_threads(monkeypatch):
+    before = _tiny().run_id
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2 if n != 2 else 1)
+        assert _tiny().run_id == before
+    finally:
+        torch.set_num_threads(n)
