@@ -188,3 +188,15 @@ def test_cli_terminal_table_never_cuts_names_and_folds(tmp_path, capsys, monkeyp
             assert name in text
         assert want in text and (absent is None or absent not in text)
         assert ("headline view" in text) == (columns == "auto")
+
+
+def test_cli_write_to_an_unwritable_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """--write where no folder can be made (read-only root, a file in the way): one line, exit 2."""
+    monkeypatch.delenv("NATBENCH_ROOT", raising=False)
+    root = tmp_path / "runs"
+    with Store(root / "natbench.sqlite") as s:
+        add(s, "a", "pgd-at", 0, {"best": {"clean": 0.9, "pgd-20": 0.5}})
+    (tmp_path / "afile").write_text("x")
+    assert main(["leaderboard", "--write", "--out", str(tmp_path / "afile" / "lb"), "--root", str(root), "-f", "csv"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "--out" in err
