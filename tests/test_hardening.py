@@ -264,6 +264,8 @@ CASES: dict[str, Case] = {
                         "VOC", setup=lambda c: (c.tmp / "data").mkdir()),
     "voc-entity-bomb": Case(lambda c: ["run", "--task", "voc_detection", "--defense", "vanilla", "--profile", "quick",
                                        "--data-root", str(c.tmp / "data")], "unsafe XML", setup=lambda c: _voc_bomb(c)),
+    "voc-decompression-bomb": Case(lambda c: ["run", "--task", "voc_detection", "--defense", "vanilla", "--profile", "quick",
+                                              "--data-root", str(c.tmp / "data")], "decompression bomb", setup=lambda c: _voc_bomb(c, image=True)),
     # ---- eval / report / leaderboard arguments
     "eval-unknown-run": Case(["eval", "no-such-run"], "no-such-run"),
     "eval-bad-checkpoint": Case(["eval", "no-such-run", "--checkpoint", "middle"], "middle"),
@@ -334,10 +336,16 @@ def _cifar(c: Ctx, how: str) -> None:
         batch.write_bytes(pickle.dumps({"pixels": [1, 2], "labels": [0]}, protocol=2))
 
 
-def _voc_bomb(c: Ctx) -> None:
+def _voc_bomb(c: Ctx, image: bool = False) -> None:
     from natbench.data import voc
 
     voc.write_voc_fixture(c.tmp / "data")
+    if image:  # every image's header claims 30000 x 30000 pixels
+        from test_safety import _bomb
+
+        for p in (c.tmp / "data").rglob("JPEGImages/*.jpg"):
+            _bomb(p)
+        return
     ann = sorted((c.tmp / "data").rglob("Annotations/*.xml"))[0]
     ann.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "bbbbbbbbbb"><!ENTITY c "&b;&b;&b;&b;&b;&b;">]>'
                    "<annotation><filename>&c;</filename></annotation>")
@@ -439,9 +447,11 @@ def test_bad_input(case, tmp_path, template, capsys, monkeypatch):
     assert rc == 2, f"exit code {rc}; stderr:\n{err}"
     assert out == "", f"stdout must stay empty on a user error, got:\n{out}"
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected ONE line on stderr, got:\n{err}"
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    assert c.needle in lines[0], lines[0]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    # ONE error line, the last thing printed (progress logs of the data read before it may precede it)
+    assert len(errors) == 1 and lines[-1] == errors[0], f"expected ONE error line on stderr, got:\n{err}"
+    assert "Traceback" not in err and not any("WARNING" in ln or "ERROR" in ln for ln in lines), err
+    assert c.needle in errors[0], errors[0]
     after = _snapshot(tmp_path)
     assert after == before, f"files changed: {sorted(set(after.items()) ^ set(before.items()))}"
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "abs").exists()

@@ -198,3 +198,28 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+# ------------------------------------------------------------------------------------ images
+def _bomb(path: Path) -> Path:
+    """A tiny PNG whose header claims 30000 x 30000 pixels (PIL refuses to decode it)."""
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_loaders_refuse_decompression_bombs(tmp_path):
+    from natbench.tasks.classification import ImageFileLoader
+    from natbench.tasks.reid import ReIDLoader
+
+    bomb = _bomb(tmp_path / "x.jpg")
+    with pytest.raises(DataError, match="not a readable image.*decompression bomb"):
+        ImageFileLoader([bomb], torch.zeros(1, dtype=torch.long), 1, None).load(0)
+    with pytest.raises(DataError, match="not a readable image.*decompression bomb"):
+        ReIDLoader([(bomb, 1, 1)], 1, None, "query").load(0)

@@ -185,7 +185,7 @@ class Imagenet100Folder(Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        except (OSError, Image.DecompressionBombError) as e:  # PIL's UnidentifiedImageError is an OSError
             raise _error(path, f"not a readable image ({e})".replace("\n", " ")) from e
         return self.transform(img), y
 

@@ -147,7 +147,7 @@ def parse_annotation(path: Path, image: Path | None = None) -> tuple[int, int, n
         try:
             with Image.open(image) as im:
                 w, h = im.size
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # also a decompression bomb
             raise _error(image, f"not a readable image ({e})") from None
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):

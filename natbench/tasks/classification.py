@@ -228,7 +228,7 @@ class ImageFileLoader:
         try:
             with Image.open(path) as im:
                 return np.asarray(self.transform.apply(im, None if u is None else u.tolist()), dtype=np.uint8)
-        except OSError as e:  # missing file, PIL's UnidentifiedImageError, truncated JPEG
+        except (OSError, Image.DecompressionBombError) as e:  # missing file, PIL's UnidentifiedImageError, truncated JPEG
             raise DataError(f"{path}: not a readable image ({e}). {self.hint}".replace("\n", " ").strip()) from e
 
     def __iter__(self) -> Iterator[Batch]:

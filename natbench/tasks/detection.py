@@ -301,7 +301,7 @@ class VOCLoader:
         try:
             with Image.open(item.path) as im:
                 im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # also a decompression bomb
             raise DataError(f"PASCAL VOC {item.path}: not a readable image ({e}). {self.hint}".replace("\n", " ")) from e
         if flip:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)

@@ -422,7 +422,7 @@ class ReIDLoader:
         try:
             with Image.open(path) as im:
                 return np.asarray(self.transform.apply(im, None if u is None else u.tolist()), dtype=np.uint8)
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # also a decompression bomb
             raise DataError(f"{path}: not a readable image ({e}). {self.hint}".replace("\n", " ").strip()) from e
 
     def __iter__(self) -> Iterator[Batch]:
