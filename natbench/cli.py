@@ -374,6 +374,7 @@ def eval_(
         from .errors import RunError
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
+    _note_numerics(runner, run_id)
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
     from .integrity import verify
 
@@ -387,6 +388,18 @@ def eval_(
 
     (runner.root / run_id / PARTIAL).unlink(missing_ok=True)
     _print_leaderboard(runner.store, r.task, "table")
+
+
+def _note_numerics(runner, run_id: str) -> None:
+    """Say so when ``eval`` computes with other numerics (device, threads, torch) than the run recorded."""
+    from . import provenance
+    from .threads import numerics
+
+    rec, now = runner.store.get_run(run_id), numerics(runner.device)
+    was = provenance.from_row(rec.device, rec.versions)
+    if provenance.key(was) != provenance.key(now):
+        runner.reporter.message(f"{run_id}: recorded with {provenance.describe(was)}; these results are computed with "
+                                f"{provenance.describe(now)} (bit-identical only with the same; --threads)")
 
 
 def _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root) -> None:

@@ -122,3 +122,8 @@ def weights_digest(state: dict[str, Any]) -> str:
             h.update(repr(v).encode())
     return h.hexdigest()
 
+
+
+def numerics_label(stored_variant: str) -> str:
+    """The ``numerics=<tag>`` word of a stored leaderboard variant ("" for a run's first result)."""
+    return next((w for w in (stored_variant or "").split() if w.startswith("numerics=")), "")

@@ -4,12 +4,22 @@ The thread count changes how torch splits its reductions, so on CPU results are 
 for the same thread count (and device, and torch version). It is therefore recorded with every
 run (:func:`numerics`) -- but it is *not* part of the provenance hash: run ids stay what they were.
 
-Default: :data:`DEFAULT_THREADS`, chosen from ``benchmarks/threads.py`` (NOTES.md has the figures):
-on an idle 2-core machine 2 threads trained digits PGD-AT 1.28x faster than 1 thread, but with one
-CPU-burning process per core in the background, 2 threads were several times slower than 1
-(OpenMP's worker threads spin while they wait for a core). One thread is never far from the best
-and never catastrophic, so it is the default; ``--threads N`` (or ``$NATBENCH_THREADS``) opts in to
-more on a machine of one's own. ``$OMP_NUM_THREADS``, when set, is honoured before the default.
+Default: :data:`DEFAULT_THREADS` = 1, chosen from ``benchmarks/threads.py`` (30 PGD-AT steps on
+digits, batch 64, medians of 3 fresh processes; 2-core machine shared with other users):
+
+=========================  ========  =========  ===================================
+machine                    1 thread  2 threads  2 threads, ``OMP_WAIT_POLICY=PASSIVE``
+=========================  ========  =========  ===================================
+quiet (load 0.8-2)         4.91 s    3.84 s     5.05 s
+busy (load ~12, 2 burners) 56.9 s    620.6 s    22.9 s
+=========================  ========  =========  ===================================
+
+All cores win 22 % on an idle machine and lose 11x on a busy one (OpenMP's workers spin while they
+wait for a core). Passive waiting removes the catastrophe but also the idle gain, and its busy-machine
+"gain" is CPU share taken from the other users. One thread is never catastrophic, and it keeps the
+default numbers independent of how many cores a machine has (threads change CPU results), so it is
+the default; ``--threads N`` (or ``$NATBENCH_THREADS``) opts in to more on a machine of one's
+own. ``$OMP_NUM_THREADS``, when set, is honoured before the default.
 """
 from __future__ import annotations
 

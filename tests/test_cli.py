@@ -2,6 +2,7 @@
 user error, stdout hygiene and leaderboards from a hand-filled store. No training."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -380,3 +381,24 @@ def test_threads_option_and_env(monkeypatch):
     monkeypatch.setenv(threads.ENV, "two")
     with pytest.raises(ConfigError, match="NATBENCH_THREADS"):
         threads.requested(None)
+
+
+def test_eval_says_when_its_numerics_differ_from_the_run():
+    import types
+
+    import torch
+
+    from natbench.cli import _note_numerics
+
+    said: list[str] = []
+    rec = RunRecord(run_id="r", task="digits", defense="vanilla", profile="default", seed=0, config_hash="h",
+                    git_rev="x", versions={"torch": torch.__version__}, device="cpu threads=77", started="", finished="",
+                    wall_train_s=0.0, wall_eval_s=0.0)
+    runner = types.SimpleNamespace(store=types.SimpleNamespace(get_run=lambda rid: rec), device=torch.device("cpu"),
+                                   reporter=types.SimpleNamespace(message=said.append))
+    _note_numerics(runner, "r")
+    assert len(said) == 1 and "77 thread(s)" in said[0] and f"{torch.get_num_threads()} thread(s)" in said[0]
+    said.clear()
+    rec = dataclasses.replace(rec, device=f"cpu threads={torch.get_num_threads()}")
+    _note_numerics(runner, "r")
+    assert said == []

@@ -13,7 +13,7 @@ import torch
 
 from natbench.registry import get_registry
 from natbench.resolve import resolve
-from natbench.runner import Runner
+from natbench.runner import Reporter, Runner
 from natbench.store import Store
 
 pytestmark = pytest.mark.slow
@@ -159,6 +159,26 @@ def _tiny(seed: int = 3):
     return resolve(get_registry(), "digits", "vanilla", seed=seed, sets=["training.epochs=1"], suite="smoke")
 
 
+class _Recorder(Reporter):
+    """A reporter that remembers its bars, the attacks named and the batches advanced, and messages."""
+
+    def __init__(self):
+        self.bars, self.attacks, self.messages, self.batches = [], [], [], 0
+
+    def start(self, description, total):
+        self.bars.append(description)
+        return description
+
+    def advance(self, handle, n=1, **info):
+        if "attack" in info:
+            self.attacks.append(info["attack"])
+        if handle.startswith("eval"):
+            self.batches += n
+
+    def message(self, text):
+        self.messages.append(text)
+
+
 def test_best_equal_to_last_is_evaluated_once_and_recorded_for_both(tmp_path, monkeypatch):
     import shutil
 
@@ -167,7 +187,8 @@ def test_best_equal_to_last_is_evaluated_once_and_recorded_for_both(tmp_path, mo
 
     monkeypatch.setattr(runner_mod, "escalations", lambda *a, **k: [])  # an untrained model fails the checks: no Square here
     r = _tiny()
-    runner = Runner(tmp_path, None, torch.device("cpu"), registry=get_registry())
+    rep = _Recorder()
+    runner = Runner(tmp_path, None, torch.device("cpu"), rep, registry=get_registry())
     task = runner.task(r)
     run_dir = tmp_path / r.run_id
     run_dir.mkdir()
@@ -185,6 +206,9 @@ def test_best_equal_to_last_is_evaluated_once_and_recorded_for_both(tmp_path, mo
     monkeypatch.setattr(type(task), "evaluate", counting)
     results, flags, checks = runner.evaluate(r, task, run_dir)
     once = list(calls)
+    assert [d for d in rep.bars if d.startswith("eval")] == ["eval vanilla [best]"]  # the progress names the checkpoint
+    assert rep.attacks == ["clean", "fgsm", "pgd-5"]  # ... and the attack it is running
+    assert rep.batches >= 3 * 1  # advanced per test batch (digits: 1 batch of 360)
     assert once[:3] == ["NoneType", "FGSM", "PGD"]  # clean, fgsm, pgd-5 (then the model checks' own attacks)
     by = {(x.checkpoint, x.attack, x.metric): x.value for x in results}
     assert {k[0] for k in by} == {"best", "last"}
@@ -206,8 +230,10 @@ def test_numerics_are_recorded_and_a_rerun_with_other_numerics_is_a_new_result(t
     import natbench.runner as runner_mod
 
     r = _tiny()
-    runner = Runner(tmp_path, None, torch.device("cpu"), registry=get_registry())
+    rep = _Recorder()
+    runner = Runner(tmp_path, None, torch.device("cpu"), rep, registry=get_registry())
     assert runner.run(r) == r.run_id
+    assert any(m.startswith(f"run {r.run_id} (cpu, ") and m.endswith(str(tmp_path / r.run_id)) for m in rep.messages)
     store = Store(tmp_path / "natbench.sqlite")
     rec = json.loads((tmp_path / r.run_id / "record.json").read_text())
     threads_now = torch.get_num_threads()
