@@ -109,10 +109,15 @@ def _context(store, task: str, profile: str | None) -> _Context:
         if runs.empty:
             raise RunError(f"No results for task '{task}' with profile '{profile}' in {store.path}. "
                            f"Run: natbench run --task {task} --defense vanilla --profile {profile}")
+    from .provenance import numerics_label, with_numerics
+
+    # re-runs of an identical config count once; a result computed under other numerics (a --force
+    # rerun with other threads/device/torch: natbench.provenance) is its own row, "numerics=<tag>"
+    runs = runs.assign(_numerics=[numerics_label(v) for v in runs["variant"]])
     runs = (runs.sort_values(["finished", "run_id"])
-            .drop_duplicates("config_hash", keep="last"))  # re-runs of an identical config count once
+            .drop_duplicates(["config_hash", "_numerics"], keep="last"))
     info = run_info(store, runs)
-    runs = runs.assign(variant=[info[r].variant for r in runs["run_id"]],
+    runs = runs.assign(variant=[with_numerics(info[r].variant, n) for r, n in zip(runs["run_id"], runs["_numerics"])],
                        _ident=[info[r].ident for r in runs["run_id"]])
     # two identities under one (defense, profile, variant) text (e.g. a spec file under a name that is
     # not registered): each gets its identity in the variant, so they are never averaged together

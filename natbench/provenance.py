@@ -127,3 +127,10 @@ def weights_digest(state: dict[str, Any]) -> str:
 def numerics_label(stored_variant: str) -> str:
     """The ``numerics=<tag>`` word of a stored leaderboard variant ("" for a run's first result)."""
     return next((w for w in (stored_variant or "").split() if w.startswith("numerics=")), "")
+
+
+def with_numerics(variant: str, label: str) -> str:
+    """``variant`` with the ``numerics=<tag>`` word ``label`` appended (once)."""
+    if not label or label in variant.split():
+        return variant
+    return " ".join(x for x in (variant, label) if x)

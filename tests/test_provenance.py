@@ -42,3 +42,28 @@ def test_numerics_reports_the_current_threads():
         assert numerics(torch.device("cpu")) == {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__}
     finally:
         torch.set_num_threads(n)
+
+
+def test_leaderboard_shows_a_rerun_with_other_numerics_as_its_own_row(tmp_path):
+    from natbench import leaderboard as lb
+    from natbench.store import FlagRow, ResultRow, RunRecord, Store
+
+    import numpy as np
+
+    store = Store(tmp_path / "natbench.sqlite")
+
+    def record(run_id, variant, device, finished, acc):
+        rec = RunRecord(run_id=run_id, task="digits", defense="pgd-at", profile="default", seed=0, config_hash="h" * 64,
+                        git_rev="x", versions={"torch": "2.6.0"}, device=device, started=finished, finished=finished,
+                        wall_train_s=1.0, wall_eval_s=1.0, suite=["clean", "pgd-20"], variant=variant)
+        rows = [ResultRow(c, a, "accuracy", acc) for c in ("best", "last") for a in ("clean", "pgd-20")]
+        flags = [FlagRow(c, a, np.ones(10, bool)) for c in ("best", "last") for a in ("clean", "pgd-20")]
+        store.record_run(rec, rows, flags, [])
+
+    record("digits-pgd-at-s0-hhhhhhhh", "", "cpu threads=1", "2026-01-01T00:00:00", 0.5)
+    record("digits-pgd-at-s0-hhhhhhhh.cpu-t2-torch2.6.0", "numerics=cpu-t2-torch2.6.0", "cpu threads=2",
+           "2026-01-02T00:00:00", 0.6)
+    df = lb.table(store, "digits")
+    best = df[df["checkpoint"] == "best"]
+    assert sorted(best["variant"]) == ["", "numerics=cpu-t2-torch2.6.0"]  # two rows, never one row of "2 seeds"
+    assert set(best["seeds"]) == {1}
