@@ -374,11 +374,11 @@ def eval_(
         from .errors import RunError
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
-    _note_numerics(runner, run_id)
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
     from .integrity import verify
 
     ok = verify(runner.store, run_id, runner.root / run_id, cks, force=force)  # every file, before any compute
+    _note_numerics(runner, run_id)
     results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
     if not runner.dist.is_main:  # data-parallel: rank 0 records
         return
