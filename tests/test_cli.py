@@ -402,3 +402,32 @@ def test_eval_says_when_its_numerics_differ_from_the_run():
     rec = dataclasses.replace(rec, device=f"cpu threads={torch.get_num_threads()}")
     _note_numerics(runner, "r")
     assert said == []
+
+
+def _all_entries():
+    from natbench.registry import get_registry
+
+    reg = get_registry()
+    return [(k, n) for k in reg.kinds() for n in reg.names(k)]
+
+
+@pytest.mark.parametrize(("kind", "name"), _all_entries(), ids=[f"{k}/{n}" for k, n in _all_entries()])
+def test_list_kind_name_describes_every_entry(kind, name):
+    """Every registry entry can be shown by `natbench list KIND NAME`; a code plugin's table lists
+    each Params field once, with its comment (every field has one: the house style)."""
+    import dataclasses
+
+    from natbench.describe import describe
+    from natbench.registry import get_registry
+
+    reg = get_registry()
+    tables = describe(reg, kind, name)
+    assert tables[0][2][0] == ["source", "builtin"]
+    if kind in ("tasks", "suites"):
+        assert tables[-1][2], "a task's profiles / a suite's attacks"
+        return
+    params = getattr(reg.load(kind, name), "Params", None)
+    if params is not None and dataclasses.is_dataclass(params):
+        rows = tables[-1][2]
+        assert [r[0].rsplit(".", 1)[-1] for r in rows] == [f.name for f in dataclasses.fields(params)]
+        assert all(r[2] for r in rows), [r[0] for r in rows if not r[2]]
