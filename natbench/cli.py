@@ -184,6 +184,8 @@ def run(
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (shorthand for torchrun --nproc-per-node N -m natbench run ...)"),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Data-parallel: SyncBatchNorm, statistics of the global batch (CUDA only)"),
     threads: Optional[int] = ThreadsOpt,
+    dependency_eval: bool = typer.Option(True, "--dependency-eval/--no-dependency-eval",
+                                         help="Evaluate dependency runs (a NAT adversary, a transfer surrogate) after the run that needs them"),
 ) -> None:
     """Train TASK with DEFENSE (dependencies first), evaluate its attack suite, record the results.
 
@@ -212,7 +214,7 @@ def run(
     from .distributed import Dist
 
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db,
-                    dist=_quiet_unless_main(Dist.from_env(device)), sync_bn=sync_bn)
+                    dist=_quiet_unless_main(Dist.from_env(device)), sync_bn=sync_bn, dependency_eval=dependency_eval)
     for r in resolved:
         runner.run(r, force=force)
     if show and runner.dist.is_main:

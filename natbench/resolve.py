@@ -29,7 +29,8 @@ from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_tas
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
 #: config paths left out of the provenance hash and of variants: they cannot change a result
-NOT_HASHED = (("task", "data", "num_workers"), ("training", "gpu_resident"), ("training", "compile"))
+NOT_HASHED = (("task", "data", "num_workers"), ("training", "gpu_resident"), ("training", "compile"),
+              ("training", "suite"))  # the profile's default suite says what to evaluate, as --suite
 #: objective kind built by the runner from the run's composition (adaptive attacks), not by the task
 DEFENSE_OBJECTIVE = "defense"
 #: task fields that choose *what* runs; they have their own options (or cannot change per run)
@@ -96,7 +97,7 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
     pname = profile or spec.default_profile
     if pname not in spec.profiles:
         raise ConfigError(f"--profile '{pname}': task {spec.task} has no such profile.{suggest(pname, spec.profiles)} Available: {', '.join(spec.profiles)}")
-    suite = load_suite(reg, suite or spec.suite)
+    suite = load_suite(reg, suite or spec.profiles[pname].suite or spec.suite)
     cfg = {
         "task": to_dict(spec),
         "profile": pname,

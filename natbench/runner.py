@@ -209,6 +209,7 @@ class Runner:
     db: str | None = None  # results store URL (PostgreSQL); None: $NATBENCH_DB or <root>/natbench.sqlite
     dist: Dist = field(default_factory=Dist)  # data-parallel process group (torchrun); one process by default
     sync_bn: bool = False  # data-parallel: SyncBatchNorm (global-batch statistics; CUDA only)
+    dependency_eval: bool = True  # evaluate dependency runs (after their dependent's evaluation); --no-dependency-eval
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -227,6 +228,7 @@ class Runner:
         self.registry = self.registry or get_registry()
         self._store: Store | None = None
         self._stack: list[str] = []  # config hashes of the runs waiting for a dependency (cycle guard)
+        self._deferred: list[tuple[Resolved, str, str]] = []  # dependency runs to evaluate last (r, run id, dependent)
 
     @property
     def store(self) -> Store:
@@ -238,13 +240,16 @@ class Runner:
         return task_kind_cls(self.registry, r.spec)(r.spec, self.data_root)
 
     # --------------------------------------------------------------------------------- run
-    def run(self, r: Resolved, *, force: bool = False) -> str:
+    def run(self, r: Resolved, *, force: bool = False, dependent: str | None = None) -> str:
         """Train and evaluate ``r`` (dependencies first) unless a complete identical run exists; one
-        process at a time per run directory (:mod:`natbench.lock`: a second start waits, then reuses)."""
-        with locked_run_dir(safe_run_dir(self.root, r.run_id), self.dist.is_main, self.reporter.message):
-            return self._run(r, force=force)
+        process at a time per run directory (:mod:`natbench.lock`: a second start waits, then reuses).
 
-    def _run(self, r: Resolved, *, force: bool = False) -> str:
+        A dependency run (``dependent``: the run waiting for its checkpoint) is trained and handed
+        on at once; its own evaluation runs after the outermost run's (:meth:`_evaluate_deferred`)."""
+        with locked_run_dir(safe_run_dir(self.root, r.run_id), self.dist.is_main, self.reporter.message):
+            return self._run(r, force=force, dependent=dependent)
+
+    def _run(self, r: Resolved, *, force: bool = False, dependent: str | None = None) -> str:
         existing, now = None, numerics(self.device)
         if self.dist.is_main:
             fresh = self._store is None and not store_exists(self.root, self.db)
@@ -254,7 +259,11 @@ class Runner:
             other = "" if existing.same else (f", computed with {provenance.describe(existing.numerics)}; now "
                                               f"{provenance.describe(now)}; --force adds a result with these")
             self.reporter.message(f"{existing.run_id}: already complete (same config{other}); reusing it. Use --force to run again.")
-            self._complete_suite(r, existing.run_id)
+            if dependent is not None:
+                self._deferred.append((r, existing.run_id, dependent))
+            else:
+                self._complete_suite(r, existing.run_id)
+                self._evaluate_deferred()
             return existing.run_id
         if existing and (not existing.same or existing.run_id != r.run_id):  # other numerics: a new result, kept beside
             r = provenance.as_new_result(r, now)
@@ -285,7 +294,10 @@ class Runner:
         fast = dict(getattr(self, "_fast", {}))  # before an evaluation dependency trains and replaces it
         resumed_s = self._resumed_train_s  # training time of earlier (killed) attempts: the cost is their sum
         t1 = time.perf_counter()
-        results, flags, checks = self.evaluate(r, task, run_dir)
+        if dependent is not None:  # hand the checkpoint on now; evaluated after the dependent
+            results, flags, checks = [], [], []
+        else:
+            results, flags, checks = self.evaluate(r, task, run_dir)
         t2 = time.perf_counter()
         record = RunRecord(
             run_id=r.run_id, task=r.task, defense=r.defense, profile=r.profile_name, seed=r.seed,
@@ -293,7 +305,7 @@ class Runner:
             device=provenance.device_column(now, fast),
             started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             wall_train_s=round(t1 - t0 + resumed_s, 3), wall_eval_s=round(t2 - t1, 3), config=r.config,
-            suite=["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
+            suite=[] if dependent is not None else ["clean", *(a.id for a in r.suite.attacks)], variant=r.variant,
         )
         if self.dist.is_main:
             shas = {c: sha256_file(run_dir / f"{c}.pt") for c in CHECKPOINTS}  # what the results were computed from
@@ -305,8 +317,28 @@ class Runner:
                 "results": [to_dict(x) for x in results], "checks": [to_dict(x) for x in checks],
             }, indent=1, default=str))
         self.dist.barrier()
+        if dependent is not None:
+            self._deferred.append((r, r.run_id, dependent))
+            self.reporter.message(f"{r.run_id}: trained in {t1 - t0:.1f}s; checkpoint handed on to {dependent}, "
+                                  f"its own evaluation runs after {dependent}'s")
+            return r.run_id
         self.reporter.message(f"{r.run_id}: complete (train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s)")
+        self._evaluate_deferred()
         return r.run_id
+
+    def _evaluate_deferred(self) -> None:
+        """Evaluate the dependency runs trained (or reused) for the runs just finished, unless
+        ``dependency_eval`` is off; only the outermost run does it (nested runs are dependencies)."""
+        if self._stack:
+            return
+        while self._deferred:
+            dep_r, run_id, dependent = self._deferred.pop(0)
+            if not self.dependency_eval:
+                self.reporter.message(f"{run_id}: not evaluated (--no-dependency-eval; it was trained as a dependency "
+                                      f"of {dependent}); natbench eval {run_id} evaluates it later")
+                continue
+            self.reporter.message(f"{run_id}: evaluating it now (a dependency of {dependent}, evaluated after it)")
+            self._complete_suite(dep_r, run_id)
 
     def dependency_model(self, r: Resolved, dep: Any, evaluated: str | None = None) -> torch.nn.Module:
         """The model behind a component's or an attack's :class:`~natbench.contracts.Dependency`: a
@@ -338,7 +370,7 @@ class Runner:
         self.reporter.message(f"{r.run_id}: needs {dep.role} model ({dep_r.defense}, {dep.checkpoint} checkpoint) -> {dep_r.run_id}")
         self._stack.append(r.config_hash)
         try:
-            dep_id = self.run(dep_r)
+            dep_id = self.run(dep_r, dependent=r.run_id)
         finally:
             self._stack.pop()
         return self.load_model(dep_task, dep_id, dep.checkpoint)
@@ -352,9 +384,9 @@ class Runner:
             suite = dataclasses.replace(r.suite, attacks=tuple(missing))
             ok = verify(self.store, run_id, self.root / run_id, CHECKPOINTS) if self.dist.is_main else None
             results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
-            if self.dist.is_main:
-                self.store.add_results(run_id, results, flags, [], suite=["clean", *(a.id for a in missing)],
-                                       checkpoints=ok.sha256)
+            if self.dist.is_main:  # a run never evaluated (a deferred dependency) gets its checks too
+                self.store.add_results(run_id, results, flags, checks if not done else [],
+                                       suite=["clean", *(a.id for a in missing)], checkpoints=ok.sha256)
                 (self.root / run_id / PARTIAL).unlink(missing_ok=True)
             self.dist.barrier()
 

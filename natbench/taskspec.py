@@ -66,6 +66,7 @@ class ProfileCfg:
     gpu_resident: bool = True  # CUDA fast path: in-memory datasets held on the GPU, augmentation and attack noise drawn there (no effect on CPU; not hashed)
     compile: bool = False  # CUDA: torch.compile the training model (not hashed: a speed knob)
     sets: tuple[str, ...] = ()  # "key=value" overrides of the task spec (--set syntax) that come with this profile, e.g. ["model.arch=reid_cnn", "task.params.height=64"]; applied before the user's --set; a component's param (mart.beta=5) only when the component is in --defense
+    suite: str = ""  # the suite this profile evaluates unless --suite is given ("": the task's), e.g. quick -> smoke; the leaderboard shows it
 
     def validate(self, where: str) -> None:
         if self.sets:
