@@ -37,7 +37,6 @@ from natbench.attacks.autoattack_original import AutoAttackOriginal
 from natbench.contracts import LogitsObjective
 from natbench.registry import get_registry
 from natbench.resolve import resolve, task_kind_cls
-from natbench.store import open_store, store_exists
 
 MODELS = {  # label -> (task, defense)
     "digits vanilla": ("digits", "vanilla"),
@@ -77,16 +76,17 @@ def train(root: Path, task: str, defense: str, data_root: str | None) -> None:
 
 def load(root: Path, task: str, defense: str, data_root: str | None, n: int):
     """(model in eval mode, test x[:n], test y[:n], eps, num_classes) of the complete quick run."""
-    runs = open_store(root).runs(task) if store_exists(root) else None
-    if runs is None or not ((runs.defense == defense) & (runs.status == "complete")).any():
+    def checkpoints() -> list[Path]:  # the quick runs' last checkpoints, newest last (any provenance hash)
+        return sorted(root.glob(f"{task}-{defense}-s0-*/last.pt"), key=lambda p: p.stat().st_mtime)
+
+    if not checkpoints():
         train(root, task, defense, data_root)
-        runs = open_store(root).runs(task)
-    run_id = runs[(runs.defense == defense) & (runs.status == "complete")].run_id.iloc[-1]
+    ckpt = checkpoints()[-1]
     reg = get_registry()
     r = resolve(reg, task, defense, profile="quick")
     t = task_kind_cls(reg, r.spec)(r.spec, Path(data_root) if data_root else None)
     model = t.build_model()
-    model.load_state_dict(torch.load(root / run_id / "last.pt", weights_only=True))
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
