@@ -38,6 +38,7 @@ import yaml
 from .analysis import html as H
 from .analysis import plots
 from .errors import ConfigError, RunError
+from .safety import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,7 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
         title = f"natbench report: {run_id}"
         page = H.page(title, "\n".join(sections))
         path = out_dir / REPORT_PAGE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))  # a unique temporary name
         reporter.message(f"wrote {path} ({len(page) / 1e6:.1f} MB) and {len(list(out_dir.glob('*.png')))} PNGs")
         return path
     finally:
@@ -577,7 +576,5 @@ def ablation(task: str, defense: str, param: str, values: str | Sequence[str], *
     name = _slug(f"ablation-{resolved[0].task}-{param}")
     png = plots.ablation_plot(df, param, Path(root) / f"{name}.png", label, metric)
     csv = Path(root) / f"{name}.csv"
-    tmp = csv.with_name(csv.name + ".tmp")
-    df.assign(param=param, robust=label).to_csv(tmp, index=False)
-    tmp.replace(csv)
+    atomic_write(csv, lambda tmp: df.assign(param=param, robust=label).to_csv(tmp, index=False))
     return AblationResult(df, label, png, csv, ids)

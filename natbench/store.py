@@ -560,8 +560,15 @@ class Store:
 
 
 def open_store(root: str | Path, db: str | None = None, readonly: bool = False) -> Store:
-    """The store of a results root (:func:`store_url`); ``readonly`` for reading commands."""
-    return Store(store_url(root, db), readonly=readonly)
+    """The store of a results root (:func:`store_url`); ``readonly`` for reading commands. The default
+    file ``<root>/natbench.sqlite`` is written only where it resolves inside ``root`` (not through a
+    symlink out of it); a store named by ``--db``/``$NATBENCH_DB`` is wherever it says."""
+    url = store_url(root, db)
+    if not readonly and url == str(Path(root) / SQLITE_NAME):
+        from .safety import inside
+
+        inside(root, url)
+    return Store(url, readonly=readonly)
 
 
 def _sqlite_fatal(e: Exception) -> bool:

@@ -128,3 +128,15 @@ def test_damaged_store_is_one_line(damage, root):
             with Store(path, readonly=readonly) as s:
                 s.runs()
         assert "\n" not in str(e.value) and str(path) in str(e.value) and "backup" in str(e.value)
+
+
+def test_a_store_symlinked_out_of_root_is_not_written(root, tmp_path):
+    from natbench.store import open_store
+
+    outside = tmp_path / "elsewhere.sqlite"
+    (root / "natbench.sqlite").rename(outside)
+    (root / "natbench.sqlite").symlink_to(outside)
+    with pytest.raises(RunError, match="outside the results root"):
+        open_store(root)
+    with open_store(root, readonly=True) as s:  # reading it is fine
+        assert len(s.runs()) == 1
