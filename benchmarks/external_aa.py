@@ -8,7 +8,7 @@ A. ``natbench.evaluate(..., suite="autoattack", store=None)``: the whole engine 
    clean pass, AutoAttack standard, sanity checks; AutoAttack's seed derived from the run as the CLI's);
 B. natbench's ``autoattack`` attack alone, seed 0 (``task.evaluate`` with a generator seeded 0);
 C. the original AutoAttack (``pyautoattack``, by its authors): ``AutoAttack(model, norm="Linf",
-   eps=0.2, version="standard", seed=0).run_standard_evaluation(x, y, bs=...)``.
+   eps=0.2, version="standard", seed=0).run_standard_evaluation(x, y, batch_size=...)``.
 
 Prints clean and robust accuracy, per-sample agreement of the robust flags (B vs C, A vs C), wall and
 process CPU seconds (the CPU time is the steadier number on a shared machine). No assertions: a benchmark (tests/test_apgd_autoattack.py holds the checks).
@@ -57,12 +57,13 @@ def main() -> None:
     nb = task.evaluate(model, loader, AutoAttack(), objective="logits", generator=torch.Generator().manual_seed(0))
     t_b, c_b = time.perf_counter() - t0, time.process_time() - c0
     nb_flags = nb.correct.numpy()
+    print(f"(A: {100 * res.per_sample['aa'].mean():.2f}% {t_a:.1f}s; B: {100 * nb_flags.mean():.2f}% {t_b:.1f}s)", flush=True)
 
     from pyautoattack import AutoAttack as Original
 
     t0, c0 = time.perf_counter(), time.process_time()
-    orig = Original(model, norm="Linf", eps=r.spec.threat_model.eps, version="standard", seed=0, verbose=False)
-    x_adv = orig.run_standard_evaluation(x, y, bs=len(y))
+    orig = Original(model, norm="Linf", eps=r.spec.threat_model.eps, version="standard", seed=0)
+    x_adv, _ = orig.run_standard_evaluation(x, y, batch_size=len(y))
     t_c, c_c = time.perf_counter() - t0, time.process_time() - c0
     assert (x_adv - x).abs().max() <= r.spec.threat_model.eps + 1e-6
     with torch.no_grad():
