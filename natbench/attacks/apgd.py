@@ -396,7 +396,7 @@ def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float,
                 continue
             _, acc_curr, _, adv_curr = apgd_single_run(
                 forward, x[idx], y[idx], None, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
-                generator=generator, y_target=ranking[idx, -rank], early_stop=early_stop,
+                generator=generator, y_target=target_classes(clean[idx], rank), early_stop=early_stop,
             )
             fooled = ~acc_curr
             robust[idx[fooled]] = False
