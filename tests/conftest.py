@@ -12,3 +12,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A CLI command sets up rich logging on stderr for the whole process (``ui.setup_logging``); every
+    test gets the root logger back as it was, so a later test's stderr holds only its own lines."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

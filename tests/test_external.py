@@ -54,18 +54,6 @@ def raises():
 '''
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``natbench eval`` sets up rich logging on stderr for the process; later tests get it back as it was."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 @pytest.fixture()
 def user_file(tmp_path) -> Path:
     p = tmp_path / "my_models.py"
