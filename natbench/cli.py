@@ -198,19 +198,20 @@ def run(
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: expected a number of processes >= 1")
     reg = get_registry()
-    _check_names(reg, task, defense, suite)
+    _check_names(reg, task, defense, suite)  # before torch is imported (ui imports it)
+    from .ui import RichReporter, setup_logging
+
+    setup_logging()  # before the spec is read: its include: line says which file was used
     _threads(threads)
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _torchrun(nproc)
     from .resolve import data_root as resolve_data_root, resolve
     from .runner import Runner, pick_device
-    from .ui import RichReporter, setup_logging
 
     combos = [list(set_) + list(extra) for extra in _sweep_sets(sweep)]
     resolved = [resolve(reg, task, d, profile=profile, seed=s, sets=c, suite=suite)
                 for d in defense for c in combos for s in seed]  # all checks first
     droot = resolve_data_root(data_root)
-    setup_logging()
     from .distributed import Dist
 
     runner = Runner(_root(root), droot, pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16, db=db,

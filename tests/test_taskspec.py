@@ -54,3 +54,19 @@ def test_unknown_include_is_one_clear_error(tmp_path):
 def test_suite_include_of_a_builtin(tmp_path):
     s = load_suite_spec(spec(tmp_path, "include: digits\nsuite: mine\n", name="suite.yaml"))
     assert s.suite == "mine" and [a.id for a in s.attacks][:2] == ["fgsm", "pgd-10"]
+
+
+def test_run_says_which_file_an_include_used(tmp_path, capsys, monkeypatch):
+    """`natbench run --task my.yaml` shows the include line (logging is set up before the spec is read)."""
+    from natbench.cli import main
+
+    monkeypatch.delenv("NATBENCH_ROOT", raising=False)
+    spec = tmp_path / "my_digits.yaml"
+    spec.write_text("include: digits\ntask: my_digits\nthreat_model:\n  eps: 0.1\n")
+    # a bad --set stops the run after the spec was read and before anything is written
+    code = main(["run", "--task", str(spec), "--defense", "vanilla", "--set", "training.epochs=abc",
+                 "--root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "include: digits" in err and "built-in" in err
+    assert not (tmp_path / "runs").exists()
