@@ -73,22 +73,14 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_with_include(path: str | Path) -> dict:
-    """Load a spec that may start with ``include: other.yaml`` (one level, resolved next to it).
+    """Load a spec that may start with ``include: other.yaml`` (one level): the included mapping is the
+    base, the including file's keys are deep-merged on top. One implementation:
+    :func:`natbench.taskspec.load_spec_dict` (next to the file first, then the built-in specs)."""
+    from .taskspec import load_spec_dict
 
-    The included mapping is the base; the including file's keys are deep-merged on top.
-    """
-    path = Path(path)
-    data = load_yaml(path)
-    inc = data.pop("include", None)
-    if inc is None:
-        return data
-    if not isinstance(inc, str) or not inc:
-        raise ConfigError(f"{path}: 'include' must be one file name (e.g. include: digits.yaml), got {inc!r}")
-    base_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-    base = load_yaml(base_path)
-    if "include" in base:
-        raise ConfigError(f"{base_path}: 'include' may be used one level deep only (included from {path})")
-    return deep_merge(base, data)
+    data = load_spec_dict(Path(path))
+    data.pop("_included", None)
+    return data
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -228,11 +228,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The sha256 of a file (the weights, a TorchScript archive), as checkpoints are hashed."""
+    from .integrity import sha256_file
+
+    return sha256_file(path)
 
 
 def state_sha256(model: nn.Module) -> str:

@@ -27,14 +27,6 @@ from natbench.store import ResultRow, RunRecord, Store
 DIGITS = "natbench/specs/tasks/digits.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """Commands configure logging for the process (INFO on stderr); later tests expect a fresh process's."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 

@@ -2,7 +2,6 @@
 ``eval --force`` replaces all results of a changed checkpoint (never a row mixing two models)."""
 from __future__ import annotations
 
-import logging
 import shutil
 
 import pytest
@@ -15,14 +14,6 @@ from natbench.store import ResultRow, Store
 from test_hardening import _make_run
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """Commands configure logging for the process (INFO on stderr); later tests expect a fresh process's."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 

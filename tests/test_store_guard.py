@@ -4,7 +4,6 @@ read-only roots are one line, exit 2."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import stat
@@ -40,14 +39,6 @@ def read_only(*paths: Path):
             for p, m in modes.items():
                 p.chmod(m)
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """Commands configure logging for the process (INFO on stderr); later tests expect a fresh process's."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 
