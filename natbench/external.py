@@ -235,13 +235,10 @@ def file_sha256(path: Path) -> str:
 
 
 def state_sha256(model: nn.Module) -> str:
-    """sha256 over the model's state dict (names, shapes, dtypes, bytes) in key order."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """sha256 over the model's state dict (names, dtypes, shapes, values): :func:`provenance.weights_digest`."""
+    from .provenance import weights_digest
+
+    return weights_digest(model.state_dict())
 
 
 # ------------------------------------------------------------------------------------------ wrappers

@@ -576,7 +576,7 @@ class Runner:
             steps = {j.id: j.attack.params.steps for j in jobs if j.name == "pgd"}
             black_box = {j.id for j in jobs if j.black_box}
             acc: dict[str, torch.Tensor] = {}
-            ckpt_sha = external.sha256 if external is not None else hashlib.sha256((run_dir / f"{ckpt}.pt").read_bytes()).hexdigest()
+            ckpt_sha = external.sha256 if external is not None else sha256_file(run_dir / f"{ckpt}.pt")
 
             def run_job(job: "_Job") -> None:
                 # Finished (checkpoint, attack) evaluations are kept in eval-partial.pt so a killed
