@@ -39,7 +39,8 @@ from .config import from_dict, to_dict
 from .contracts import Batch, LossOut
 from .distributed import Dist
 from .registry import Registry, get_registry
-from .resolve import DEFENSE_OBJECTIVE, Resolved, from_run_config, task_kind_cls, with_defense
+from .resolve import DEFENSE_OBJECTIVE, Resolved, task_kind_cls, with_defense
+from .run_model import run_from_dir  # noqa: F401 - where callers have always imported it from
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
 from .integrity import sha256_file, verify
 from .lock import locked_run_dir
@@ -684,14 +685,3 @@ class _Job:
 def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A contiguous (not channels_last) copy of the state dict: checkpoints load anywhere."""
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-
-
-def run_from_dir(root: Path, run_id: str, registry: Registry) -> Resolved:
-    """The resolved config of an existing run directory."""
-    from .config import load_yaml
-    from .errors import RunError
-
-    path = safe_run_dir(root, run_id) / "config.yaml"  # the id is checked before any file is opened
-    if not path.is_file():
-        raise RunError(f"run '{run_id}': no {path}; list runs with: natbench leaderboard --format csv")
-    return from_run_config(registry, load_yaml(path))
