@@ -13,6 +13,7 @@ Modules (loaded lazily by the registry as ``module:attr``; nothing is imported h
 - ``natbench.attacks.fab:FABT``     -- targeted L-inf FAB, AutoAttack's FAB-T (Croce & Hein, ICML 2020).
 - ``natbench.attacks.gama:GAMAPGD`` -- GAMA-PGD, softmax margin + guide term (Sriramanan et al., NeurIPS 2020).
 - ``natbench.attacks.apgd:APGDCE`` / ``APGDDLR`` / ``APGDT`` -- APGD on CE, DLR, targeted DLR (Croce & Hein, ICML 2020).
+- ``natbench.attacks.malt:MALT``  -- APGD-T on targets ranked by mesoscopic almost-linearity (Melamed et al., NeurIPS 2024).
 - ``natbench.attacks.autoattack:AutoAttack`` / ``AutoAttackRand`` -- AutoAttack standard / rand cascades (same paper).
 - ``natbench.attacks._base``      -- projection, random start, CW margin and the ``LinfAttack`` base.
 """
