@@ -105,9 +105,10 @@ def malt_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float, n_iter: 
     adv = x.clone()
     with torch.no_grad():
         clean = forward(x)
-    if n_targets > clean.shape[1] - 1:
-        raise ConfigError(f"attack 'malt': n_target_classes={n_targets} needs at least {n_targets + 1} classes, "
-                          f"the model has {clean.shape[1]}; set params n_target_classes: {clean.shape[1] - 1}")
+    n_classes = clean.shape[1]
+    if n_classes < 4 or n_targets > n_classes - 1:
+        raise ConfigError(f"attack 'malt': n_target_classes={n_targets} needs at least {max(4, n_targets + 1)} classes "
+                          f"(targeted DLR), the model has {n_classes}; set params n_target_classes: {max(1, n_classes - 1)}")
     robust = clean.max(1)[1] == y
     idx0 = robust.nonzero().squeeze(1)
     if idx0.numel() == 0:
@@ -158,14 +159,8 @@ class MALT(LinfAttack):
 
     def __call__(self, objective: Any, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         eps = check_eps(eps)
-        forward, y, num_classes = logits_parts(objective, self.name)
+        forward, y, _ = logits_parts(objective, self.name)  # the class count is read off the logits
         p = self.params
-        if num_classes is not None and (num_classes < 4 or p.n_target_classes > num_classes - 1):
-            raise ConfigError(
-                f"attack '{self.name}': n_target_classes={p.n_target_classes} needs at least "
-                f"{max(4, p.n_target_classes + 1)} classes (targeted DLR), the task has {num_classes}; "
-                f"set params n_target_classes: {max(1, num_classes - 1)}"
-            )
         return malt_perturb(forward, x, y, eps=eps, n_iter=p.steps, n_targets=p.n_target_classes,
                             n_tested=p.n_tested, restarts=p.restarts, rho=p.rho, eot_iter=p.eot_iter,
                             generator=generator, early_stop=p.early_stop).detach()
