@@ -11,26 +11,20 @@ component of the composed defense (e.g. ``nat.omega=0.06``, ``trades.beta=3``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import compose
-from .config import ConfigError, apply_path, config_hash, from_dict, parse_set, to_dict
+from .config import ConfigError, apply_path, from_dict, parse_set, to_dict
 from .errors import CompositionError, DataError, suggest
 from .registry import Registry
 from .preflight import check_model_cfg
-from .safety import check_name
+from .runconfig import NOT_HASHED, RunConfig, variant_of  # noqa: F401 - NOT_HASHED, variant_of: re-exported
 from .taskspec import ProfileCfg, SuiteSpec, TaskSpec, load_suite_spec, load_task_spec
 
 TASK_SHORTHANDS = ("data", "model", "threat_model", "selection")
-#: config paths left out of the provenance hash and of variants: they cannot change a result
-NOT_HASHED = (("task", "data", "num_workers"), ("training", "gpu_resident"), ("training", "compile"),
-              ("training", "suite"))  # the profile's default suite says what to evaluate, as --suite
 #: objective kind built by the runner from the run's composition (adaptive attacks), not by the task
 DEFENSE_OBJECTIVE = "defense"
 #: task fields that choose *what* runs; they have their own options (or cannot change per run)
@@ -40,20 +34,53 @@ FIXED_TASK_FIELDS = {"task": "the task name is fixed; use --task", "kind": "the 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A validated run: typed pieces plus the plain ``config`` dict they were read from."""
+    """A validated run: its typed :class:`RunConfig` and the identity derived from it (``config_hash``
+    and ``run_id`` are fields so that an external model's evaluation can carry its own identity)."""
 
-    config: dict[str, Any]
+    run_config: RunConfig
     config_hash: str
     run_id: str
-    spec: TaskSpec
-    profile_name: str
-    profile: ProfileCfg
-    plan: compose.Plan
-    params: dict[str, Any]  # component -> Params instance
-    suite: SuiteSpec
-    seed: int
     variant: str = ""  # what differs from the spec's defaults ("nat.omega=0.06 training.epochs=4"); a leaderboard key
-    pristine: dict | None = None  # the config without any --set (to derive dependencies' variants)
+    pristine: RunConfig | None = None  # the run without any --set (to derive dependencies' variants)
+
+    @classmethod
+    def of(cls, run: RunConfig, pristine: RunConfig | None = None) -> "Resolved":
+        variant = run.variant_against(pristine) if pristine is not None else ""
+        return cls(run, run.config_hash, run.run_id, variant, pristine)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The plain config (``config.yaml``, the store's record), built once; do not edit it."""
+        return self.run_config.config
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.run_config.spec
+
+    @property
+    def profile_name(self) -> str:
+        return self.run_config.profile_name
+
+    @property
+    def profile(self) -> ProfileCfg:
+        return self.run_config.profile
+
+    @property
+    def plan(self) -> compose.Plan:
+        """The checked composition; build the run's ``Composite`` from it (no second ``compose.plan``)."""
+        return self.run_config.plan
+
+    @property
+    def params(self) -> dict[str, Any]:  # component -> Params instance
+        return self.run_config.params
+
+    @property
+    def suite(self) -> SuiteSpec:
+        return self.run_config.suite
+
+    @property
+    def seed(self) -> int:
+        return self.run_config.seed
 
     @property
     def task(self) -> str:
@@ -108,38 +135,12 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
     _apply_sets(reg, cfg, _profile_sets(reg, spec.profiles[pname].sets, cfg), plan)  # the profile's own overrides (not a variant)
-    pristine = _validate(reg, copy.deepcopy(cfg), plan, kind_cls).config
+    pristine = _typed(reg, cfg, plan, kind_cls)
+    if not sets:
+        return Resolved.of(pristine, pristine)
+    cfg = copy.deepcopy(cfg)  # the typed pristine may share nested values of type Any with cfg
     _apply_sets(reg, cfg, sets, plan)
-    return _with_variant(_validate(reg, cfg, plan, kind_cls), pristine)
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def variant_of(pristine: dict, cfg: dict) -> str:
-    """The --set keys (short form) whose resolved values differ from ``pristine``, sorted:
-    ``"nat.omega=0.06 training.epochs=4"``. Seed and suite are not part of a variant."""
-    a = _flat({k: v for k, v in pristine.items() if k not in ("seed", "suite")})
-    b = _flat({k: v for k, v in cfg.items() if k not in ("seed", "suite")})
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key == "defense.canonical" or a.get(key, None) == b.get(key, None) or tuple(key.split(".")) in NOT_HASHED:
-            continue
-        short = key.removeprefix("defense.params.").removeprefix("task.")
-        value = b.get(key)
-        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
-        out.append(f"{short}={text}")
-    return " ".join(out)
-
-
-def _with_variant(r: Resolved, pristine: dict) -> Resolved:
-    return dataclasses.replace(r, variant=variant_of(pristine, r.config), pristine=pristine)
+    return Resolved.of(_typed(reg, cfg, plan, kind_cls, suite=pristine.suite), pristine)  # --set cannot change the suite
 
 
 def _profile_sets(reg: Registry, sets, cfg: dict, components_only: bool = False) -> list[str]:
@@ -157,7 +158,7 @@ def _profile_sets(reg: Registry, sets, cfg: dict, components_only: bool = False)
 
 
 def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:
-    """Apply ``--set key=value`` overrides to the plain config dict (validated later by _validate)."""
+    """Apply ``--set key=value`` overrides to the plain config dict (validated later by _typed)."""
     for path, value in parse_set(sets):
         where = ".".join(path)
         if path[0] in TASK_SHORTHANDS:
@@ -177,7 +178,9 @@ def _apply_sets(reg: Registry, cfg: dict, sets, plan: compose.Plan) -> None:
         apply_path(cfg, path, value, where)
 
 
-def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> Resolved:
+def _typed(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type, suite: SuiteSpec | None = None) -> RunConfig:
+    """Validate the plain ``cfg`` strictly into a :class:`RunConfig` (its run id included); ``suite``:
+    already read and checked for this plan (else ``cfg["suite"]`` is, here)."""
     task_dict = {**cfg["task"], "profiles": {cfg["profile"]: cfg["training"]}, "default_profile": cfg["profile"]}
     spec = from_dict(TaskSpec, task_dict, "task")
     kind_params = getattr(kind_cls, "Params", None)
@@ -189,28 +192,12 @@ def _validate(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type) -> R
         check_model_cfg(spec.model, "task.model")  # the architecture exists and fits its settings: no run folder otherwise
     profile = from_dict(ProfileCfg, cfg["training"], "training")
     params = compose.check_params(plan, cfg["defense"]["params"])
-    suite = from_dict(SuiteSpec, cfg["suite"], "suite")
-    check_suite(reg, suite, plan, kind_cls, spec)
-    # Canonical, typed values (e.g. "8/255" -> 0.0313...) are what is saved and hashed.
-    cfg = copy.deepcopy(cfg)
-    cfg["task"] = {k: v for k, v in to_dict(spec).items() if k not in ("profiles", "default_profile")}
-    cfg["training"] = to_dict(profile)
-    cfg["defense"]["params"] = {k: to_dict(v) for k, v in params.items()}
-    # The provenance hash covers what determines the trained model; the suite only says what to
-    # evaluate, so runs that differ in suite share training (missing attacks are evaluated later).
-    hashed = copy.deepcopy({k: v for k, v in cfg.items() if k != "suite"})
-    for section, key in (("task", "params"), ("training", "sets"), ("training", "cycle_momentum")):  # fields added after runs were stored:
-        if not hashed[section].get(key):                             # absent when empty, so old hashes hold
-            hashed[section].pop(key, None)
-    for path in NOT_HASHED:  # performance knobs that cannot change a number
-        parent = hashed
-        for key in path[:-1]:
-            parent = parent.get(key, {})
-        parent.pop(path[-1], None)
-    h = config_hash(hashed)
-    check_name("task", spec.task, "rename 'task:' in the task YAML (it becomes the run's folder name)")
-    run_id = check_name("run id", f"{spec.task}-{plan.canonical}-s{cfg['seed']}-{h[:8]}")
-    return Resolved(cfg, h, run_id, spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
+    if suite is None:
+        suite = from_dict(SuiteSpec, cfg["suite"], "suite")
+        check_suite(reg, suite, plan, kind_cls, spec)
+    run = RunConfig(spec, cfg["profile"], profile, plan, params, suite, cfg["seed"])
+    run.run_id  # noqa: B018 - the task name and run id must be safe folder names: checked now
+    return run
 
 
 def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: type, spec: TaskSpec) -> None:
@@ -240,18 +227,19 @@ def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...]
     of another architecture)."""
     kind_cls = task_kind_cls(reg, r.spec)
     plan = compose.plan(defense, reg, frozenset(kind_cls.capabilities), r.spec.kind)
-    cfg = copy.deepcopy(r.config)
-    cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
-    _apply_sets(reg, cfg, _profile_sets(reg, r.profile.sets, cfg, components_only=True), plan)  # the recipe's method params
+
+    def rebased(run: RunConfig) -> dict:
+        cfg = run.to_config()
+        cfg["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
+        _apply_sets(reg, cfg, _profile_sets(reg, r.profile.sets, cfg, components_only=True), plan)  # the recipe's method params
+        return cfg
+
+    cfg = rebased(r.run_config)
     _apply_sets(reg, cfg, sets, plan)
-    out = _validate(reg, cfg, plan, kind_cls)
+    run = _typed(reg, cfg, plan, kind_cls)
     if r.pristine is None:
-        return out
-    pristine = copy.deepcopy(r.pristine)
-    pristine["defense"] = {"canonical": plan.canonical, "params": plan.default_params(r.spec.defense_params)}
-    _apply_sets(reg, pristine, _profile_sets(reg, r.profile.sets, pristine, components_only=True), plan)
-    pristine["profile"] = r.config["profile"]
-    return _with_variant(out, _validate(reg, pristine, plan, kind_cls).config)
+        return Resolved.of(run)
+    return Resolved.of(run, _typed(reg, rebased(r.pristine), plan, kind_cls, suite=run.suite))  # the suite checked just now
 
 
 def from_run_config(reg: Registry, cfg: dict) -> Resolved:
@@ -259,7 +247,7 @@ def from_run_config(reg: Registry, cfg: dict) -> Resolved:
     kind_cls = task_kind_cls(reg, from_dict(TaskSpec, {**cfg["task"], "profiles": {cfg["profile"]: cfg["training"]},
                                                       "default_profile": cfg["profile"]}, "task"))
     plan = compose.plan(cfg["defense"]["canonical"], reg, frozenset(kind_cls.capabilities), cfg["task"]["kind"])
-    return _validate(reg, cfg, plan, kind_cls)
+    return Resolved.of(_typed(reg, cfg, plan, kind_cls))
 
 
 def data_root(explicit: str | None) -> Path | None:
