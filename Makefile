@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install --no-deps 'imagecorruptions==1.1.2'  # it declares opencv-python; natbench's opencv-python-headless is its cv2
 	touch $(STAMP)
 
 install: $(STAMP)
