@@ -9,7 +9,10 @@ test images at the task's eps, seed 0:
 - ``natbench``: natbench's ``autoattack`` (fooled points leave every component's batch);
 - ``natbench, no early stop``: the same with ``early_stop=False`` (natbench before issue 17);
 - ``floor``: the original on the finally-robust points alone (they get the full budget of all four
-  attacks in any implementation that gives the original's answer).
+  attacks in any implementation that gives the original's answer);
+- ``malt``: natbench's ``malt`` with its defaults (MALT, Melamed et al., NeurIPS 2024: APGD-T on the
+  9 targets ranked by mesoscopic almost-linearity), a different attack: its flags may differ from
+  the original's, and the table says by how many.
 
 Columns: robust accuracy, per-sample robust flags that differ from the original's, CPU seconds
 (``time.process_time``: all threads of the process), wall seconds, and the rows (images) the model
@@ -34,6 +37,7 @@ from torch import nn
 
 from natbench.attacks.autoattack import AutoAttack
 from natbench.attacks.autoattack_original import AutoAttackOriginal
+from natbench.attacks.malt import MALT
 from natbench.contracts import LogitsObjective
 from natbench.registry import get_registry
 from natbench.resolve import resolve, task_kind_cls
@@ -44,6 +48,14 @@ MODELS = {  # label -> (task, defense)
     "digits pgd-at+nat": ("digits", "pgd-at+nat"),
     "cifar10 resnet18 vanilla": ("cifar10", "vanilla"),
 }
+
+#: --evaluations key -> (row label, the attack); the original is always run (every row is compared with it).
+EVALUATIONS = {
+    "natbench": ("natbench", lambda: AutoAttack()),
+    "no-early-stop": ("natbench, no early stop", lambda: AutoAttack(AutoAttack.Params(early_stop=False))),
+    "malt": ("malt", lambda: MALT()),
+}
+FLOOR = "floor (original, robust points only)"
 
 
 class Counted(nn.Module):
@@ -114,9 +126,15 @@ def main() -> None:
     ap.add_argument("--cifar-n", type=int, default=20, help="CIFAR test images (ResNet-18 on CPU is slow)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated labels of " + ", ".join(MODELS))
+    ap.add_argument("--evaluations", default=",".join([*EVALUATIONS, "floor"]),
+                    help="comma-separated, besides the original: " + ", ".join([*EVALUATIONS, "floor"]))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     root = Path(a.root)
+    wanted = a.evaluations.split(",")
+    unknown = sorted(set(wanted) - {*EVALUATIONS, "floor"})
+    if unknown:
+        raise SystemExit(f"--evaluations: unknown {', '.join(unknown)}; choose from {', '.join([*EVALUATIONS, 'floor'])}")
     rows = []
     for label in a.models.split(","):
         task, defense = MODELS[label]
@@ -127,32 +145,32 @@ def main() -> None:
         with torch.no_grad():
             clean = (model(x).argmax(1) == y).float().mean().item()
         orig = measure(AutoAttackOriginal(), model, x, y, eps, nc)
-        runs = {
-            "original": orig,
-            "natbench": measure(AutoAttack(), model, x, y, eps, nc),
-            "natbench, no early stop": measure(AutoAttack(AutoAttack.Params(early_stop=False)), model, x, y, eps, nc),
-        }
+        runs = {"original": orig}
+        for key, (name, make) in EVALUATIONS.items():
+            if key in wanted:
+                runs[name] = measure(make(), model, x, y, eps, nc)
         keep = orig["robust"]
-        if keep.any():
+        if "floor" in wanted and keep.any():
             floor = measure(AutoAttackOriginal(), model, x[keep], y[keep], eps, nc)
             floor["robust"] = None
-            runs["floor (original, robust points only)"] = floor
+            runs[FLOOR] = floor
         for name, m in runs.items():
             rob = m["robust"]
+            diff = None if rob is None else (int((rob & ~orig["robust"]).sum()), int((~rob & orig["robust"]).sum()))
             rows.append((label, len(y), clean, name, None if rob is None else rob.float().mean().item(),
-                         None if rob is None else int((rob != orig["robust"]).sum()), m["cpu"], m["wall"],
-                         m["fwd"], m["bwd"], m["cpu"] / orig["cpu"]))
+                         diff, m["cpu"], m["wall"], m["fwd"], m["bwd"], m["cpu"] / orig["cpu"]))
         print_table(rows, a.threads)
 
 
 def print_table(rows, threads: int) -> None:
     print(f"\n{threads} thread(s), torch {torch.__version__}, seed 0\n")
-    print("| model | n | clean % | evaluation | robust % | flags differing from the original | CPU s | wall s "
+    print("| model | n | clean % | evaluation | robust % | flags differing from the original (robust here only "
+          "/ fooled here only) | CPU s | wall s "
           "| forward rows | backward rows | CPU / original |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, n, clean, name, rob, diff, cpu, wall, fwd, bwd, ratio in rows:
         rob_s = "-" if rob is None else f"{100 * rob:.2f}"
-        diff_s = "-" if diff is None else str(diff)
+        diff_s = "-" if diff is None else f"{sum(diff)} ({diff[0]} / {diff[1]})"
         print(f"| {label} | {n} | {100 * clean:.2f} | {name} | {rob_s} | {diff_s} | {cpu:.1f} | {wall:.1f} | "
               f"{fwd} | {bwd} | {ratio:.2f} |")
     sys.stdout.flush()

@@ -9,6 +9,16 @@ Attacks", ICLR 2018. Each step is, exactly as ``torchattacks.PGD`` (v3.5.1)::
 Threat model: ``||x_adv - x||_inf <= eps``, images in [0, 1]. Defaults: 10 steps, step eps/4
 (2/255 at eps = 8/255), uniform random start U(-eps, eps), 1 restart. torchattacks differentiates
 the batch-mean CE; the sum used here has the same sign gradient.
+
+``early_stop`` (opt-in, off by default: PGD-k in a suite keeps its every-point semantics, so its
+numbers stay comparable to the papers'). On, a point leaves the batch at its first misclassified
+iterate, which is returned for it; the others run all steps as before (the same random-start
+draws, for the whole batch, so a row's trajectory is the every-point run's until it leaves). It
+needs objective kind ``"logits"`` (``objective: logits`` on the suite entry) to see which points
+are fooled; the loss is then ``CE(logits, y)`` per row, the classification task's ``"ce"``
+objective. The flags: a point the every-point run fools is fooled here too; a point with a
+misclassified iterate whose *last* iterate is classified correctly counts as fooled here and robust
+there (with restarts, likewise for the kept restart). ``tests/test_pgd.py`` measures both.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from natbench.attacks._base import (
@@ -26,7 +37,7 @@ from natbench.attacks._base import (
     signed_grad,
     uniform_start,
 )
-from natbench.contracts import Objective
+from natbench.contracts import LogitsObjective, Objective
 from natbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,50 @@ def pgd_linf(
     return best.detach()
 
 
+def _ce_of(objective: LogitsObjective) -> Objective:
+    return lambda z: F.cross_entropy(objective(z), objective.y, reduction="none")
+
+
+def pgd_linf_early_stop(
+    forward: Objective, y: Tensor, x: Tensor, *, eps: float, steps: int, step_size: float, random_start: bool,
+    restarts: int = 1, generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`pgd_linf` on ``CE(forward(x'), y)`` where a row leaves at its first misclassified iterate
+    (returned for it); the never-fooled rows get what :func:`pgd_linf` gives them."""
+    x = x.detach()
+    y = y.to(x.device).long()
+    if not random_start and restarts > 1:
+        restarts = 1
+    view = (-1, *([1] * (x.dim() - 1)))
+    out, robust = x.clone(), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    for _ in range(restarts):
+        start = uniform_start(x, eps, generator) if random_start else x.clone()  # drawn for every row, as pgd_linf
+        rows = robust.nonzero().squeeze(1)
+        x_adv = start[rows]
+        for i in range(steps + (1 if restarts > 1 else 0)):  # with restarts the last iterate is evaluated too
+            if rows.numel() == 0:
+                break
+            with torch.enable_grad():
+                xa = x_adv.detach().requires_grad_(True)
+                logits = forward(xa)
+                loss = F.cross_entropy(logits, y[rows], reduction="none")
+                grad = torch.autograd.grad(loss.sum(), xa)[0] if i < steps else None
+            fooled = logits.detach().argmax(1) != y[rows]
+            out[rows[fooled]], robust[rows[fooled]] = x_adv[fooled].detach(), False
+            keep = ~fooled
+            rows, x_adv = rows[keep], x_adv[keep]
+            if i < steps:
+                x_adv = project_linf(x_adv + step_size * grad[keep].sign(), x[rows], eps)
+            else:  # the never-fooled rows keep the restart with the highest final loss (ties: the earlier)
+                better = loss.detach()[keep] > best_loss[rows]
+                best_loss[rows[better]] = loss.detach()[keep][better]
+                out[rows[better]] = x_adv[better]
+        if restarts == 1:
+            out[rows] = x_adv.detach()
+    return out.detach()
+
+
 class PGD(LinfAttack):
     """L-inf PGD on the task's CE objective (Madry et al. 2018); matches ``torchattacks.PGD``."""
 
@@ -78,6 +133,7 @@ class PGD(LinfAttack):
         step_size: float | None = None  # None: eps/4
         random_start: bool = True  # U(-eps, eps) start (Madry et al. 2018)
         restarts: int = 1  # keep, per sample, the restart with the highest final loss
+        early_stop: bool = False  # opt-in: a fooled point leaves at its first misclassified iterate (needs objective: logits)
 
     def __init__(self, params: "PGD.Params | None" = None) -> None:
         super().__init__(params)
@@ -92,6 +148,16 @@ class PGD(LinfAttack):
     ) -> Tensor:
         eps = check_eps(eps)
         p = self.params
+        if isinstance(objective, LogitsObjective) and p.early_stop:
+            return pgd_linf_early_stop(
+                objective, objective.y, x, eps=eps, steps=p.steps, step_size=resolve_step(p.step_size, eps),
+                random_start=p.random_start, restarts=p.restarts, generator=generator,
+            )
+        if p.early_stop:
+            raise ConfigError(f"attack '{self.name}' with early_stop needs objective kind 'logits' to see which points "
+                              f"are fooled, got {type(objective).__name__}; add 'objective: logits' to the suite entry")
+        if isinstance(objective, LogitsObjective):  # the classification task's "ce" objective, from the logits
+            objective = _ce_of(objective)
         return pgd_linf(
             objective, x, eps=eps, steps=p.steps, step_size=resolve_step(p.step_size, eps),
             random_start=p.random_start, restarts=p.restarts, generator=generator,
