@@ -59,6 +59,10 @@ FIXTURES: dict[str, str] = {
     "imagenet100": "natbench.data.imagenet100:write_imagenet100_full_fixture",
     "market1501": "natbench.data.market1501:write_market1501_fixture",
     "voc": "natbench.data.voc:write_voc_fixture",
+    # the published common-corruption test sets (natbench.data.corrupted)
+    "cifar10-c": "natbench.data.corrupted:write_cifar10_c_fixture",
+    "cifar100-c": "natbench.data.corrupted:write_cifar100_c_fixture",
+    "imagenet-c": "natbench.data.corrupted:write_imagenet_c_fixture",
 }
 
 
