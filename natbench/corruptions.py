@@ -176,3 +176,23 @@ def corrupt_batch(x: torch.Tensor, name: str, severity: int, *, seed: int, indic
     images = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = np.stack([corrupt_image(img, name, severity, seed=seed, index=int(i)) for img, i in zip(images, indices)])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255.0
+
+
+def corruption_errors(errors: dict[str, dict[int, float]], baseline: dict[str, dict[int, float]]
+                      ) -> tuple[dict[str, float], float, list[str]]:
+    """Hendrycks & Dietterich's CE and mCE: for corruption c, ``CE_c = sum_s E(c, s) / sum_s E_base(c, s)``
+    (errors in [0, 1], summed over the severities 1-5), ``mCE`` the mean of ``CE_c`` over the corruptions;
+    both as percentages (ImageNet-C normalises by AlexNet; natbench by a named baseline run).
+
+    A corruption missing from either side, or with a severity missing, is left out of the mean and
+    listed in the third value: reported as missing, never as 0. A baseline whose summed error is 0
+    (nothing to normalise by) is left out the same way."""
+    ce: dict[str, float] = {}
+    missing: list[str] = []
+    for c in CORRUPTIONS:
+        mine, base = errors.get(c, {}), baseline.get(c, {})
+        if any(s not in mine or s not in base for s in SEVERITIES) or sum(base[s] for s in SEVERITIES) <= 0:
+            missing.append(c)
+            continue
+        ce[c] = 100.0 * sum(mine[s] for s in SEVERITIES) / sum(base[s] for s in SEVERITIES)
+    return ce, (float(np.mean(list(ce.values()))) if ce else float("nan")), missing

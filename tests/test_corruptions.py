@@ -103,3 +103,18 @@ def test_bad_input_is_a_one_line_error():
             C.corrupt_image(_image((8, 8)), "fog", 1, seed=0)
         with pytest.raises(ConfigError, match="uint8"):
             C.corrupt_image(np.zeros((32, 32, 3), np.float32), "fog", 1, seed=0)
+
+
+def test_mce_is_the_mean_of_error_ratios_summed_over_severities():
+    """Hand-derived: model errors 0.1..0.5 vs baseline 0.2..1.0 over severities 1-5 give CE = 50 % for every
+    corruption; one corruption twice the baseline's error and one missing severity change it as written."""
+    base = {c: {s: 0.2 * s for s in C.SEVERITIES} for c in C.CORRUPTIONS}
+    mine = {c: {s: 0.1 * s for s in C.SEVERITIES} for c in C.CORRUPTIONS}
+    ce, mce, missing = C.corruption_errors(mine, base)
+    assert missing == [] and mce == pytest.approx(50.0) and ce["fog"] == pytest.approx(50.0)
+    mine["fog"] = {s: 0.4 * s for s in C.SEVERITIES}      # CE_fog = 200
+    del mine["snow"][3]                                     # snow is missing, not 0
+    ce, mce, missing = C.corruption_errors(mine, base)
+    assert missing == ["snow"] and "snow" not in ce and ce["fog"] == pytest.approx(200.0)
+    assert mce == pytest.approx((13 * 50.0 + 200.0) / 14)  # 14 corruptions present
+    assert np.isnan(C.corruption_errors({}, base)[1])
