@@ -139,16 +139,30 @@ def _derive(seed: int, name: str, severity: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(parts).digest()[:4], "little")
 
 
-def corrupt_image(image: np.ndarray, name: str, severity: int, *, seed: int, index: int = 0) -> np.ndarray:
+def corrupt_image(image: np.ndarray, name: str, severity: int, *, seed: int, index: int = 0,
+                  upscale: bool = False) -> np.ndarray:
     """``image`` (uint8, HxW or HxWxC with C in {1, 3}, both sides >= 32) corrupted by ``name`` at
-    ``severity``; uint8 of the same shape. Deterministic in (image, name, severity, seed, index)."""
+    ``severity``; uint8 of the same shape. Deterministic in (image, name, severity, seed, index).
+
+    ``upscale`` (natbench's choice for images under 32 px, e.g. the 8x8 digits; not in the package or the
+    paper): the image is enlarged by the smallest integer factor k reaching 32 px (nearest neighbour),
+    corrupted there, and brought back by the mean of each k x k block. The corruptions' parameters are
+    set for ImageNet-sized images, so on such small images they are harsher; report them as natbench's
+    digits-C, not as ImageNet-C numbers."""
     check(name, severity)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
         raise ConfigError(f"corruption {name}: expected a uint8 HxW or HxWx{{1,3}} image, got {image.dtype} "
                           f"{tuple(image.shape)}; convert with (x * 255).round().astype(np.uint8)")
     if min(image.shape[:2]) < MIN_SIDE:
-        raise ConfigError(f"corruption {name}: the image is {image.shape[0]}x{image.shape[1]}, the corruptions need "
-                          f"both sides >= {MIN_SIDE}; resize the images first")
+        if not upscale:
+            raise ConfigError(f"corruption {name}: the image is {image.shape[0]}x{image.shape[1]}, the corruptions "
+                              f"need both sides >= {MIN_SIDE}; resize the images first (or pass upscale=True)")
+        k = -(-MIN_SIDE // min(image.shape[:2]))  # ceil: the smallest integer factor reaching 32 px
+        big = np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+        out = corrupt_image(big, name, severity, seed=seed, index=index).astype(np.float64)
+        h, w = image.shape[:2]
+        out = out.reshape(h, k, w, k, *out.shape[2:]).mean(axis=(1, 3))  # k x k area mean back to h x w
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
     package = _package()
     state = np.random.get_state()
     try:
@@ -168,13 +182,15 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, *, seed: int, ind
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def corrupt_batch(x: torch.Tensor, name: str, severity: int, *, seed: int, indices: Sequence[int]) -> torch.Tensor:
+def corrupt_batch(x: torch.Tensor, name: str, severity: int, *, seed: int, indices: Sequence[int],
+                  upscale: bool = False) -> torch.Tensor:
     """A float batch ``(N, C, H, W)`` in [0, 1] corrupted image by image; ``indices[i]`` identifies image
     i in its dataset (the per-image seed), so a batch's split does not change the pixels."""
     if x.ndim != 4 or len(indices) != x.shape[0]:
         raise ValueError(f"corrupt_batch: expected (N, C, H, W) and N indices, got {tuple(x.shape)} and {len(indices)}")
     images = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    out = np.stack([corrupt_image(img, name, severity, seed=seed, index=int(i)) for img, i in zip(images, indices)])
+    out = np.stack([corrupt_image(img, name, severity, seed=seed, index=int(i), upscale=upscale)
+                    for img, i in zip(images, indices)])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255.0
 
 

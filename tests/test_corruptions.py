@@ -99,7 +99,7 @@ def test_bad_input_is_a_one_line_error():
     with pytest.raises(ConfigError, match="severity 6 is not one of 1..5"):
         C.check("fog", 6)
     if C.available() is None:
-        with pytest.raises(ConfigError, match="8x8.*>= 32"):
+        with pytest.raises(ConfigError, match="8x8.*>= 32.*upscale=True"):
             C.corrupt_image(_image((8, 8)), "fog", 1, seed=0)
         with pytest.raises(ConfigError, match="uint8"):
             C.corrupt_image(np.zeros((32, 32, 3), np.float32), "fog", 1, seed=0)
@@ -118,3 +118,20 @@ def test_mce_is_the_mean_of_error_ratios_summed_over_severities():
     assert missing == ["snow"] and "snow" not in ce and ce["fog"] == pytest.approx(200.0)
     assert mce == pytest.approx((13 * 50.0 + 200.0) / 14)  # 14 corruptions present
     assert np.isnan(C.corruption_errors({}, base)[1])
+
+
+@needs_package
+@pytest.mark.parametrize("name", C.CORRUPTIONS)
+def test_a_digits_image_is_corrupted_at_32_px_and_brought_back(name):
+    """A real 8x8 digits image (scikit-learn's, scaled to 0..255): upscale=True corrupts it at 32 px (k = 4)
+    and returns 8x8 uint8; contrast (severity 3, c = 0.2) is checked by hand against that recipe."""
+    from sklearn.datasets import load_digits
+
+    img = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
+    out = C.corrupt_image(img, name, 3, seed=0, upscale=True)
+    assert out.shape == (8, 8) and out.dtype == np.uint8
+    if name == "contrast":  # contrast is per image linear: the block mean of the 32 px result, by hand
+        big = np.repeat(np.repeat(img, 4, 0), 4, 1) / 255.0
+        m = big.mean()
+        hand = np.uint8(np.clip((big - m) * 0.2 + m, 0, 1) * 255).astype(float).reshape(8, 4, 8, 4).mean((1, 3))
+        np.testing.assert_array_equal(out, np.clip(np.round(hand), 0, 255).astype(np.uint8))
