@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import leaderboard as L
+from .leaderboard_render import _cells, _fmt, _isnan
 
 
 def _row_key_cols(df: pd.DataFrame) -> list[str]:
@@ -37,7 +38,7 @@ def _point_columns(df: pd.DataFrame) -> tuple[str, str | None, list[str], str]:
 def _err(rec: dict, col: str) -> tuple[float, float]:
     """``(below, above)`` the value: the cell's 95 % interval; (0, 0) without one."""
     v, lo, hi = rec.get(col), rec.get(f"{col}_lo"), rec.get(f"{col}_hi")
-    if any(x is None or L._isnan(x) for x in (v, lo, hi)):
+    if any(x is None or _isnan(x) for x in (v, lo, hi)):
         return 0.0, 0.0
     return max(0.0, float(v) - float(lo)), max(0.0, float(hi) - float(v))
 
@@ -54,12 +55,12 @@ def scatter_points(df: pd.DataFrame) -> tuple[list[dict], str, str]:
     points, used = [], {}
     for rec in df.to_dict("records"):
         x = rec.get(clean)
-        if x is None or L._isnan(x):
+        if x is None or _isnan(x):
             continue
-        if worst is not None and rec.get(worst) is not None and not L._isnan(rec.get(worst)):
+        if worst is not None and rec.get(worst) is not None and not _isnan(rec.get(worst)):
             col = worst
         else:
-            have = [a for a in attacks if rec.get(a) is not None and not L._isnan(rec.get(a))]
+            have = [a for a in attacks if rec.get(a) is not None and not _isnan(rec.get(a))]
             col = min(have, key=lambda a: rec[a]) if have else None
         if col is None:
             continue
@@ -85,14 +86,13 @@ def cost_rows(store, task: str, df: pd.DataFrame) -> tuple[list[str], list[list[
     runs), device(s), and the *estimated* attack budget per image summed over the row's suite
     (:mod:`natbench.analysis.budget`). Also returns ``{attack id: {"attack", "params", "budget"}}``."""
     from .analysis.budget import attack_budget
-    from .checks import ESCALATIONS
+    from .leaderboard_facts import escalation
 
     runs = store.runs(task)
     res = store.results(task)
     runs = runs[runs["run_id"].isin(res["run_id"])].sort_values(["finished", "run_id"]).drop_duplicates("config_hash", keep="last")
     keys = _row_key_cols(df)
     per_attack: dict[str, dict] = {}
-    escalated = {aid: (name, params) for entries in ESCALATIONS.values() for aid, name, params in entries}
     header = [*keys, "seeds", "train s (mean)", "train s (min-max)", "eval s (mean)", "device",
               "attack budget per image (estimated)"]
     rows = []
@@ -123,11 +123,8 @@ def cost_rows(store, task: str, df: pd.DataFrame) -> tuple[list[str], list[list[
         for aid in attacks:
             if aid in suite_cfg:
                 name, params = suite_cfg[aid].get("attack", ""), suite_cfg[aid].get("params") or {}
-            elif aid in escalated:
-                name, params = escalated[aid]
-                if name == "pgd":
-                    params = {**params, "steps": max([int((a.get("params") or {}).get("steps", 0)) for a in suite_cfg.values()
-                                                      if a.get("attack") == "pgd"] or [20])}
+            elif (found := escalation(store, sel["run_id"].iloc[-1], aid, suite_cfg)) is not None:
+                name, params = found  # as the run recorded it (natbench.leaderboard_facts)
             else:
                 known = False
                 continue
@@ -162,7 +159,7 @@ def html_page(store, task: str, df: pd.DataFrame | None = None) -> str:
 
     df = L.table(store, task) if df is None else df
     metric = str(df.attrs.get("metric", "accuracy"))
-    header, rows, numeric = L._cells(df)
+    header, rows, numeric = _cells(df)
     source = getattr(store, "path", None)
     source = Path(str(source)).name if source and "://" not in str(source) else "the results store"
     parts = [f"<p>Generated from {H.esc(source)} by <code>natbench leaderboard --format html --write</code>; "
@@ -175,7 +172,7 @@ def html_page(store, task: str, df: pd.DataFrame | None = None) -> str:
              "<h2>Leaderboard</h2>", H.table(header, rows, numeric=numeric, sortable=True)]
     meta = [c for c in ("defense", "profile", "variant", "checkpoint", *L.META_COLS) if c in df.columns]
     if "run_ids" in df.columns:
-        mrows = [[L._fmt(v) if c not in ("eps", "epochs", "n_test") else _meta(c, v) for c, v in zip(meta, rec)]
+        mrows = [[_fmt(v) if c not in ("eps", "epochs", "n_test") else _meta(c, v) for c, v in zip(meta, rec)]
                  for rec in df[meta].itertuples(index=False)]
         parts += ["<h3>What each row was measured on</h3>", H.table(meta, mrows, sortable=True)]
     points, xlabel, caption = scatter_points(df)

@@ -17,6 +17,14 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+#: the row key: runs of a row differ in seed only (the hidden ``_ident`` makes sure of it)
+KEY_COLS = ("defense", "profile", "variant", "checkpoint")
+#: per-row provenance columns (csv/json; the html page shows them in their own table)
+META_COLS = ("norm", "eps", "epochs", "n_test", "natbench", "run_ids")
+#: suffixes of a value column's companions: 95 % interval bounds and the std over seeds
+SUFFIXES = ("_lo", "_hi", "_std")
+#: result ids of the attacks natbench adds when a sanity check fails (natbench.checks.ESCALATIONS)
+ESCALATED_PREFIX = "escalated-"
 #: config keys that never change a number (presentation only); left out of a row's identity
 _COSMETIC = (("task", "description"),)
 #: z of a two-sided 95 % interval

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import html as H
+from ..analysis import html as H
 
 
 def analysis_attack(r, opts: Any, eps: float) -> tuple[Any, int, str | None]:
@@ -18,9 +18,9 @@ def analysis_attack(r, opts: Any, eps: float) -> tuple[Any, int, str | None]:
     (``derive_seed(seed, "eval", id)``, as the runner), so the report reproduces the stored number;
     without one in the suite, PGD-``attack_steps`` (step eps/4, random start, seed ``opts.seed``).
     Returns ``(attack, seed, suite attack id or None)``."""
-    from .attacks.pgd import PGD
-    from .config import from_dict
-    from .runner import derive_seed
+    from ..attacks.pgd import PGD
+    from ..config import from_dict
+    from ..runner import derive_seed
 
     aid = f"pgd-{opts.attack_steps}"
     entry = next((a for a in (r.resolved.config.get("suite") or {}).get("attacks", [])
