@@ -124,6 +124,7 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
     from .registry import get_registry
     from .resolve import data_root as resolve_data_root, load_task, resolve
     from .runner import PARTIAL, Reporter, Runner, git_revision, pick_device, versions
+    from .leaderboard_facts import facts as run_facts
     from .store import RunRecord
     from .taskspec import load_suite_spec
     from .config import to_dict
@@ -194,7 +195,7 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
     if db_store is None:
         return _from_rows(None, r0, ext, results, flags, checks)
     if existing is not None:
-        db_store.add_results(run_id, results, flags, checks, suite=ids)
+        db_store.add_results(run_id, results, flags, checks, suite=ids, facts=run_facts(t, suite_run, results))
     else:
         config = {"external": ext.provenance, "task": r0.config["task"], "suite": to_dict(suite_spec), "n": n,
                   "seed": 0, "eval_batch_size": bs}
@@ -202,7 +203,7 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
                            config_hash=h, git_rev=git_revision(), versions=versions(), device=_device_column(runner.device),
                            started=started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                            wall_train_s=0.0, wall_eval_s=wall, config=config, suite=ids)
-        db_store.record_run(record, results, flags, checks)
+        db_store.record_run(record, results, flags, checks, facts=run_facts(t, suite_run, results))
         (run_dir / "record.json").write_text(json.dumps({**to_dict(record), "provenance": ext.provenance}, indent=1, default=str))
     (run_dir / PARTIAL).unlink(missing_ok=True)
     runner.reporter.message(f"{run_id}: recorded ({wall:.1f}s)")

@@ -385,8 +385,10 @@ def eval_(
     results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
     if not runner.dist.is_main:  # data-parallel: rank 0 records
         return
+    from .leaderboard_facts import facts as run_facts
+
     runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)],
-                             checkpoints=ok.sha256, replace=ok.replace)
+                             checkpoints=ok.sha256, replace=ok.replace, facts=run_facts(task_kind_cls(reg, r.spec), s, results, reg))
     from .runner import PARTIAL
 
     (runner.root / run_id / PARTIAL).unlink(missing_ok=True)

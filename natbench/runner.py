@@ -41,6 +41,7 @@ from .distributed import Dist
 from .registry import Registry, get_registry
 from .resolve import DEFENSE_OBJECTIVE, Resolved, task_kind_cls, with_defense
 from .run_model import run_from_dir  # noqa: F401 - where callers have always imported it from
+from .leaderboard_facts import facts as run_facts
 from .store import CheckRow, FlagRow, ResultRow, RunRecord, Store, open_store, store_exists
 from .integrity import sha256_file, verify
 from .lock import locked_run_dir
@@ -310,7 +311,8 @@ class Runner:
         )
         if self.dist.is_main:
             shas = {c: sha256_file(run_dir / f"{c}.pt") for c in CHECKPOINTS}  # what the results were computed from
-            self.store.record_run(record, results, flags, checks, checkpoints=shas)
+            self.store.record_run(record, results, flags, checks, checkpoints=shas,
+                                  facts=run_facts(task, r.suite, results, self.registry))  # what the leaderboard reads
             (run_dir / PARTIAL).unlink(missing_ok=True)
             atomic_write_text(run_dir / "record.json", json.dumps({
                 **to_dict(record), "history": history, "processes": self.dist.world, "checkpoints_sha256": shas,
@@ -387,7 +389,8 @@ class Runner:
             results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
             if self.dist.is_main:  # a run never evaluated (a deferred dependency) gets its checks too
                 self.store.add_results(run_id, results, flags, checks if not done else [],
-                                       suite=["clean", *(a.id for a in missing)], checkpoints=ok.sha256)
+                                       suite=["clean", *(a.id for a in missing)], checkpoints=ok.sha256,
+                                       facts=run_facts(task_kind_cls(self.registry, r.spec), suite, results, self.registry))
                 (self.root / run_id / PARTIAL).unlink(missing_ok=True)
             self.dist.barrier()
 

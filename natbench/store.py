@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from natbench.errors import ConfigError, RunError
+from natbench.leaderboard_facts import put as put_facts
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +346,11 @@ class Store:
         flags: Iterable[FlagRow],
         checks: Iterable[CheckRow],
         checkpoints: dict[str, str] | None = None,
+        facts: dict | None = None,
     ) -> None:
         """Write ``run`` (status 'complete') and all its rows in ONE transaction; ``checkpoints``:
-        checkpoint -> sha256 of the file evaluated.
+        checkpoint -> sha256 of the file evaluated; ``facts``: what readers read instead of deriving
+        it (:mod:`natbench.leaderboard_facts`; replaces earlier facts of the run).
 
         An existing run with the same ``run_id`` is replaced atomically (its rows are deleted by
         cascade in the same transaction). Rows that repeat a key are refused before anything is
@@ -371,6 +374,7 @@ class Store:
             conn.execute(self._t["runs"].insert(), [run_row])
             self._insert(conn, rows)
             self._set_checkpoints(conn, run.run_id, checkpoints or {})
+            put_facts(conn, run.run_id, facts, replace=True)
 
         self._write(write)
         log.info("store %s: recorded run %s (%d results, %d flags, %d checks)", self.path,
@@ -378,12 +382,13 @@ class Store:
 
     def add_results(self, run_id: str, results: Iterable[ResultRow], flags: Iterable[FlagRow],
                     checks: Iterable[CheckRow], suite: list[str], checkpoints: dict[str, str] | None = None,
-                    replace: Iterable[str] = ()) -> None:
+                    replace: Iterable[str] = (), facts: dict | None = None) -> None:
         """Add (or replace) evaluation rows of a complete run in ONE transaction (``natbench eval``).
 
         Rows of the same (checkpoint, attack) are replaced; ``suite`` ids not yet in the run's suite
         are appended to it, keeping its order. ``replace``: checkpoints whose earlier rows are all
-        dropped (a new evaluation of a changed file, ``eval --force``); ``checkpoints``: their sha256.
+        dropped (a new evaluation of a changed file, ``eval --force``); ``checkpoints``: their sha256;
+        ``facts``: merged into the run's (:mod:`natbench.leaderboard_facts`).
         """
         replace = tuple(replace)
         rows = _rows(run_id, results, flags, checks)
@@ -411,6 +416,8 @@ class Store:
             self._set_checkpoints(conn, run_id, checkpoints or {})
             conn.execute(text("UPDATE runs SET suite_json=:s WHERE run_id=:r"), {"s": json.dumps(merged), "r": run_id})
             self._insert(conn, rows)
+            if facts:
+                put_facts(conn, run_id, facts, replace=False)
 
         self._write(write)
 
@@ -432,6 +439,17 @@ class Store:
         rows = self._read("SELECT checkpoint, sha256 FROM checkpoints WHERE run_id = :r", {"r": run_id})
         return dict(rows)
 
+    def meta(self, key: str) -> str | None:
+        """The value under ``key`` in the store's key/value table ``natbench_meta`` (None when absent)."""
+        from sqlalchemy import inspect
+
+        if self.readonly:  # an older store opened read-only may not have the table
+            with self._engine.connect() as conn:
+                if not inspect(conn).has_table("natbench_meta"):
+                    return None
+        rows = self._read("SELECT value FROM natbench_meta WHERE key = :k", {"k": key})
+        return rows[0][0] if rows else None
+
     def _insert(self, conn, rows: tuple[list, list, list]) -> None:
         for table, data in zip(("results", "flags", "checks"), rows):
             if data:
@@ -444,6 +462,7 @@ class Store:
         def write(conn) -> int:
             for table in ("results", "flags", "checks", "checkpoints"):
                 conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": run_id})
+            put_facts(conn, run_id, None, replace=True)
             return conn.execute(text("DELETE FROM runs WHERE run_id = :r"), {"r": run_id}).rowcount
 
         log.info("store %s: deleted run %s (%d row)", self.path, run_id, self._write(write))
