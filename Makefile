@@ -7,7 +7,7 @@ ROOT ?= runs
 DEMO_DEFENSES := vanilla pgd-at trades nat
 COMPARE_DEFENSES := vanilla pgd-at trades mart awp nuat fast-at nat trades+nat pgd-at+nat+awp
 
-.PHONY: demo test install clean bench compare-digits
+.PHONY: demo test test-fast install clean bench compare-digits
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ compare-digits: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the tests marked slow (end-to-end training, the oracle cross-checks).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

@@ -1,4 +1,7 @@
-"""Shared pytest set-up: GPU-only tests (``@pytest.mark.gpu``) are skipped without CUDA."""
+"""Shared pytest set-up and fixtures.
+
+GPU-only tests (``@pytest.mark.gpu``) are skipped without CUDA. Fixtures used by several test modules live
+here; plain helper functions shared by several modules are in ``helpers.py``."""
 from __future__ import annotations
 
 import pytest
@@ -30,3 +33,73 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (threading costs more than it saves and thrashes on a
+    loaded 2-core box); the previous count is restored after the module. Use it as
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def batch():
+    """Six float64 4x4 one-channel images (uniform, seed 3) with labels 0, 1, 2, 3, 4, 0 (five classes)."""
+    from natbench.contracts import Batch
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    return Batch(x, y)
+
+
+def _small_cnn():
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 10),
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_at_cnn():
+    """(model in eval mode, test x, test y): a small CNN after 2 clean + 10 PGD-AT epochs (5 steps of
+    eps/2.5) at eps 0.2 on sklearn's digits, for the Square, FAB-T and GAMA-PGD cross-checks (a few
+    seconds on one core; trained once per session)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from natbench.attacks.pgd import pgd_linf
+    from natbench.data.digits import read
+
+    EPS = 0.2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread is faster, and the machine is shared
+    d = read()
+    torch.manual_seed(0)
+    model = _small_cnn()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(12):
+        perm = torch.randperm(len(d.train_x), generator=g)
+        for i in range(0, len(perm), 64):
+            xb, yb = d.train_x[perm[i:i + 64]], d.train_y[perm[i:i + 64]]
+            if epoch >= 2:
+                model.eval()
+                xb = pgd_linf(lambda z: F.cross_entropy(model(z), yb, reduction="none"), xb, eps=EPS,
+                              steps=5, step_size=EPS / 2.5, random_start=True, generator=g)
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    yield model, d.test_x, d.test_y
+    torch.set_num_threads(threads)

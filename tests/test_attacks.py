@@ -1,4 +1,5 @@
-"""natbench.attacks against torchattacks (PGD, FGSM) and hand computations (CW-inf)."""
+"""natbench.attacks against torchattacks (PGD, FGSM) and hand computations (CW-inf), and the invariants every
+attack keeps (FGSM, PGD, CW-inf; Square, FAB-T, GAMA-PGD)."""
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,15 @@ torchattacks = pytest.importorskip("torchattacks")
 
 from natbench.attacks._base import cw_margin_loss, project_linf, uniform_start  # noqa: E402
 from natbench.attacks.cw import CWInf  # noqa: E402
+from natbench.attacks.fab import FABT  # noqa: E402
 from natbench.attacks.fgsm import FGSM  # noqa: E402
+from natbench.attacks.gama import GAMAPGD  # noqa: E402
 from natbench.attacks.pgd import PGD  # noqa: E402
+from natbench.attacks.square import Square  # noqa: E402
 from natbench.contracts import Attack  # noqa: E402
 from natbench.errors import ConfigError  # noqa: E402
+
+from helpers import Logits, check_ball, digits_like, fooled, spy  # noqa: E402
 
 
 def mlp(seed: int = 0) -> nn.Module:
@@ -40,11 +46,6 @@ def data(n: int, seed: int = 1, model: nn.Module | None = None) -> tuple[torch.T
 
 def ce(model: nn.Module, y: torch.Tensor):
     return lambda z: F.cross_entropy(model(z), y, reduction="none")
-
-
-def fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1) != y
 
 
 # --------------------------------------------------------------------------- PGD vs torchattacks
@@ -320,3 +321,78 @@ def test_every_attack_stays_in_the_ball_keeps_the_mode_and_is_reproducible(name,
         outs.append(out)
     if not training:  # in train mode BatchNorm batch statistics depend on the rows an attack queries
         assert torch.equal(outs[0], outs[1]), f"{name} is not reproducible under a fixed generator"
+
+
+# --------------------------------------------------------------------------- Square, FAB-T, GAMA-PGD
+SQUARE_FAB_GAMA = [
+    Square(Square.Params(n_queries=40)),
+    Square(Square.Params(n_queries=15, restarts=2)),
+    FABT(FABT.Params(n_iter=5, n_target_classes=3)),
+    FABT(FABT.Params(n_iter=4, n_target_classes=2, restarts=2)),
+    GAMAPGD(GAMAPGD.Params(steps=6, milestones=(3, 5), lambda_steps=2)),
+    GAMAPGD(GAMAPGD.Params(steps=3, guide="start", restarts=2)),
+]
+
+SQUARE_FAB_GAMA_RANDOM = [a for a in SQUARE_FAB_GAMA if not isinstance(a, FABT)]  # FAB-T's random restarts: see below
+
+
+class TestSquareFabGama:
+    """Square, FAB-T and GAMA-PGD keep the invariants of every attack, are reproducible under a generator,
+    default to AutoAttack's standard settings and refuse bad input."""
+
+    @pytest.mark.parametrize("atk", SQUARE_FAB_GAMA, ids=lambda a: f"{a.name}-{a.params}")
+    @pytest.mark.parametrize("training", [True, False])
+    @pytest.mark.parametrize("eps", [0.0, 8 / 255, 0.3])
+    def test_invariants(self, atk, training, eps):
+        assert isinstance(atk, Attack) and atk.objective_kind == "logits"
+        model = spy(training)
+        x, y = digits_like(spy(False))
+        x_in = x.clone().requires_grad_(True)
+        with torch.no_grad():  # evaluation loops call attacks under no_grad
+            out = atk(Logits(model, y), x_in, eps=eps, generator=torch.Generator().manual_seed(0))
+        check_ball(out, x, eps)
+        assert model.calls == [] and all(m.training == training for m in model.modules())
+        assert all(p.grad is None for p in model.parameters()) and x_in.grad is None
+
+    @pytest.mark.parametrize("atk", SQUARE_FAB_GAMA, ids=lambda a: f"{a.name}-{a.params}")
+    def test_reproducible_under_a_generator_and_global_rng_untouched(self, atk):
+        model = spy(False)
+        x, y = digits_like(model)
+        obj = Logits(model, y)
+        eps = 0.1  # FAB-T leaves images robust after its first restart: the second one draws its start
+        with torch.no_grad():
+            a0 = atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(7))
+        state = torch.get_rng_state()
+        a = atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(a, a0) and torch.equal(torch.get_rng_state(), state)
+        assert not torch.equal(a, x)  # it did something
+        if atk in SQUARE_FAB_GAMA_RANDOM:
+            c = atk(obj, x, eps=eps, generator=torch.Generator().manual_seed(8))
+            assert not torch.equal(a, c)
+
+    def test_defaults_are_autoattack_standard(self):
+        assert (Square.name, FABT.name, GAMAPGD.name) == ("square", "fab-t", "gama-pgd")
+        assert Square().params == Square.Params(n_queries=5000, p_init=0.8, restarts=1, rescale_schedule=False)
+        assert FABT().params == FABT.Params(n_target_classes=9, n_iter=100, restarts=1, alpha_max=0.1, eta=1.05,
+                                            beta=0.9)
+        assert GAMAPGD().params.guide == "start" and GAMAPGD().params.restarts == 1
+
+    @pytest.mark.parametrize("cls", [Square, FABT, GAMAPGD])
+    @pytest.mark.parametrize("eps", [-1e-3, float("nan")])
+    def test_bad_eps_raises_config_error(self, cls, eps):
+        x, y = digits_like(spy(False), 4)
+        with pytest.raises(ConfigError):
+            cls()(Logits(spy(False), y), x, eps=eps)
+
+    def test_bad_params_raise_config_error(self):
+        for bad in (Square.Params(restarts=0), Square.Params(p_init=0.0), Square.Params(n_queries=-1)):
+            with pytest.raises(ConfigError):
+                Square(bad)
+        for bad in (FABT.Params(n_target_classes=0), FABT.Params(restarts=0), FABT.Params(n_iter=-1)):
+            with pytest.raises(ConfigError):
+                FABT(bad)
+        for bad in (GAMAPGD.Params(guide="adv"), GAMAPGD.Params(restarts=0), GAMAPGD.Params(drop=0.0)):
+            with pytest.raises(ConfigError):
+                GAMAPGD(bad)
+        with pytest.raises(ConfigError):
+            Square(FABT.Params())

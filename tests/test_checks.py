@@ -1,18 +1,27 @@
-"""A deliberately gradient-masking model is flagged, and the escalated attack brings it down.
+"""The model checks and their escalations (natbench.checks): each failed check schedules the attack it calls
+for; a deliberately gradient-masking model is flagged and the escalated attack brings it down; a randomized
+model is evaluated with EOT; a white-box attack weaker than a black-box one escalates to a transfer attack.
 
-The model is a digits CNN behind an input quantiser ``round(4x)/4``: its input gradient is exactly
+The gradient-masking model is a digits CNN behind an input quantiser ``round(4x)/4``: its input gradient is exactly
 zero everywhere, so gradient attacks stall while the decision function is as breakable as before.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from natbench.checks import model_checks
+from natbench.checks import ESCALATIONS, escalations, model_checks
+from natbench.config import from_dict
 from natbench.registry import get_registry
 from natbench.resolve import resolve, task_kind_cls
 from natbench.runner import ESCALATED, Runner
+from natbench.taskspec import SuiteSpec
+
+from helpers import digits_task
 
 REG = get_registry()
 
@@ -114,3 +123,102 @@ def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_pa
     Runner(tmp_path, registry=REG).evaluate(r2, task, run_dir, ("best",))
     assert "pgd" in calls
     (run_dir / PARTIAL).unlink()
+
+
+def test_each_failed_check_schedules_the_attack_it_calls_for():
+    obj = ("ce", "cw", "logits", "labels")
+    steps = {"pgd-10": 10, "pgd-50": 50}
+    suite = {"fgsm": "fgsm", "pgd-10": "pgd", "pgd-50": "pgd"}
+    ids = lambda failed, s=suite: [e[0] for e in escalations(failed, s, steps, obj)]  # noqa: E731
+    assert ids({"gradient_nonzero", "large_eps_reaches_zero"}) == ["escalated-square"]
+    restarts = dict((e[0], e[2]) for e in escalations({"more_steps_not_weaker"}, suite, steps, obj))
+    assert restarts == {"escalated-restarts": {"restarts": 10, "steps": 50}, "escalated-square": {}}
+    assert ids({"deterministic"}) == ["escalated-eot"] and ids({"clean_is_upper_bound"}) == ["escalated-eot"]
+    transfer = escalations({"whitebox_not_above_blackbox"}, suite, steps, obj)
+    assert transfer == [("escalated-transfer", "transfer", {"surrogate": "vanilla", "arch": "", "steps": 20})]
+    assert ids({"gradient_nonzero"}, {**suite, "sq": "square"}) == []  # the suite already runs Square
+    assert escalations({"gradient_nonzero", "deterministic"}, suite, steps, ("ce",)) == []  # no logits objective
+    assert ids(set()) == []
+
+
+@pytest.fixture()
+def randomized(tmp_path):
+    """A digits CNN behind Gaussian input noise in eval mode too: a randomized defense."""
+    from torch import nn
+
+    class Noisy(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x + 0.15 * torch.randn_like(x))
+
+    r, task = digits_task("vanilla", profile="quick", suite="smoke")
+    _fake_run(task, Noisy, 4, tmp_path)
+    return r, task, tmp_path
+
+
+def _fake_run(task, wrapper, epochs: int, run_dir):
+    """Train ``wrapper(task model)`` with plain CE for ``epochs`` and save it as a run's best/last
+    checkpoints; the task then builds that wrapped architecture (the runner loads the checkpoints)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = wrapper(task.build_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(epochs):
+        for b in task.loaders(64, torch.Generator().manual_seed(epoch))[0]:
+            loss = F.cross_entropy(model(b.x), b.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    task.build_model = lambda: copy.deepcopy(model)
+    run_dir.mkdir(exist_ok=True)
+    for ck in ("best", "last"):
+        torch.save(model.state_dict(), run_dir / f"{ck}.pt")
+
+
+@pytest.mark.slow
+def test_a_randomized_model_is_flagged_and_evaluated_with_eot(randomized, monkeypatch, tmp_path_factory):
+    r, task, run_dir = randomized
+    # AutoAttack-rand at a cut budget (the mechanism, not the budget, is under test: 100 x 20 is minutes on CPU)
+    monkeypatch.setitem(ESCALATIONS, "deterministic", [("escalated-eot", "autoattack-rand", {"n_iter": 10, "eot_iter": 4})])
+    torch.manual_seed(0)
+    results, flags, checks = Runner(tmp_path_factory.mktemp("root"), registry=REG).evaluate(r, task, run_dir, ("best",))
+    failed = {c.name for c in checks if not c.passed}
+    acc = {x.attack: x.value for x in results if x.metric == "accuracy"}
+    assert "deterministic" in failed
+    assert "escalated-eot" in acc and any(f.attack == "escalated-eot" for f in flags)
+    assert acc["escalated-eot"] <= acc["pgd-5"] + 0.02, acc  # EOT is not weaker than the plain gradient attack
+
+
+@pytest.mark.slow
+def test_whitebox_weaker_than_blackbox_escalates_to_a_transfer_attack(tmp_path, monkeypatch):
+    """A quantised (zero-gradient) pgd-at 'run' evaluated with Square in its suite: Square beats the
+    white-box attacks, so natbench trains (or reuses) a vanilla surrogate and adds a transfer attack."""
+    from torch import nn
+
+    class Quantised(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.round(x * 4) / 4)
+
+    r, task = digits_task("pgd-at", profile="quick", sets=["training.epochs=2"], suite="smoke")
+    square = from_dict(SuiteSpec, {"suite": "t", "description": "t", "attacks": [
+        {"id": "pgd-5", "attack": "pgd", "params": {"steps": 5}}, {"id": "square", "attack": "square", "params": {"n_queries": 300}}]}, "s")
+    r = dataclasses.replace(r, suite=square)
+    run_dir = tmp_path / "run"
+    _fake_run(task, Quantised, 6, run_dir)
+    monkeypatch.setitem(ESCALATIONS, "gradient_nonzero", [])  # Square is in the suite already
+    root = tmp_path / "root"
+    results, _, checks = Runner(root, registry=REG).evaluate(r, task, run_dir, ("best",))
+    acc = {x.attack: x.value for x in results if x.metric == "accuracy"}
+    assert "escalated-transfer" in acc, acc
+    assert acc["escalated-transfer"] < acc["pgd-5"] - 0.2, acc  # the transferred examples break it
+    from natbench.store import Store
+
+    assert list(Store(root / "natbench.sqlite").runs().defense) == ["vanilla"]  # the surrogate, a recorded run

@@ -5,7 +5,6 @@ that need a finished run use a hand-built digits run (an untrained model's check
 row), copied fresh for every case. No training."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -21,8 +20,10 @@ import yaml
 import natbench.runner  # noqa: F401 - the first CLI call is not slowed by torch's import
 from natbench.cli import main
 from natbench.registry import get_registry
-from natbench.resolve import resolve, task_kind_cls
-from natbench.store import ResultRow, RunRecord, Store
+from natbench.resolve import resolve
+from natbench.store import Store
+
+from helpers import make_run, tree_snapshot
 
 DIGITS = "natbench/specs/tasks/digits.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -30,57 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-# ------------------------------------------------------------------------------- a finished run
-def _make_run(root: Path) -> str:
-    """A complete digits/vanilla run in ``root`` without training: checkpoints of the seeded initial
-    model, ``config.yaml``, one store row with one result."""
-    reg = get_registry()
-    r = resolve(reg, "digits", "vanilla", profile="quick")
-    run_dir = root / r.run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(r.config, sort_keys=False))
-    torch.manual_seed(0)
-    model = task_kind_cls(reg, r.spec)(r.spec, None).build_model()
-    for ckpt in ("best", "last"):
-        torch.save(model.state_dict(), run_dir / f"{ckpt}.pt")
-    rec = RunRecord(run_id=r.run_id, task=r.task, defense=r.defense, profile=r.profile_name, seed=0,
-                    config_hash=r.config_hash, git_rev="test", versions={}, device="cpu", started="2026-01-01T00:00:00",
-                    finished="2026-01-01T00:00:01", wall_train_s=1.0, wall_eval_s=1.0, config=r.config,
-                    suite=["clean"], variant="")
-    with Store(root / "natbench.sqlite") as s:
-        s.record_run(rec, [ResultRow("best", "clean", "accuracy", 0.5), ResultRow("last", "clean", "accuracy", 0.5)], [], [])
-    return r.run_id
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("template") / "runs"
-    return root, _make_run(root)
-
-
-# ------------------------------------------------------------------------------- snapshots
-def _store_dump(path: Path) -> list[str]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return list(con.iterdump())
-    except sqlite3.DatabaseError:
-        return [hashlib.sha256(path.read_bytes()).hexdigest()]
-    finally:
-        con.close()
-
-
-def _snapshot(top: Path) -> dict[str, str]:
-    """Every file under ``top`` (but SQLite's transient -wal/-shm) -> content hash; a store by its rows."""
-    out = {}
-    for p in sorted(top.rglob("*")):
-        if p.is_dir() or p.name.endswith(("-wal", "-shm", "-journal")):
-            out[str(p)] = "dir" if p.is_dir() else out.get(str(p), "")
-            continue
-        if p.name == "natbench.sqlite":
-            out[str(p)] = hashlib.sha256("\n".join(_store_dump(p)).encode()).hexdigest()
-        else:
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if os.access(p, os.R_OK) else "unreadable"
-    return {k: v for k, v in out.items() if not k.endswith(("-wal", "-shm", "-journal"))}
+    return root, make_run(root)
 
 
 # ------------------------------------------------------------------------------- the catalogue
@@ -432,7 +386,7 @@ def test_bad_input(case, tmp_path, template, capsys, monkeypatch):
     argv = c.argv(ctx) if callable(c.argv) else list(c.argv)
     if c.root:
         argv += ["--root", str(root)]
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     capsys.readouterr()  # what the set-up logged
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -444,79 +398,7 @@ def test_bad_input(case, tmp_path, template, capsys, monkeypatch):
     assert len(errors) == 1 and lines[-1] == errors[0], f"expected ONE error line on stderr, got:\n{err}"
     assert "Traceback" not in err and not any("WARNING" in ln or "ERROR" in ln for ln in lines), err
     assert c.needle in errors[0], errors[0]
-    after = _snapshot(tmp_path)
+    after = tree_snapshot(tmp_path)
     assert after == before, f"files changed: {sorted(set(after.items()) ^ set(before.items()))}"
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "abs").exists()
     assert not (tmp_path / "cwd" / "PWNED").exists(), "a pickle payload ran"
-
-
-# ------------------------------------------------------------------------------- integrity of runs
-@pytest.mark.slow
-def test_resumed_run_records_the_sum_of_its_attempts_training_time(tmp_path, monkeypatch):
-    """Attempt 1 trains every epoch and dies in evaluation; attempt 2 resumes (nothing left to train)
-    and evaluates. The recorded training time is both attempts' (before: only the second's, ~0 s)."""
-    from natbench.runner import Runner
-
-    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])
-    reg = get_registry()
-    r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=2"], suite="smoke")
-    runner = Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg)
-    real = Runner.evaluate
-
-    def dies(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Runner, "evaluate", dies)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(r)
-    state = torch.load(tmp_path / "runs" / r.run_id / "state.pt", weights_only=True)
-    first = state["train_s"]
-    assert first > 0 and state["epoch"] == 1
-    monkeypatch.setattr(Runner, "evaluate", real)
-    Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg).run(r)
-    with Store(tmp_path / "runs" / "natbench.sqlite") as s:
-        recorded = s.get_run(r.run_id).wall_train_s
-    assert first <= recorded < first + 30, (first, recorded)
-
-
-def _run_quick(root: str, out: str) -> None:
-    import json
-    import sys
-
-    from natbench.runner import Reporter, Runner
-
-    class Say(Reporter):
-        def message(self, text: str) -> None:
-            print(text, file=sys.stderr, flush=True)
-            with open(out, "a") as f:
-                f.write(json.dumps(text) + "\n")
-
-    reg = get_registry()
-    r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=1"], suite="smoke")
-    Runner(Path(root), None, torch.device("cpu"), Say(), reg).run(r)
-
-
-@pytest.mark.slow
-def test_the_same_run_started_twice_trains_once(tmp_path, monkeypatch):
-    """Two processes start the same run together: one trains, the other waits ("running in PID N")
-    and then reuses the finished run."""
-    import json
-    import multiprocessing as mp
-
-    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])  # inherited by the forked children
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_run_quick, args=(str(tmp_path / "runs"), str(tmp_path / f"log{i}.jsonl"))) for i in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(600)
-        assert p.exitcode == 0
-    logs = [[json.loads(x) for x in (tmp_path / f"log{i}.jsonl").read_text().splitlines()] for i in range(2)]
-    trained = [any("complete (train" in m for m in log) for log in logs]
-    assert sorted(trained) == [False, True], logs
-    waiter = logs[trained.index(False)]
-    assert any("running in PID" in m for m in waiter) and any("already complete" in m for m in waiter), waiter
-    with Store(tmp_path / "runs" / "natbench.sqlite") as s:
-        assert len(s.runs()) == 1
-    leftovers = [p.name for p in (tmp_path / "runs").rglob("*.tmp")] + [p.name for p in (tmp_path / "runs").rglob(".lock")]
-    assert leftovers == []

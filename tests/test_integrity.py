@@ -11,16 +11,15 @@ from natbench.cli import main
 from natbench.errors import RunError
 from natbench.integrity import sha256_file, verify
 from natbench.store import ResultRow, Store
-from test_hardening import _make_run
 
-
+from helpers import make_run
 
 
 
 @pytest.fixture
 def run(tmp_path):
     root = tmp_path / "runs"
-    run_id = _make_run(root)
+    run_id = make_run(root)
     shas = {c: sha256_file(root / run_id / f"{c}.pt") for c in ("best", "last")}
     with Store(root / "natbench.sqlite") as s:  # the run's results came from these files
         s.add_results(run_id, [ResultRow("best", "pgd-20", "accuracy", 0.25), ResultRow("last", "pgd-20", "accuracy", 0.3)],
@@ -54,7 +53,7 @@ def test_verify_accepts_the_recorded_files_and_refuses_a_changed_one(run):
 
 def test_a_run_recorded_without_hashes_is_accepted(tmp_path):
     root = tmp_path / "runs"
-    run_id = _make_run(root)
+    run_id = make_run(root)
     with Store(root / "natbench.sqlite") as s:
         assert s.checkpoint_sha256(run_id) == {}
         assert verify(s, run_id, root / run_id, ("best",)).replace == []

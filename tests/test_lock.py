@@ -1,4 +1,5 @@
-"""Tests for natbench.lock: one process per run directory, a waiting second start, a stale lock."""
+"""Tests for natbench.lock: one process per run directory, a waiting second start, a stale lock, and the same
+run started twice by two processes trains once."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -6,11 +7,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from natbench.errors import RunError
 from natbench.lock import LOCK_NAME, RunLock, locked_run_dir
+from natbench.registry import get_registry
+from natbench.resolve import resolve
+from natbench.store import Store
 
 
 def _hold(run_dir, ready, release):
@@ -69,3 +75,46 @@ def test_a_new_empty_folder_is_removed_again(tmp_path):
     with locked_run_dir(tmp_path / "full"):
         pass
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["config.yaml"]
+
+
+def _run_quick(root: str, out: str) -> None:
+    import json
+    import sys
+
+    from natbench.runner import Reporter, Runner
+
+    class Say(Reporter):
+        def message(self, text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+            with open(out, "a") as f:
+                f.write(json.dumps(text) + "\n")
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=1"], suite="smoke")
+    Runner(Path(root), None, torch.device("cpu"), Say(), reg).run(r)
+
+
+@pytest.mark.slow
+def test_the_same_run_started_twice_trains_once(tmp_path, monkeypatch):
+    """Two processes start the same run together: one trains, the other waits ("running in PID N")
+    and then reuses the finished run."""
+    import json
+    import multiprocessing as mp
+
+    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])  # inherited by the forked children
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_run_quick, args=(str(tmp_path / "runs"), str(tmp_path / f"log{i}.jsonl"))) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+        assert p.exitcode == 0
+    logs = [[json.loads(x) for x in (tmp_path / f"log{i}.jsonl").read_text().splitlines()] for i in range(2)]
+    trained = [any("complete (train" in m for m in log) for log in logs]
+    assert sorted(trained) == [False, True], logs
+    waiter = logs[trained.index(False)]
+    assert any("running in PID" in m for m in waiter) and any("already complete" in m for m in waiter), waiter
+    with Store(tmp_path / "runs" / "natbench.sqlite") as s:
+        assert len(s.runs()) == 1
+    leftovers = [p.name for p in (tmp_path / "runs").rglob("*.tmp")] + [p.name for p in (tmp_path / "runs").rglob(".lock")]
+    assert leftovers == []

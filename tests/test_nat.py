@@ -1,4 +1,4 @@
-"""NAT's adversary options (paper Tables 7, 8; Appendix I) and its cost-saving forwards.
+"""NAT (natbench.regularizers.nat): its adversary options (paper Tables 7, 8; Appendix I) and its cost-saving forwards.
 
 Golden values in float64 against hand computations: the default is the loss of the previous
 implementation (two adversary forwards), an ensemble is the KL against the mean of its members'
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from natbench.compose import Composite
 from natbench.config import from_dict
@@ -25,6 +24,8 @@ from natbench.contracts import cached_logits
 from natbench.regularizers.nat import ADVERSARY_STATES, NAT, adversary_dependencies, nasty_kl
 from natbench.resolve import resolve
 from natbench.taskspec import ModelCfg
+
+from helpers import bn_net, softmax
 
 
 class _Task:
@@ -40,29 +41,12 @@ class _Task:
         return model(x)
 
 
-def _net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5)).double()
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def _kl_batchmean(p, q):  # KL(p || q), summed over classes, mean over rows
     return float((p * (np.log(p) - np.log(q))).sum(1).mean())
 
 
 def _ce(z, y):
-    return float(np.mean(-np.log(_softmax(z)[np.arange(len(y)), y])))
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    return Batch(x, torch.tensor([0, 1, 2, 3, 4, 0]))
+    return float(np.mean(-np.log(softmax(z)[np.arange(len(y)), y])))
 
 
 @pytest.fixture
@@ -96,7 +80,7 @@ def _previous_loss(target, adversary, batch, x_adv, cache_in, omega, tau):
 @pytest.mark.parametrize("base_logits", [False, True], ids=["no-cache", "pgd-at-cached-adv"])
 def test_default_params_give_the_previous_loss(batch, x_adv, base_logits):
     omega, tau = 0.05, 3.0
-    target, adversary = _net(0), _net(1)  # target in train mode: BN batch statistics, as in training
+    target, adversary = bn_net(0), bn_net(1)  # target in train mode: BN batch statistics, as in training
     target_ref, adversary_ref = copy.deepcopy(target), copy.deepcopy(adversary).eval()
     cache = {"x_adv": x_adv, "ce_on": frozenset({"adv"})}
     cache_ref = dict(cache)
@@ -134,7 +118,7 @@ def test_default_dependency_is_a_vanilla_model_of_the_same_arch():
 
 def test_ensemble_is_the_kl_against_the_mean_of_the_members_logits(batch, x_adv):
     omega, tau = 0.2, 2.0
-    target, a0, a1 = _net(0).eval(), _net(1), _net(2)
+    target, a0, a1 = bn_net(0).eval(), bn_net(1), bn_net(2)
     nat = NAT(NAT.Params(omega=omega, tau=tau, adversary_arch=("resnet18", "densenet121")))
     nat.bind("adversary1", a1)
     with pytest.raises(RuntimeError, match="adversary0"):
@@ -147,16 +131,16 @@ def test_ensemble_is_the_kl_against_the_mean_of_the_members_logits(batch, x_adv)
         zt = {w: target(x).numpy() for w, x in (("clean", batch.x), ("adv", x_adv))}
         za = {w: (a0(x).numpy() + a1(x).numpy()) / 2 for w, x in (("clean", batch.x), ("adv", x_adv))}
         za0 = {w: a0(x).numpy() for w, x in (("clean", batch.x), ("adv", x_adv))}
-    kl = {w: tau**2 * _kl_batchmean(_softmax(zt[w] / tau), _softmax(za[w] / tau)) for w in zt}
+    kl = {w: tau**2 * _kl_batchmean(softmax(zt[w] / tau), softmax(za[w] / tau)) for w in zt}
     expected = _ce(zt["clean"], y) - omega * (kl["clean"] + kl["adv"])
     assert out.loss.item() == pytest.approx(expected, rel=1e-12)
     assert out.parts["nat_kl_clean"] == pytest.approx(kl["clean"], rel=1e-12)
     assert out.parts["nat_kl_adv"] == pytest.approx(kl["adv"], rel=1e-12)
     # a single member (or a mean of probabilities) would give another number: the test can tell
-    kl0 = tau**2 * _kl_batchmean(_softmax(zt["clean"] / tau), _softmax(za0["clean"] / tau))
+    kl0 = tau**2 * _kl_batchmean(softmax(zt["clean"] / tau), softmax(za0["clean"] / tau))
     assert abs(kl0 - kl["clean"]) / kl["clean"] > 1e-3
-    p_mean = (_softmax(a0(batch.x).detach().numpy() / tau) + _softmax(a1(batch.x).detach().numpy() / tau)) / 2
-    assert abs(tau**2 * _kl_batchmean(_softmax(zt["clean"] / tau), p_mean) - kl["clean"]) / kl["clean"] > 1e-3
+    p_mean = (softmax(a0(batch.x).detach().numpy() / tau) + softmax(a1(batch.x).detach().numpy() / tau)) / 2
+    assert abs(tau**2 * _kl_batchmean(softmax(zt["clean"] / tau), p_mean) - kl["clean"]) / kl["clean"] > 1e-3
     assert nat.adversary is None and set(nat.adversaries) == {"adversary0", "adversary1"}
     assert not a0.training and not a1.training
     assert all(not p.requires_grad for m in (a0, a1) for p in m.parameters())
@@ -208,14 +192,14 @@ def test_states_cover_the_papers_table_8():
 def test_bind_checks_the_role(batch):
     nat = NAT()
     with pytest.raises(ValueError, match="'adversary0'.*binds adversary"):
-        nat.bind("adversary0", _net(1))
+        nat.bind("adversary0", bn_net(1))
     ens = NAT(NAT.Params(adversary_arch=("resnet18", "vgg11")))
     with pytest.raises(ValueError, match="'adversary'.*adversary0, adversary1"):
-        ens.bind("adversary", _net(1))
+        ens.bind("adversary", bn_net(1))
     with pytest.raises(ValueError, match="surrogate"):
-        ens.bind("surrogate", _net(1))
+        ens.bind("surrogate", bn_net(1))
     with pytest.raises(RuntimeError, match="no adversary model bound"):
-        NAT().loss(_net(0), batch, _Task(), {"ce_on": frozenset({"clean"})})
+        NAT().loss(bn_net(0), batch, _Task(), {"ce_on": frozenset({"clean"})})
 
 
 @pytest.mark.parametrize("data,match", [
@@ -257,7 +241,7 @@ def _base_loss_reusing_cache(model, batch, task, cache):
 
 def test_joint_forward_is_one_train_mode_forward_on_the_concatenation(batch, x_adv):
     omega, tau = 0.05, 3.0
-    target, adversary = _net(0), _net(1)  # train mode: the joint forward's BN statistics are the mixed batch's
+    target, adversary = bn_net(0), bn_net(1)  # train mode: the joint forward's BN statistics are the mixed batch's
     target_ref = copy.deepcopy(target)
     nat = NAT(NAT.Params(omega=omega, tau=tau, joint_forward=True))
     nat.bind("adversary", adversary)
@@ -273,8 +257,8 @@ def test_joint_forward_is_one_train_mode_forward_on_the_concatenation(batch, x_a
         za = adversary(torch.cat([batch.x, x_adv])).numpy()
         z_sep = target_ref(batch.x).numpy()
     zc, zadv = z[:6], z[6:]
-    kl_c = tau**2 * _kl_batchmean(_softmax(zc / tau), _softmax(za[:6] / tau))
-    kl_a = tau**2 * _kl_batchmean(_softmax(zadv / tau), _softmax(za[6:] / tau))
+    kl_c = tau**2 * _kl_batchmean(softmax(zc / tau), softmax(za[:6] / tau))
+    kl_a = tau**2 * _kl_batchmean(softmax(zadv / tau), softmax(za[6:] / tau))
     expected = _ce(zadv, y) + _ce(zc, y) - omega * (kl_c + kl_a)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert np.abs(z_sep - zc).max() > 1e-6  # the separate forward's BN statistics differ: the test can tell
@@ -284,8 +268,8 @@ def test_joint_forward_is_one_train_mode_forward_on_the_concatenation(batch, x_a
 
 def test_joint_forward_refuses_to_run_silently_unjoined(batch, x_adv):
     nat = NAT(NAT.Params(joint_forward=True))
-    nat.bind("adversary", _net(1))
-    target, task = _net(0), _Task()
+    nat.bind("adversary", bn_net(1))
+    target, task = bn_net(0), _Task()
     with pytest.raises(CompositionError, match="did not call NAT.pre_loss"):  # composite without the hook
         nat.loss(target, batch, task, {"x_adv": x_adv, "ce_on": frozenset({"adv"})})
     cache = {"x_adv": x_adv, "ce_on": frozenset({"adv"})}

@@ -16,7 +16,7 @@ import pytest
 from natbench.cli import main
 from natbench.errors import RunError
 from natbench.store import Store
-from test_hardening import _make_run, _snapshot
+from helpers import make_run as _make_run, tree_snapshot as _snapshot
 
 
 @contextlib.contextmanager

@@ -1,67 +1,31 @@
-"""MART (loss and attack) and AWP (weight perturbation) against hand computations (float64), and both
-inside ``Composite`` / ``runner.train_step``, on random digits-sized data and on the real digits task."""
+"""AWP (natbench.perturbations.awp) against hand computations (float64), inside ``Composite`` /
+``runner.train_step`` on random digits-sized data and (with MART, PGD-AT, TRADES) on the real digits task,
+its warm-up against each reference loop and its recipe profiles."""
 from __future__ import annotations
 
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from natbench.compose import Composite, check_params, plan
-from natbench.contracts import Batch, ThreatModel
-from natbench.defenses.mart import MART, mart_loss, mart_parts
+from natbench.contracts import Batch
 from natbench.models.small_cnn import SmallCNN
 from natbench.perturbations.awp import AWP
-from natbench.registry import Entry, Registry, get_registry
+from natbench.registry import get_registry
 from natbench.runner import make_optimizer, train_step
+
+from helpers import TaskSlice, registry_with, snapshot
 
 NEW_ENTRIES = {  # what natbench/registry.yaml gets for these plugins (added here if it lacks them)
     ("defenses", "mart"): "natbench.defenses.mart:MART",
     ("perturbations", "awp"): "natbench.perturbations.awp:AWP",
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threading costs more than it saves (and thrashes on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _registry() -> Registry:
-    base = get_registry()
-    entries = {k: {n: base.entry(k, n) for n in base.names(k)} for k in base.kinds()}
-    for (kind, name), target in NEW_ENTRIES.items():
-        entries[kind].setdefault(name, Entry(kind=kind, name=name, cite="test", target=target))
-    return Registry(entries)
-
-
-class _Task:
-    """The slice of a classification task the defenses use."""
-
-    threat = ThreatModel(eps=0.3, train_steps=3, train_step_size=0.1)
-
-    def logits(self, model, batch, x):
-        return model(x)
-
-    def objective(self, model, batch, kind):
-        assert kind == "ce"
-        return lambda z: F.cross_entropy(model(z), batch.y, reduction="none")
-
-
-class _DigitsTask(_Task):
-    threat = ThreatModel(eps=0.2, train_steps=2, train_step_size=0.05)
-
-
-def _net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5)).double()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _convnet(seed: int) -> nn.Module:
@@ -69,136 +33,6 @@ def _convnet(seed: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 5)).double()
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    return Batch(x, y)
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-# ----------------------------------------------------------------------------------------- MART
-def _mart_by_hand(z, z_adv, y, beta):
-    n = len(y)
-    p, pa = _softmax(z), _softmax(z_adv)
-    masked = pa.copy()
-    masked[np.arange(n), y] = -np.inf
-    y_hat = masked.argmax(1)  # most probable wrong class of the adversarial prediction
-    ce_adv = np.mean(-np.log(pa[np.arange(n), y]))
-    bce = ce_adv - np.mean(np.log(1.0001 - pa[np.arange(n), y_hat] + 1e-12))
-    kl = (p * (np.log(p) - np.log(pa + 1e-12))).sum(1)  # KL(clean || adv) per sample
-    weight = 1.0000001 - p[np.arange(n), y]
-    return bce + beta * np.mean(kl * weight), bce, np.mean(kl * weight)
-
-
-def test_mart_loss_equals_hand_formula(batch):
-    model = _net(2)
-    task = _Task()
-    cache = {}
-    model.train()
-    MART().prepare(model, batch, task, cache, torch.Generator().manual_seed(0))
-    assert model.training  # mode restored after the eval-mode attack
-    model.eval()  # compare with fixed BN statistics
-    out = MART(MART.Params(beta=6.0)).loss(model, batch, task, cache)
-    with torch.no_grad():
-        z, z_adv = model(batch.x).numpy(), model(cache["x_adv"]).numpy()
-    expected, bce, klw = _mart_by_hand(z, z_adv, batch.y.numpy(), 6.0)
-    assert out.loss.item() == pytest.approx(expected, rel=1e-10)
-    assert out.parts["mart_bce"] == pytest.approx(bce, rel=1e-10)
-    assert out.parts["mart_kl"] == pytest.approx(klw, rel=1e-10)
-    # beta is the weight of the weighted KL only
-    out5 = MART(MART.Params(beta=5.0)).loss(model, batch, task, dict(cache))
-    assert out5.loss.item() == pytest.approx(_mart_by_hand(z, z_adv, batch.y.numpy(), 5.0)[0], rel=1e-10)
-    out.loss.backward()  # both branches carry gradient
-    assert cache["logits_clean"].requires_grad and cache["logits_adv"].requires_grad
-
-
-def test_mart_top2_picks_the_most_probable_wrong_class():
-    z_adv = torch.tensor([[5.0, 1.0, 0.0], [0.0, 5.0, 1.0], [1.0, 0.0, 5.0], [0.0, 2.0, 3.0]], dtype=torch.float64)
-    y = torch.tensor([0, 0, 0, 2])
-    y_hat = [1, 1, 2, 1]  # argmax correct -> runner-up; argmax wrong -> argmax
-    pa = _softmax(z_adv.numpy())
-    margin = -np.mean(np.log(1.0001 - pa[np.arange(4), y_hat] + 1e-12))
-    assert mart_parts(z_adv, z_adv, y)["margin"].item() == pytest.approx(margin, rel=1e-12)
-
-
-def test_mart_weight_is_not_detached():
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    za = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([0, 1, 2, 3, 0])
-    # finite differences see every path, including the one through (1 - p_y(clean))
-    assert torch.autograd.gradcheck(lambda a, b: mart_loss(a, b, y, 6.0), (z, za))
-    (grad,) = torch.autograd.grad(mart_loss(z, za, y, 6.0), z)
-    p, pa = F.softmax(z, 1), F.softmax(za, 1)
-    kl = F.kl_div(torch.log(pa + 1e-12), p, reduction="none").sum(1)
-    w = (1.0000001 - p.gather(1, y.view(-1, 1)).squeeze(1)).detach()
-    (grad_detached,) = torch.autograd.grad(6.0 * (kl * w).mean(), z)
-    assert (grad - grad_detached).abs().max() > 1e-3  # the weight's own gradient is there
-
-
-def test_mart_attack_uses_eval_mode_bn_and_restores_train_mode(batch):
-    model = _net(2)
-    bn = model[2]
-    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-    model.train()
-    cache = {}
-    MART().prepare(model, batch, _Task(), cache, torch.Generator().manual_seed(0))
-    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
-    assert torch.equal(bn.num_batches_tracked, before[2])
-    assert model.training
-    assert all(p.grad is None for p in model.parameters())  # input gradients only
-    x_adv = cache["x_adv"]
-    assert (x_adv - batch.x).abs().max() <= _Task.threat.eps + 1e-12
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    model.eval()
-    MART(MART.Params(attack_bn="train")).prepare(model, batch, _Task(), {}, torch.Generator().manual_seed(0))
-    assert not model.training  # the caller's mode is restored either way
-    assert not torch.equal(bn.running_mean, before[0])  # the explicit alternative does update them
-
-
-def test_mart_attack_one_step_by_hand(batch):
-    model = _net(2).eval()
-    task = _Task()
-    cache = {}
-    MART(MART.Params(steps=1)).prepare(model, batch, task, cache, torch.Generator().manual_seed(7))
-    noise = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(7))  # from the given generator
-    x0 = (batch.x + 0.001 * noise).requires_grad_(True)
-    (g,) = torch.autograd.grad(F.cross_entropy(model(x0), batch.y), x0)  # CE, not KL
-    eps, alpha = task.threat.eps, task.threat.train_step_size  # step from the task's threat model
-    x1 = torch.min(torch.max(x0.detach() + alpha * g.sign(), batch.x - eps), batch.x + eps).clamp(0, 1)
-    assert torch.equal(cache["x_adv"], x1)
-    cache0 = {}
-    MART(MART.Params(steps=0)).prepare(model, batch, task, cache0, torch.Generator().manual_seed(7))
-    assert torch.equal(cache0["x_adv"], x0.detach().clamp(0, 1))
-
-
-def test_mart_attack_increases_ce(batch):
-    model = _net(2).eval()
-    cache = {}
-    MART(MART.Params(steps=10, step_size=0.05)).prepare(model, batch, _Task(), cache, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ce_adv = F.cross_entropy(model(cache["x_adv"]), batch.y).item()
-        ce_clean = F.cross_entropy(model(batch.x), batch.y).item()
-    assert ce_adv > ce_clean + 0.1
-
-
-def test_mart_class_attributes():
-    assert MART.ce_on == frozenset({"adv"}) and MART.select_on == "robust"
-    assert {"x_adv", "logits_clean", "logits_adv"} <= MART.provides
-    assert MART.Params().beta == 6.0 and MART.Params().attack_bn == "eval"
-
-
-# ------------------------------------------------------------------------------------------ AWP
 def _awp_by_hand(model, loss_fn, gamma, lr):
     """``{param name: gamma * ||w|| * d / ||d||}``, d from one SGD step on -loss on a copy (train mode)."""
     twin = copy.deepcopy(model).train()
@@ -223,12 +57,12 @@ def test_awp_moves_each_kernel_by_gamma_norm_w_along_the_ascent_direction(batch)
     sentinel = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters() if n.startswith("0.")}
     for n, p in model.named_parameters():
         p.grad = sentinel[n].clone() if n in sentinel else None  # a previous step's gradients
-    before = _state(model)
+    before = snapshot(model)
     expected = _awp_by_hand(model, _simple_loss(batch), gamma, lr)
     assert set(expected) == {"0.weight", "4.weight"}  # the conv and the linear kernel only
     awp = AWP(AWP.Params(gamma=gamma, proxy_lr=lr))
     restore = awp.apply(model, _simple_loss(batch))
-    after = _state(model)
+    after = snapshot(model)
     for name, value in before.items():
         if name in expected:
             moved = after[name] - value
@@ -259,7 +93,7 @@ def test_awp_proxy_lr_cancels_and_proxy_is_resynced(batch):
     with torch.no_grad():  # as an optimizer step would
         model[4].weight.add_(0.05)
         model[0].weight.mul_(1.1)
-    before = _state(model)
+    before = snapshot(model)
     expected = _awp_by_hand(model, _simple_loss(batch), 5e-3, 0.01)
     restore = small.apply(model, _simple_loss(batch))
     assert small._proxy is proxy  # one proxy, reloaded from the model at every call
@@ -276,7 +110,7 @@ def test_awp_is_a_no_op_inside_warmup_and_with_zero_gamma(batch):
         raise AssertionError("no proxy step during warmup")
 
     model = _convnet(0).train()
-    before = _state(model)
+    before = snapshot(model)
     awp = AWP(AWP.Params(warmup=2))
     for epoch in (0, 1):
         awp.set_epoch(epoch, 5)
@@ -300,9 +134,8 @@ def test_awp_rejects_bad_params():
             AWP(AWP.Params(**bad))
 
 
-# ------------------------------------------------------------------------------ composite / runner
 def _composite(spec: str, params: dict | None = None) -> Composite:
-    p = plan(spec, _registry(), frozenset({"logits"}))
+    p = plan(spec, registry_with(NEW_ENTRIES), frozenset({"logits"}))
     return Composite.build(p, check_params(p, params or {}))
 
 
@@ -320,7 +153,7 @@ def _digits_model(seed: int = 0) -> nn.Module:
 def test_train_step_with_awp_keeps_only_the_optimizer_update(spec):
     comp = _composite(spec, {"awp": {"gamma": 0.01}})
     assert comp.plan.canonical == spec and isinstance(comp.perturbation, AWP)
-    model, task, lr = _digits_model(), _DigitsTask(), 0.1
+    model, task, lr = _digits_model(), TaskSlice(eps=0.2, steps=2, step_size=0.05), 0.1
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     comp.set_epoch(0, 2)
@@ -335,7 +168,7 @@ def test_train_step_with_awp_keeps_only_the_optimizer_update(spec):
 
 @pytest.mark.parametrize("base", ["pgd-at", "trades", "mart"])
 def test_awp_loss_is_taken_at_the_perturbed_weights(base):
-    task, batch = _DigitsTask(), _digits_batch(5)
+    task, batch = TaskSlice(eps=0.2, steps=2, step_size=0.05), _digits_batch(5)
 
     def loss_of(spec, params=None):
         model = _digits_model(3)
@@ -364,7 +197,7 @@ def test_two_steps_on_the_real_digits_task(spec):
     gen = torch.Generator().manual_seed(0)
     train, _, _ = task.loaders(r.profile.batch_size, gen)
     it = iter(train)
-    before = _state(model)
+    before = snapshot(model)
     for _ in range(2):
         out = train_step(comp, model, next(it), task, opt, gen)
         assert math.isfinite(out.loss.item())
@@ -413,21 +246,3 @@ def test_awp_recipe_profiles_carry_their_reference_params():
     dep = with_defense(reg, r, "trades+awp")
     assert dep.params["awp"].warmup == 9 and dep.variant == "model.arch=preact_resnet18"
     assert dep.config["task"]["model"]["arch"] == "preact_resnet18"  # the user's --set, not reset by the profile
-
-
-def test_mart_recipe_follows_the_architecture():
-    """MART's two scripts: train_resnet.py (ResNet-18: beta 5, lr 0.01, wd 3.5e-3, 120 epochs) and
-    train_wideresnet.py (WRN-34-10: beta 6, lr 0.1, wd 7e-4, 90 epochs). A profile never mixes them."""
-    from natbench.resolve import resolve
-
-    reg = get_registry()
-    r18 = resolve(reg, "cifar10", "mart", profile="mart")
-    assert r18.config["task"]["model"]["arch"] == "resnet18" and r18.params["mart"].beta == 5.0
-    p = r18.profile
-    assert (p.epochs, p.lr, p.weight_decay, p.milestones, p.batch_size) == (120, 0.01, 3.5e-3, (74, 89, 99), 128)
-    wrn = resolve(reg, "cifar10", "mart", profile="mart-wrn")
-    assert wrn.config["task"]["model"]["arch"] == "wrn34_10" and wrn.params["mart"].beta == 6.0
-    p = wrn.profile
-    assert (p.epochs, p.lr, p.weight_decay, p.milestones, p.batch_size) == (90, 0.1, 7e-4, (74, 89), 128)
-    assert resolve(reg, "cifar10", "mart+awp", profile="mart").params["mart"].beta == 5.0
-    assert resolve(reg, "cifar10", "pgd-at", profile="mart").profile.lr == 0.01  # the schedule as a baseline
