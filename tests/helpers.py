@@ -135,7 +135,59 @@ def digits_task(defense: str = "vanilla", **kw):
     return r, task_kind_cls(get_registry(), r.spec)(r.spec, None)
 
 
+# ------------------------------------------------------------------------- a few training steps
+def training_setup(task_name: str, defense: str, root=None, *sets: str, profile: str = "quick"):
+    """``(resolution, task, composite, model)`` as the runner builds them for seed 0: each dependency (NAT's
+    adversary) bound to an untrained model of the task's architecture (seed 1), the model initialised from
+    ``derive_seed(0, "init")``; ``root`` is the task's data root (None: the task's default)."""
+    from natbench.compose import Composite
+    from natbench.runner import derive_seed
+
+    reg = get_registry()
+    r = resolve(reg, task_name, defense, profile=profile, sets=list(sets))
+    task = task_kind_cls(reg, r.spec)(r.spec, root)
+    comp = Composite.build(r.plan, r.params)
+    for component, dep in comp.dependencies():
+        torch.manual_seed(1)
+        component.bind(dep.role, task.build_model())
+    torch.manual_seed(derive_seed(0, "init"))
+    return r, task, comp, task.build_model()
+
+
+def train_steps(comp, model: nn.Module, batches, task, opt, gen: torch.Generator, n: int = 2):
+    """The runner's inner loop for a test: ``train_step`` on each batch, ``comp.replays`` times (Free-AT), until
+    the batch in which the n-th step was taken is done. Yields ``(batch, step output)`` after every step, so
+    the test asserts on each."""
+    from natbench.runner import train_step
+
+    steps = 0
+    for batch in batches:
+        for _ in range(comp.replays):
+            yield batch, train_step(comp, model, batch, task, opt, gen)
+            steps += 1
+        if steps >= n:
+            return
+
+
 # ---------------------------------------------------------------------------- runs and stores
+SMALL = ["threat_model.train_steps=2", "training.epochs=2", "training.batch_size=128"]
+
+
+def run_digits(root: Path, defense: str, *sets: str, suite: str = "smoke"):
+    """Train and evaluate a small digits run (quick profile, ``SMALL`` and ``sets``) with natbench's runner;
+    ``(resolution, run directory)``."""
+    from natbench.runner import Runner
+
+    r = resolve(get_registry(), "digits", defense, profile="quick", sets=[*SMALL, *sets], suite=suite)
+    Runner(root, registry=get_registry()).run(r)
+    return r, root / r.run_id
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Two state dicts hold the same keys and bit-identical tensors."""
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def make_run(root: Path) -> str:
     """A complete digits/vanilla run in ``root`` without training: checkpoints of the seeded initial
     model, ``config.yaml``, one store row with one result."""

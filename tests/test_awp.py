@@ -18,7 +18,7 @@ from natbench.perturbations.awp import AWP
 from natbench.registry import get_registry
 from natbench.runner import make_optimizer, train_step
 
-from helpers import TaskSlice, registry_with, snapshot
+from helpers import TaskSlice, registry_with, snapshot, train_steps
 
 NEW_ENTRIES = {  # what natbench/registry.yaml gets for these plugins (added here if it lacks them)
     ("defenses", "mart"): "natbench.defenses.mart:MART",
@@ -196,10 +196,8 @@ def test_two_steps_on_the_real_digits_task(spec):
     opt = make_optimizer(r.profile, model)
     gen = torch.Generator().manual_seed(0)
     train, _, _ = task.loaders(r.profile.batch_size, gen)
-    it = iter(train)
     before = snapshot(model)
-    for _ in range(2):
-        out = train_step(comp, model, next(it), task, opt, gen)
+    for _, out in train_steps(comp, model, train, task, opt, gen, n=2):
         assert math.isfinite(out.loss.item())
         assert out.parts and all(math.isfinite(v) for v in out.parts.values())
         if spec.startswith("mart"):

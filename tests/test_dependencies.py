@@ -10,20 +10,12 @@ from natbench.registry import get_registry
 from natbench.resolve import resolve
 from natbench.runner import Runner
 
+from helpers import SMALL, run_digits, same_state
+
 REG = get_registry()
-SMALL = ["threat_model.train_steps=2", "training.epochs=2", "training.batch_size=128"]
 
 
-def _run(root, defense, *sets, suite="smoke"):
-    r = resolve(REG, "digits", defense, profile="quick", sets=[*SMALL, *sets], suite=suite)
-    Runner(root, registry=REG).run(r)
-    return r, root / r.run_id
-
-
-def _same(a, b):
-    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
+@pytest.mark.slow
 def test_random_adversary_is_untrained_and_not_the_targets_init(tmp_path, monkeypatch):
     from natbench.regularizers.nat import NAT
 
@@ -35,22 +27,23 @@ def test_random_adversary_is_untrained_and_not_the_targets_init(tmp_path, monkey
         return real_bind(self, role, model)
 
     monkeypatch.setattr(NAT, "bind", spy)
-    r, run_dir = _run(tmp_path, "nat", "nat.adversary=random", "training.epochs=1")
+    r, run_dir = run_digits(tmp_path, "nat", "nat.adversary=random", "training.epochs=1")
     from natbench.store import Store
 
     assert list(Store(tmp_path / "natbench.sqlite").runs().defense) == ["pgd-at+nat"]  # nothing else trained
     torch.manual_seed(__import__("natbench.runner", fromlist=["derive_seed"]).derive_seed(0, "init"))
     target_init = Runner(tmp_path, registry=REG).task(r).build_model().state_dict()
-    assert not _same(bound["adversary"], target_init)
+    assert not same_state(bound["adversary"], target_init)
 
 
+@pytest.mark.slow
 def test_adversary_of_another_architecture_is_a_recorded_run(tmp_path, monkeypatch):
     import natbench.runner as runner_mod
 
     # a ResNet-18 after one epoch on 8x8 digits is degenerate (about 20 % clean) and fails the
     # large-eps check; its escalated Square would cost minutes on CPU and is not what this tests
     monkeypatch.setattr(runner_mod, "escalations", lambda *a, **k: [])
-    r, _ = _run(tmp_path, "nat", "nat.adversary_arch=[resnet18]", "training.epochs=1")
+    r, _ = run_digits(tmp_path, "nat", "nat.adversary_arch=[resnet18]", "training.epochs=1")
     from natbench.store import Store
 
     runs = Store(tmp_path / "natbench.sqlite").runs().set_index("defense")

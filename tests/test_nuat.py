@@ -21,7 +21,7 @@ from natbench.errors import ConfigError
 from natbench.models.small_cnn import SmallCNN
 from natbench.registry import get_registry
 
-from helpers import batch8, bn_net64, ema_by_hand, registry_with, sgd_steps, snapshot
+from helpers import batch8, bn_net64, ema_by_hand, registry_with, sgd_steps, snapshot, train_steps
 
 NEW_ENTRIES = {  # what natbench/registry.yaml gets for these plugins (added here if it lacks them)
     ("defenses", "nuat"): "natbench.defenses.nuat:NuAT",
@@ -403,7 +403,7 @@ def test_a_few_steps_on_a_digits_shaped_model(spec, params):
 @pytest.mark.parametrize("spec", ["nuat", "nuat+ema", "nuat2+ema"])
 def test_two_steps_on_the_real_digits_task(spec):
     from natbench.resolve import resolve
-    from natbench.runner import make_optimizer, train_step
+    from natbench.runner import make_optimizer
     from natbench.tasks.classification import ClassificationTask
 
     r = resolve(get_registry(), "digits", "pgd-at", seed=0)
@@ -415,10 +415,8 @@ def test_two_steps_on_the_real_digits_task(spec):
     opt = make_optimizer(r.profile, model)
     gen = torch.Generator().manual_seed(0)
     train, _, _ = task.loaders(r.profile.batch_size, gen)
-    it = iter(train)
     before = snapshot(model)
-    for _ in range(2):
-        out = train_step(comp, model, next(it), task, opt, gen)  # runs the after_step hooks (EMA updates)
+    for _, out in train_steps(comp, model, train, task, opt, gen, n=2):  # runs the after_step hooks (EMA updates)
         assert math.isfinite(out.loss.item())
         assert {"ce_clean", "nuc", "lam"} <= set(out.parts) and all(math.isfinite(v) for v in out.parts.values())
         assert out.parts["lam"] > 0 and out.parts["nuc"] > 0

@@ -25,24 +25,13 @@ from natbench.runner import Runner, lr_at, momentum_at
 from natbench.store import Store
 from natbench.taskspec import ProfileCfg
 
-from helpers import TaskSlice, snapshot
+from helpers import SMALL, TaskSlice, run_digits, same_state, snapshot
 
 REG = get_registry()
-SMALL = ["threat_model.train_steps=2", "training.epochs=2", "training.batch_size=128"]
-
-
-def _run(root, defense, *sets, suite="smoke"):
-    r = resolve(REG, "digits", defense, profile="quick", sets=[*SMALL, *sets], suite=suite)
-    Runner(root, registry=REG).run(r)
-    return r, root / r.run_id
 
 
 def _weights(path):
     return torch.load(path, weights_only=True)
-
-
-def _same(a, b):
-    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------- lr schedules
@@ -60,6 +49,7 @@ def test_lr_points_are_interpolated_per_iteration_and_decayed_at_milestones():
     assert lr_at(ProfileCfg(lr=0.05, milestones=(2,)), 1.5) == 0.05  # step schedule unchanged
 
 
+@pytest.mark.slow
 def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
     seen = []
     import natbench.runner as runner_mod
@@ -71,15 +61,16 @@ def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
         return real(composite, model, batch, task, optimizer, generator, *args, **kwargs)
 
     monkeypatch.setattr(runner_mod, "train_step", spy)
-    _run(tmp_path, "vanilla", "training.lr_points=[[0,0],[1,0.2],[2,0]]", "training.epochs=2")
+    run_digits(tmp_path, "vanilla", "training.lr_points=[[0,0],[1,0.2],[2,0]]", "training.epochs=2")
     n = len(seen) // 2  # batches per epoch
     assert len(seen) == 2 * n and n >= 2
     assert seen == pytest.approx([min(t, 2 - t) * 0.2 for t in (i / n for i in range(2 * n))])
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------------------- replays
 def test_free_at_takes_m_optimizer_steps_per_batch(tmp_path):
-    r, run_dir = _run(tmp_path, "free-at", "free-at.m=3", "training.optimizer=adam", "training.epochs=1")
+    r, run_dir = run_digits(tmp_path, "free-at", "free-at.m=3", "training.optimizer=adam", "training.epochs=1")
     state = torch.load(run_dir / "state.pt", weights_only=True)
     batches = -(-1295 // 128)  # digits. training split / batch 128
     steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
@@ -87,6 +78,7 @@ def test_free_at_takes_m_optimizer_steps_per_batch(tmp_path):
     assert "free-at" in state["components"]  # the persistent delta is saved for resumption
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------------------- early stop
 def test_guard_stop_keeps_previous_epochs_weights(tmp_path, monkeypatch):
     calls = []
@@ -96,36 +88,38 @@ def test_guard_stop_keeps_previous_epochs_weights(tmp_path, monkeypatch):
         return {"guard_robust": 0.5, "stop": 1.0 if len(calls) == 2 else 0.0}
 
     monkeypatch.setattr(FastAT, "epoch_end", stop_at_second_call)
-    _, one = _run(tmp_path / "a", "fast-at", "training.epochs=1")
+    _, one = run_digits(tmp_path / "a", "fast-at", "training.epochs=1")
     calls.clear()
-    r, three = _run(tmp_path / "b", "fast-at", "training.epochs=3")
+    r, three = run_digits(tmp_path / "b", "fast-at", "training.epochs=3")
     history = json.loads((three / "record.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1]
     assert history[1]["stop"] == 1.0 and "val_robust" not in history[1]
-    assert _same(_weights(three / "last.pt"), _weights(one / "last.pt"))  # epoch 0's weights
+    assert same_state(_weights(three / "last.pt"), _weights(one / "last.pt"))  # epoch 0's weights
     assert torch.load(three / "state.pt", weights_only=True)["stopped"] is True
     # starting it again does not train further
     Runner(tmp_path / "b", registry=REG).run(r, force=False)
-    assert _same(_weights(three / "last.pt"), _weights(one / "last.pt"))
+    assert same_state(_weights(three / "last.pt"), _weights(one / "last.pt"))
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------------------- averaging
 def test_ema_checkpoints_hold_the_averaged_model(tmp_path):
-    r, run_dir = _run(tmp_path, "pgd-at+ema", "ema.decay=0.5")
+    r, run_dir = run_digits(tmp_path, "pgd-at+ema", "ema.decay=0.5")
     raw = torch.load(run_dir / "state.pt", weights_only=True)["model"]
     last = _weights(run_dir / "last.pt")
     assert set(last) == set(raw)
-    assert not _same(last, raw)
-    _, plain = _run(tmp_path / "plain", "pgd-at")
-    assert _same(torch.load(plain / "state.pt", weights_only=True)["model"], _weights(plain / "last.pt"))
-    assert _same(raw, torch.load(plain / "state.pt", weights_only=True)["model"])  # EMA does not change training
+    assert not same_state(last, raw)
+    _, plain = run_digits(tmp_path / "plain", "pgd-at")
+    assert same_state(torch.load(plain / "state.pt", weights_only=True)["model"], _weights(plain / "last.pt"))
+    assert same_state(raw, torch.load(plain / "state.pt", weights_only=True)["model"])  # EMA does not change training
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------------------- resumption
 @pytest.mark.parametrize("defense", ["free-at", "nuat2+ema"])
 def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
     sets = ["free-at.m=2"] if defense == "free-at" else ["nuat2.attack_ema=0.99"]
-    _, ref = _run(tmp_path / "ref", defense, *sets)
+    _, ref = run_digits(tmp_path / "ref", defense, *sets)
 
     real = Runner.validate
 
@@ -136,11 +130,11 @@ def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
 
     monkeypatch.setattr(Runner, "validate", crash_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "cut", defense, *sets)
+        run_digits(tmp_path / "cut", defense, *sets)
     monkeypatch.setattr(Runner, "validate", real)
-    _, cut = _run(tmp_path / "cut", defense, *sets)
-    assert _same(_weights(cut / "last.pt"), _weights(ref / "last.pt"))
-    assert _same(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
+    _, cut = run_digits(tmp_path / "cut", defense, *sets)
+    assert same_state(_weights(cut / "last.pt"), _weights(ref / "last.pt"))
+    assert same_state(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
 
 
 @pytest.mark.parametrize("name", ["nuat", "nuat-wa", "nuat2", "nuat2-wa", "fast"])
@@ -205,6 +199,7 @@ def test_cycle_momentum_needs_lr_points_and_sgd():
             ProfileCfg(**bad).validate("training")
 
 
+@pytest.mark.slow
 def test_runner_cycles_momentum_every_iteration(tmp_path, monkeypatch):
     """The momentum the optimizer holds at each step is ``momentum_at`` of that step's fractional epoch."""
     import natbench.runner as runner_mod
@@ -217,7 +212,7 @@ def test_runner_cycles_momentum_every_iteration(tmp_path, monkeypatch):
         return real(composite, model, batch, task, optimizer, *a, **k)
 
     monkeypatch.setattr(runner_mod, "train_step", spy)
-    r, _ = _run(tmp_path, "vanilla", "training.lr_points=[[0,0.0],[1,0.1],[2,0.0]]", "training.cycle_momentum=[0.8,0.9]")
+    r, _ = run_digits(tmp_path, "vanilla", "training.lr_points=[[0,0.0],[1,0.1],[2,0.0]]", "training.cycle_momentum=[0.8,0.9]")
     iters = len(seen) // 2
     for j, (lr, mom) in enumerate(seen):
         t = j / iters
