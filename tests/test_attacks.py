@@ -281,7 +281,11 @@ def _fast(cls):
                              and not (k == "eot_iter" and getattr(cls.Params(), k) == 1)}))
 
 
-@pytest.mark.parametrize("name,cls", _registered_attacks(), ids=[n for n, _ in _registered_attacks()])
+SLOW_ATTACKS = {"autoattack-original"}  # the authors' package at its own budget: a minute or more on CPU
+
+
+@pytest.mark.parametrize("name,cls", [pytest.param(n, c, id=n, marks=[pytest.mark.slow] if n in SLOW_ATTACKS else [])
+                                      for n, c in _registered_attacks()])
 @pytest.mark.parametrize("training", [False, True])
 def test_every_attack_stays_in_the_ball_keeps_the_mode_and_is_reproducible(name, cls, training):
     from natbench.contracts import Batch

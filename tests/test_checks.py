@@ -83,6 +83,7 @@ def test_runner_escalates_to_square_and_it_breaks_the_masked_model(masked, tmp_p
     assert "whitebox_not_above_blackbox" in failed
 
 
+@pytest.mark.slow
 def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_path, monkeypatch):
     """eval-partial.pt keeps finished (checkpoint, attack) results; a rerun reuses them only when
     the attack's configuration is the same."""
