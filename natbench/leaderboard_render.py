@@ -28,12 +28,6 @@ _WRITE_FORMATS = ("md", "csv", "json")
 WRITE_FORMATS_HTML = (*_WRITE_FORMATS, "html")
 
 
-def _tasks(store) -> list[str]:
-    from .leaderboard import tasks
-
-    return tasks(store)
-
-
 def render(df: pd.DataFrame, fmt: str) -> str:
     """Render a :func:`table` frame as ``md``, ``csv``, ``json`` or ``html`` text.
 
@@ -97,12 +91,12 @@ def write(store, out_dir: Path, task: str | None = None, formats: tuple[str, ...
     if unknown_fmt:
         raise ConfigError(f"Unknown leaderboard format '{unknown_fmt[0]}'. Available: {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    names = [task] if task is not None else _tasks(store)
+    from .leaderboard import html_page, table, tasks
+
+    names = [task] if task is not None else tasks(store)
     if not names:
         raise RunError(f"No results in {store.path}. Run: natbench run --task digits --defense vanilla")
     pages = []  # everything rendered before the first file is written: nothing half-written on an error
-    from .leaderboard import html_page, table
-
     for name in names:
         df = table(store, name)
         for fmt in formats:
