@@ -21,7 +21,10 @@ PGD's steps taken as the largest ``steps`` written in the run's configured suite
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
 
 PREFIX = "facts/"
 #: the leaderboard's metrics when nothing says otherwise
@@ -44,17 +47,24 @@ def facts(task: Any, suite: Any = None, results: Iterable[Any] = (), registry: A
                            "headline_metric": str(getattr(task, "headline_metric", "accuracy"))}
     ran = {getattr(x, "attack", None) for x in results}
     if suite is not None and any(isinstance(a, str) and a.startswith("escalated-") for a in ran):
-        from .checks import ESCALATIONS, escalations
-        from .config import from_dict
-        from .registry import get_registry
-
-        reg = registry or get_registry()
-        attacks = {a.id: a.attack for a in suite.attacks}
-        steps = {a.id: from_dict(reg.load("attacks", a.attack).Params, a.params, f"suite.{a.id}.params").steps
-                 for a in suite.attacks if a.attack == "pgd"}
-        planned = escalations(set(ESCALATIONS), attacks, steps, getattr(task, "OBJECTIVES", ()))
-        out["escalations"] = {aid: {"attack": name, "params": params} for aid, name, params in planned if aid in ran}
+        try:
+            out["escalations"] = _escalations(task, suite, ran, registry)
+        except Exception:  # noqa: BLE001 - never lose a finished run's results over a fact: read as legacy
+            log.warning("could not record the escalations of the run; the leaderboard derives them", exc_info=True)
     return out
+
+
+def _escalations(task: Any, suite: Any, ran: set, registry: Any) -> dict[str, dict]:
+    from .checks import ESCALATIONS, escalations
+    from .config import from_dict
+    from .registry import get_registry
+
+    reg = registry or get_registry()
+    attacks = {a.id: a.attack for a in suite.attacks}
+    steps = {a.id: from_dict(reg.load("attacks", a.attack).Params, a.params, f"suite.{a.id}.params").steps
+             for a in suite.attacks if a.attack == "pgd"}
+    planned = escalations(set(ESCALATIONS), attacks, steps, getattr(task, "OBJECTIVES", ()))
+    return {aid: {"attack": name, "params": params} for aid, name, params in planned if aid in ran}
 
 
 def put(conn: Any, run_id: str, new: dict | None, *, replace: bool) -> None:

@@ -54,6 +54,17 @@ def test_facts_record_the_escalations_as_the_runner_runs_them():
     assert "escalations" not in F.facts(ClassificationTask, suite, results[:2])  # nothing escalated
 
 
+
+def test_facts_never_cost_a_run_its_record(caplog):
+    """What cannot be worked out is left out (the leaderboard then derives it), never an error that
+    would lose a finished run's results."""
+    from natbench.tasks.classification import ClassificationTask
+
+    bad = _suite(("pgd-x", "pgd", {"stepz": 3}))  # a params key PGD does not have
+    got = F.facts(ClassificationTask, bad, [ResultRow("best", "escalated-restarts", "accuracy", 0.1)])
+    assert got == {"metrics": ["accuracy"], "headline_metric": "accuracy"}
+    assert "could not record the escalations" in caplog.text
+
 def test_reid_and_detection_kinds_record_their_metrics():
     from natbench.tasks.detection import DetectionTask
     from natbench.tasks.reid import ReIDTask

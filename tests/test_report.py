@@ -139,6 +139,20 @@ def test_report_of_a_reid_run_skips_what_needs_class_labels(tmp_path, capsys):
     assert "sma-8" in page and "50.00" in page  # the stored results (mAP and rank-1, percent)
 
 
+
+def test_report_loads_its_models_without_a_runner(tmp_path, monkeypatch):
+    """A report reads runs (natbench.run_model); it never builds the Runner that trains and evaluates."""
+    import natbench.runner
+    from natbench.report import build_report
+
+    root, data, run_id = _reid_run(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report built a Runner")
+
+    monkeypatch.setattr(natbench.runner, "Runner", refuse)
+    assert build_report(root, run_id, data_root=data).name == REPORT_PAGE
+
 def test_report_user_errors(tmp_path, capsys):
     root, data, run_id = _reid_run(tmp_path)
     capsys.readouterr()
