@@ -32,6 +32,11 @@ FIXED_TASK_FIELDS = {"task": "the task name is fixed; use --task", "kind": "the 
                      "suite": "use --suite", "default_profile": "use --profile", "defense_params": "use --set <component>.<param>=..."}
 
 
+def _of_run(name: str, doc: str = "") -> property:
+    """A read-only view of the :class:`RunConfig` field ``name`` on :class:`Resolved`."""
+    return property(lambda self: getattr(self.run_config, name), doc=doc or f"``run_config.{name}``")
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A validated run: its typed :class:`RunConfig` and the identity derived from it (``config_hash``
@@ -48,39 +53,14 @@ class Resolved:
         variant = run.variant_against(pristine) if pristine is not None else ""
         return cls(run, run.config_hash, run.run_id, variant, pristine)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The plain config (``config.yaml``, the store's record), built once; do not edit it."""
-        return self.run_config.config
-
-    @property
-    def spec(self) -> TaskSpec:
-        return self.run_config.spec
-
-    @property
-    def profile_name(self) -> str:
-        return self.run_config.profile_name
-
-    @property
-    def profile(self) -> ProfileCfg:
-        return self.run_config.profile
-
-    @property
-    def plan(self) -> compose.Plan:
-        """The checked composition; build the run's ``Composite`` from it (no second ``compose.plan``)."""
-        return self.run_config.plan
-
-    @property
-    def params(self) -> dict[str, Any]:  # component -> Params instance
-        return self.run_config.params
-
-    @property
-    def suite(self) -> SuiteSpec:
-        return self.run_config.suite
-
-    @property
-    def seed(self) -> int:
-        return self.run_config.seed
+    config = _of_run("config", "The plain config (``config.yaml``, the store's record), built once; do not edit it.")
+    spec = _of_run("spec", "The TaskSpec (only the selected profile).")
+    profile_name = _of_run("profile_name")
+    profile = _of_run("profile", "The ProfileCfg (``training``).")
+    plan = _of_run("plan", "The checked composition; build the run's ``Composite`` from it (no second ``compose.plan``).")
+    params = _of_run("params", "component -> Params instance")
+    suite = _of_run("suite", "The SuiteSpec to evaluate.")
+    seed = _of_run("seed")
 
     @property
     def task(self) -> str:
