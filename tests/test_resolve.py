@@ -148,6 +148,26 @@ def test_the_digits_nat_quick_run_id_is_the_one_on_record():
     assert resolve.with_defense(REG, r, "pgd-at").run_id.startswith("digits-pgd-at-s0-")
 
 
+def test_the_composition_is_planned_once_per_resolution(monkeypatch):
+    """compose.plan runs once for the run's defense (resolve, with_defense, from_run_config each), however
+    many --set there are; the suite's transfer surrogates are planned once each (checked, not built)."""
+    from natbench import compose
+
+    calls = []
+    real = compose.plan
+    monkeypatch.setattr(compose, "plan", lambda spec, *a, **k: calls.append(spec) or real(spec, *a, **k))
+    r = resolve.resolve(REG, "digits", "nat", profile="quick", sets=["nat.omega=0.1", "training.epochs=2"], suite="smoke")
+    assert calls == ["nat"] and r.plan.canonical == "pgd-at+nat" and r.pristine.plan is r.plan
+    calls.clear()
+    resolve.with_defense(REG, r, "trades")
+    resolve.from_run_config(REG, r.config)
+    assert calls == ["trades", "pgd-at+nat"]
+    calls.clear()
+    surrogates = [a for a in resolve.load_suite(REG, "blackbox").attacks if a.attack == "transfer"]
+    resolve.resolve(REG, "digits", "trades", sets=["training.epochs=2"], suite="blackbox")
+    assert calls[0] == "trades" and len(calls) == 1 + len(surrogates)
+
+
 if __name__ == "__main__":  # regenerate the pins from the code as it is (a deliberate hash change only)
     import tempfile
 
