@@ -20,6 +20,7 @@ from torch import nn
 torchattacks = pytest.importorskip("torchattacks")
 
 from natbench.attacks import apgd as apgd_mod  # noqa: E402
+from natbench.attacks import apgd_core  # noqa: E402
 from natbench.attacks.apgd import (  # noqa: E402
     APGDCE,
     APGDDLR,
@@ -441,7 +442,7 @@ def test_target_classes_are_the_2nd_to_10th_highest_logits(monkeypatch):
         return real_loss(logits, yy, t)
 
     monkeypatch.setattr(apgd_mod, "target_classes", spy_pick)
-    monkeypatch.setattr(apgd_mod, "dlr_loss_targeted", spy_loss)
+    monkeypatch.setattr(apgd_core, "dlr_loss_targeted", spy_loss)  # what one run (apgd_core) computes
     APGDT(APGDT.Params(steps=2, n_target_classes=4))(LogitsObjective(model, y, 10), x, eps=0.0, generator=gen(0))
     # eps = 0: nothing is fooled, every rank runs on the 9 clean-correct points
     assert [r for r, _, _ in picked] == [2, 3, 4, 5]
