@@ -46,11 +46,11 @@ RANGES: dict[str, dict[str, str]] = {
     "natbench.taskspec.ThreatCfg": {"eps": STEP, "train_steps": f"[1, {BIG}]", "train_step_size": "(0, 1]"},
     "natbench.contracts.ThreatModel": {"eps": STEP, "train_steps": f"[1, {BIG}]", "train_step_size": "(0, 1]"},
     # ---- task kinds
-    "natbench.tasks.reid.ReIDTask.Params": {"height": "[8, 4096]", "width": "[8, 4096]", "num_instances": "[1, 1000]",
-                                            "label_smooth": "[0, 1)", "triplet_margin": "[0, 100]", "weight_ce": LOSS_WEIGHT,
-                                            "weight_triplet": LOSS_WEIGHT, "max_rank": f"[10, {BIG}]"},
-    "natbench.tasks.detection.DetectionTask.Params": {"correct_score": FRACTION, "score_thresh": FRACTION,
-                                                      "nms_thresh": FRACTION, "detections_per_img": f"[1, {BIG}]"},
+    "natbench.tasks.reid.task.ReIDTask.Params": {"height": "[8, 4096]", "width": "[8, 4096]", "num_instances": "[1, 1000]",
+                                                 "label_smooth": "[0, 1)", "triplet_margin": "[0, 100]", "weight_ce": LOSS_WEIGHT,
+                                                 "weight_triplet": LOSS_WEIGHT, "max_rank": f"[10, {BIG}]"},
+    "natbench.tasks.detection.task.DetectionTask.Params": {"correct_score": FRACTION, "score_thresh": FRACTION,
+                                                           "nms_thresh": FRACTION, "detections_per_img": f"[1, {BIG}]"},
     # ---- defenses
     f"{_DEF}.amd.AMD.Params": {"steps": f"[1, {BIG}]", "step_size": STEP, "clean_weight": LOSS_WEIGHT},
     f"{_DEF}.fast_at.FastAT.Params": {"alpha": STEP, "guard_steps": STEPS, "guard_step_size": STEP, "guard_drop": FRACTION},
