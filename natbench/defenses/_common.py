@@ -8,6 +8,12 @@
 - :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1).
 - :func:`adaptive_ce` / :func:`kl_per_sample` / :func:`nuclear_adaptive`: per-sample training-loss
   terms at the attacked input, for the ``adaptive`` attack (``adaptive_loss`` hooks).
+- :class:`AdvCE` / :class:`CleanCEPlusAdvTerm`: the declarations (``requires``, ``provides``,
+  ``ce_on``, ``select_on``) two families of bases share.
+- :func:`outer_loss` / :func:`ce_loss` / :func:`own_loss` / :func:`synced`: a defense's loss on one
+  input. A task kind declares on which inputs its own ``training_loss`` replaces the CE of its logits
+  (``TRAINING_LOSS_ON``, :mod:`natbench.tasks._base`); defenses ask for that, never for the kind's class
+  or capabilities.
 """
 from __future__ import annotations
 
@@ -16,8 +22,32 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
+
+from ..contracts import Batch, LossOut, cached_logits
+
+
+class AdvCE:
+    """Declarations of a base trained on ``CE(f(x'), y)`` alone (PGD-AT, Fast-AT, Free-AT), and its
+    ``adaptive_loss``: that CE per sample with the attacked input as x'."""
+
+    requires = frozenset({"logits"})
+    provides = frozenset({"x_adv", "logits_adv"})
+    ce_on = frozenset({"adv"})
+    select_on = "robust"
+
+    def adaptive_loss(self, inp) -> torch.Tensor:
+        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
+        return adaptive_ce(inp)
+
+
+class CleanCEPlusAdvTerm:
+    """Declarations of a base trained on ``CE(f(x), y)`` plus a term of ``(f(x), f(x'))`` (TRADES, NuAT, NuAT2)."""
+
+    requires = frozenset({"logits"})
+    provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
+    ce_on = frozenset({"clean"})
+    select_on = "robust"
 
 
 @contextlib.contextmanager
@@ -72,3 +102,47 @@ def nuclear_adaptive(inp, lam: float) -> torch.Tensor:
     per-sample attack objective cannot)."""
     z_clean = inp.logits_clean()
     return F.cross_entropy(z_clean, inp.batch.y, reduction="none") + lam * (z_clean - inp.logits_adv).norm(p=2, dim=1)
+
+
+def ce_loss(model, batch: Batch, task, cache: dict, which: str, x: torch.Tensor) -> LossOut:
+    """Mean ``CE(task.logits(x), y)``, the logits cached as ``cache["logits_<which>"]``; part ``ce_<which>``."""
+    z = cached_logits(model, batch, task, cache, which, x)
+    ce = F.cross_entropy(z, batch.y)
+    return LossOut(ce, {f"ce_{which}": ce.item()})
+
+
+def own_loss(model, batch: Batch, task, cache: dict, which: str, x: torch.Tensor,
+             label: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(batch mean, parts)`` of the task kind's own ``training_loss`` at ``x`` (``which``: clean | adv, the
+    name its cached logits get); the parts are the kind's, suffixed ``_<which>``, after ``<label>_<which>``:
+    the mean itself, when ``label`` is given (all detached tensors: :func:`synced` reads them at once)."""
+    per, parts = task.training_loss(model, batch, x, cache, which)
+    mean = per.mean()
+    named = {f"{label}_{which}": mean.detach()} if label else {}
+    return mean, {**named, **{f"{k}_{which}": v for k, v in parts.items()}}
+
+
+def uses_own_loss(task, which: str) -> bool:
+    """Whether the task kind declares its own training loss for input ``which`` (``TRAINING_LOSS_ON``).
+    A kind written without the declaration (not built on :class:`natbench.tasks._base.TaskBase`) keeps the
+    earlier rule: a ``training_loss`` method, if it has one, counts for clean inputs."""
+    declared = getattr(task, "TRAINING_LOSS_ON", None)
+    if declared is None:
+        return which == "clean" and callable(getattr(task, "training_loss", None))
+    return which in declared
+
+
+def outer_loss(model, batch: Batch, task, cache: dict, which: str, x: torch.Tensor) -> LossOut:
+    """A CE defense's loss at ``x``: the task kind's own training loss where it declares one for ``which``
+    (and no composed term has cached the logits of that input yet), else :func:`ce_loss`."""
+    if uses_own_loss(task, which) and f"logits_{which}" not in cache:
+        mean, parts = own_loss(model, batch, task, cache, which, x)
+        return LossOut(mean, synced(parts))
+    return ce_loss(model, batch, task, cache, which, x)
+
+
+def synced(named: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """``{name: float}`` of scalar tensors, read with one device synchronisation."""
+    if not named:
+        return {}
+    return dict(zip(named, torch.stack([torch.as_tensor(v).float() for v in named.values()]).tolist()))

@@ -38,7 +38,7 @@ import torch
 from ..attacks.pgd import pgd_linf
 from ..contracts import Batch, LossOut
 from ..errors import ConfigError
-from ._common import attack_budget, bn_mode
+from ._common import attack_budget, bn_mode, own_loss, synced
 
 
 class AMD:
@@ -90,13 +90,9 @@ class AMD:
                                                           label_smoothing=float(eps))
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        per, parts = task.training_loss(model, batch, cache["x_adv"], cache, "adv")
-        loss = per.mean()
-        named = {"reid_adv": loss.detach(), **{f"{k}_adv": v for k, v in parts.items()}}
+        loss, named = own_loss(model, batch, task, cache, "adv", cache["x_adv"], "reid")
         if self.params.clean_weight > 0:
-            per_c, parts_c = task.training_loss(model, batch, batch.x, cache, "clean")
-            clean = per_c.mean()
+            clean, parts = own_loss(model, batch, task, cache, "clean", batch.x, "reid")
             loss = loss + self.params.clean_weight * clean
-            named.update({"reid_clean": clean.detach(), **{f"{k}_clean": v for k, v in parts_c.items()}})
-        values = torch.stack([v.float() for v in named.values()]).tolist()  # one device synchronisation
-        return LossOut(loss, dict(zip(named, values)))
+            named.update(parts)
+        return LossOut(loss, synced(named))

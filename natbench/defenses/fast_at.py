@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Batch, LossOut, cached_logits
+from ..contracts import Batch, LossOut
 from ..errors import ConfigError
-from ._common import adaptive_ce, bn_mode
+from ._common import AdvCE, bn_mode, ce_loss
 
 
 def _uniform(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
@@ -64,12 +64,8 @@ def _clip_to_image(delta: Tensor, x: Tensor) -> Tensor:
     return torch.max(torch.min(delta, 1 - x), -x)
 
 
-class FastAT:
+class FastAT(AdvCE):
     name = "fast-at"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_adv"})
-    ce_on = frozenset({"adv"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:
@@ -106,14 +102,8 @@ class FastAT:
         delta = _clip_to_image(delta, x)
         cache["x_adv"] = (x + delta).clamp(0.0, 1.0).detach()  # the clamp only absorbs rounding
 
-    def adaptive_loss(self, inp) -> torch.Tensor:
-        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
-        return adaptive_ce(inp)
-
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
-        ce = F.cross_entropy(z_adv, batch.y)
-        return LossOut(ce, {"ce_adv": ce.item()})
+        return ce_loss(model, batch, task, cache, "adv", cache["x_adv"])
 
     # ---------------------------------------------------------------------------------- guard
     def guard_accuracy(self, model, task, batch: Batch, generator: torch.Generator | None) -> float:

@@ -45,20 +45,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Batch, LossOut, cached_logits
+from ..contracts import Batch, LossOut
 from ..errors import ConfigError
-from ._common import adaptive_ce
+from ._common import AdvCE, ce_loss
 
 
-class FreeAT:
+class FreeAT(AdvCE):
     name = "free-at"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_adv"})
-    ce_on = frozenset({"adv"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:
@@ -95,14 +90,8 @@ class FreeAT:
         # clip_[0,1](z) with TF's clip_by_value gradient: it passes *at* the bounds (torch.clamp's does not)
         cache["x_adv"] = torch.where((z >= 0) & (z <= 1), z, z.detach().clamp(0.0, 1.0))  # not detached: reaches delta
 
-    def adaptive_loss(self, inp) -> torch.Tensor:
-        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
-        return adaptive_ce(inp)
-
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
-        ce = F.cross_entropy(z_adv, batch.y)
-        return LossOut(ce, {"ce_adv": ce.item()})
+        return ce_loss(model, batch, task, cache, "adv", cache["x_adv"])
 
     def after_step(self, model) -> None:
         """``delta[:B] <- clip_[-eps,eps](delta[:B] + step * sign(delta.grad))`` from the replay's backward."""

@@ -57,7 +57,7 @@ import torch
 from ..attacks.pgd import pgd_linf
 from ..contracts import Batch, LossOut
 from ..errors import ConfigError
-from ._common import attack_budget, bn_mode
+from ._common import attack_budget, bn_mode, own_loss, synced
 
 DOMAINS = ("mtd", "cls", "loc", "total")
 
@@ -127,16 +127,12 @@ class MTD:
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
         w = self.params.clean_weight
-        per_a, parts_a = task.training_loss(model, batch, cache["x_adv"], cache, "adv")
-        adv = per_a.mean()
+        adv, named = own_loss(model, batch, task, cache, "adv", cache["x_adv"], "det")
         loss = (1 - w) * adv
-        named = {"det_adv": adv.detach(), **{f"{k}_adv": v for k, v in parts_a.items()}}
         if w > 0:
-            per_c, parts_c = task.training_loss(model, batch, batch.x, cache, "clean")
-            clean = per_c.mean()
+            clean, parts = own_loss(model, batch, task, cache, "clean", batch.x, "det")
             loss = loss + w * clean
-            named.update({"det_clean": clean.detach(), **{f"{k}_clean": v for k, v in parts_c.items()}})
+            named.update(parts)
         if "mtd_loc_fraction" in cache:
             named["mtd_loc_fraction"] = cache["mtd_loc_fraction"]
-        values = torch.stack([torch.as_tensor(v).float() for v in named.values()]).tolist()  # one synchronisation
-        return LossOut(loss, dict(zip(named, values)))
+        return LossOut(loss, synced(named))

@@ -55,7 +55,7 @@ momentum stays there while the lr is divided by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ from torch import Tensor
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
-from ._common import bn_mode, nuclear_adaptive
+from ._common import CleanCEPlusAdvTerm, bn_mode, nuclear_adaptive
 
 
 # ----------------------------------------------------------------------------------- shared pieces
@@ -117,13 +117,28 @@ def check_common(p, name: str) -> None:
                           f"(or null); got {p}.")
 
 
+class NuclearAT(CleanCEPlusAdvTerm):
+    """What NuAT and NuAT2 share: the nuclear norm's divisor, the training loss (:func:`nuat_training_loss`
+    at the epoch's lambda) and the ``adaptive_loss``; each sets ``params`` and ``lam``."""
+
+    params: Any
+    lam: float = 0.0
+
+    def _divisor(self, batch: Batch) -> float:
+        return float(self.params.nuc_batch or len(batch))
+
+    def adaptive_loss(self, inp) -> Tensor:
+        """Its training loss per sample with the attacked input as x', at the end of the lambda ramp
+        (``lam_max``): ``CE(f(x), y) + lam_max * ||f(x) - f(x')||_2`` (see ``nuclear_adaptive``)."""
+        return nuclear_adaptive(inp, self.params.lam_max)
+
+    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
+        return nuat_training_loss(model, batch, task, cache, self.lam, self._divisor(batch))
+
+
 # --------------------------------------------------------------------------------------- NuAT
-class NuAT:
+class NuAT(NuclearAT):
     name = "nuat"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
-    ce_on = frozenset({"clean"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:
@@ -148,9 +163,6 @@ class NuAT:
         self.epoch, self.epochs = int(epoch), int(epochs)
         self.lam = lam_at(self.epoch, self.epochs, self.params.lam_max, self.params.hold)
 
-    def _divisor(self, batch: Batch) -> float:
-        return float(self.params.nuc_batch or len(batch))
-
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         p, eps = self.params, task.threat.eps
         alt = self.counter % 2
@@ -168,14 +180,6 @@ class NuAT:
         with bn_mode(model, "eval"):
             cache["x_adv"] = signed_step(objective, x0, batch.x, step=eps if p.step_size is None else p.step_size,
                                          eps=eps)
-
-    def adaptive_loss(self, inp) -> Tensor:
-        """Its training loss per sample with the attacked input as x', at the end of the lambda ramp
-        (``lam_max``): ``CE(f(x), y) + lam_max * ||f(x) - f(x')||_2`` (see ``nuclear_adaptive``)."""
-        return nuclear_adaptive(inp, self.params.lam_max)
-
-    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        return nuat_training_loss(model, batch, task, cache, self.lam, self._divisor(batch))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "epochs": self.epochs, "counter": self.counter}

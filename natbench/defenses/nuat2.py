@@ -41,18 +41,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..averagers.ema import ModuleCopy, ema_step, load_average
-from ..contracts import Batch, LossOut
+from ..contracts import Batch
 from ..errors import ConfigError
-from ._common import bn_mode, nuclear_adaptive
-from .nuat import bernoulli_start, check_common, lam_at, nuat_training_loss, nuclear, signed_step
+from ._common import bn_mode
+from .nuat import NuclearAT, bernoulli_start, check_common, lam_at, nuclear, signed_step
 
 
-class NuAT2:
+class NuAT2(NuclearAT):
     name = "nuat2"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
-    ce_on = frozenset({"clean"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:
@@ -90,9 +86,6 @@ class NuAT2:
         load_average(twin, self._ema if self._ema is not None else model.state_dict())  # no update yet: the model
         return twin.eval()
 
-    def _divisor(self, batch: Batch) -> float:
-        return float(self.params.nuc_batch or len(batch))
-
     def prepare(self, model, batch: Batch, task, cache: dict, generator: torch.Generator) -> None:
         p, eps = self.params, task.threat.eps
         step = eps if p.step_size is None else p.step_size
@@ -110,14 +103,6 @@ class NuAT2:
             x1 = signed_step(step0, x0, batch.x, step=step, eps=eps)
             cache["x_adv"] = signed_step(lambda xa: F.cross_entropy(task.logits(model, batch, xa), y), x1, batch.x,
                                          step=step, eps=eps)
-
-    def adaptive_loss(self, inp) -> Tensor:
-        """Its training loss per sample with the attacked input as x', at the end of the lambda ramp
-        (``lam_max``): ``CE(f(x), y) + lam_max * ||f(x) - f(x')||_2`` (see ``nuclear_adaptive``)."""
-        return nuclear_adaptive(inp, self.params.lam_max)
-
-    def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        return nuat_training_loss(model, batch, task, cache, self.lam, self._divisor(batch))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "epochs": self.epochs, "ema": dict(self._ema or {})}

@@ -3,9 +3,9 @@
 ``min_theta E[ max_{||delta||_inf <= eps} CE(f(x + delta), y) ]``: the inner max is PGD on the
 task's CE objective with a uniform U(-eps, eps) start, ``steps`` signed steps of ``step_size``,
 projection onto the eps-ball and [0, 1]; the outer loss is ``CE(f(x'), y)`` (mean over the batch)
-on adversarial inputs only (on a detection task: its whole training loss, classification with hard
-negatives plus localisation, on x'; re-id keeps the identity CE, "pgd-at-style training on the
-identity loss").
+on adversarial inputs only (on a task kind that declares its own training loss for x',
+``TRAINING_LOSS_ON``: that loss; detection: classification with hard negatives plus localisation;
+re-id does not declare it and keeps the identity CE, "pgd-at-style training on the identity loss").
 
 BatchNorm during the attack: ``attack_bn="train"`` by default, as in Madry's cifar10_challenge
 and locuslab/robust_overfitting (inherited by AT-AWP, notes Sec. 3.2 and 13): the attack's forward
@@ -19,16 +19,12 @@ from typing import Literal
 import torch
 
 from ..attacks.pgd import PGD
-from ..contracts import Batch, LossOut, cached_logits
-from ._common import adaptive_ce, attack_budget, bn_mode
+from ..contracts import Batch, LossOut
+from ._common import AdvCE, attack_budget, bn_mode, outer_loss
 
 
-class PGDAT:
+class PGDAT(AdvCE):
     name = "pgd-at"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_adv"})
-    ce_on = frozenset({"adv"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:
@@ -46,16 +42,5 @@ class PGDAT:
         with bn_mode(model, self.params.attack_bn):
             cache["x_adv"] = attack(task.objective(model, batch, "ce"), batch.x, eps=tm.eps, generator=generator)
 
-    def adaptive_loss(self, inp) -> torch.Tensor:
-        """Its training loss with the attacked input as x': ``CE(f(x'), y)`` per sample."""
-        return adaptive_ce(inp)
-
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        training_loss = getattr(task, "training_loss", None)
-        if "detections" in getattr(task, "capabilities", ()) and callable(training_loss) and "logits_adv" not in cache:
-            # detection: the whole SSD loss (classification with hard negatives + localisation) on x'
-            per, parts = training_loss(model, batch, cache["x_adv"], cache, "adv")
-            return LossOut(per.mean(), {f"{k}_adv": float(v) for k, v in parts.items()})
-        z_adv = cached_logits(model, batch, task, cache, "adv", cache["x_adv"])
-        ce = torch.nn.functional.cross_entropy(z_adv, batch.y)
-        return LossOut(ce, {"ce_adv": ce.item()})
+        return outer_loss(model, batch, task, cache, "adv", cache["x_adv"])

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
-from ._common import attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample
+from ._common import CleanCEPlusAdvTerm, attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -42,12 +42,8 @@ def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Ten
     return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
 
 
-class TRADES:
+class TRADES(CleanCEPlusAdvTerm):
     name = "trades"
-    requires = frozenset({"logits"})
-    provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
-    ce_on = frozenset({"clean"})
-    select_on = "robust"
 
     @dataclass(frozen=True)
     class Params:

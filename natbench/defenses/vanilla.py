@@ -1,6 +1,6 @@
 """Vanilla (ERM) training: ``L = CE(f(x), y)`` on clean inputs, no adversarial examples; on a task
-with its own training loss (``task.training_loss``: re-id's identity CE + batch-hard triplet) that
-loss on clean inputs.
+kind that declares its own training loss for clean inputs (``TRAINING_LOSS_ON``: re-id's identity CE
++ batch-hard triplet, detection's SSD loss) that loss on clean inputs.
 
 Also the default *adversary model* of NAT (NAT paper Sec. 4, "a normally trained adversary model").
 """
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..contracts import Batch, LossOut, cached_logits
-from ._common import adaptive_ce
+from ..contracts import Batch, LossOut
+from ._common import adaptive_ce, outer_loss
 
 
 class Vanilla:
@@ -36,10 +36,4 @@ class Vanilla:
         return adaptive_ce(inp)
 
     def loss(self, model, batch: Batch, task, cache: dict) -> LossOut:
-        training_loss = getattr(task, "training_loss", None)
-        if callable(training_loss) and "logits_clean" not in cache:  # a task with its own loss (re-id: CE + triplet)
-            per, parts = training_loss(model, batch, batch.x, cache, "clean")
-            return LossOut(per.mean(), {f"{k}_clean": float(v) for k, v in parts.items()})
-        z = cached_logits(model, batch, task, cache, "clean", batch.x)
-        ce = torch.nn.functional.cross_entropy(z, batch.y)
-        return LossOut(ce, {"ce_clean": ce.item()})
+        return outer_loss(model, batch, task, cache, "clean", batch.x)
