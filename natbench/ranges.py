@@ -84,8 +84,7 @@ RANGES: dict[str, dict[str, str]] = {
     f"{_ATT}.autoattack_original.AutoAttackOriginal.Params": {"bs": "[1, 1000000]"},
     f"{_ATT}.cw.CWInf.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
     f"{_ATT}.dag.DAG.Params": {"steps": STEPS, "gamma": STEP},
-    f"{_ATT}.det_cls.DetCls.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
-    f"{_ATT}.det_loc.DetLoc.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
+    f"{_ATT}._det.DetectionPGD.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},  # det-cls, det-loc
     f"{_ATT}.fab.FABT.Params": {"n_target_classes": f"[1, {BIG}]", "n_iter": STEPS, "restarts": RESTARTS,
                                 "alpha_max": FRACTION, "eta": "[1, 100]", "beta": FRACTION},
     f"{_ATT}.fna.FNA.Params": {"steps": STEPS, "step_size": STEP, "eps": STEP},

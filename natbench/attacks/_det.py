@@ -23,6 +23,7 @@ statistics, as RobustDet puts the model in eval() during attack steps).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -35,10 +36,17 @@ from natbench.errors import ConfigError
 
 
 class DetectionPGD(LinfAttack):
-    """Base of ``det-cls`` / ``det-loc``; subclasses set ``name``, ``objective_kind`` and ``Params``."""
+    """Base of ``det-cls`` / ``det-loc``; subclasses set ``name`` and ``objective_kind`` (both share ``Params``)."""
 
     name: ClassVar[str] = "det-pgd"
     objective_kind: ClassVar[str] = "det_total"
+
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = 10  # PGD steps (RobustDet's evaluation: 20)
+        step_size: float = 2 / 255  # absolute step, eps/4 at 8/255 (RobustDet's evaluation: 8/255)
+        random_start: bool = False  # start at x, as RobustDet's attacks
+        restarts: int = 1  # with random_start: keep per image the restart with the highest loss
 
     def __init__(self, params=None) -> None:
         super().__init__(params)

@@ -8,18 +8,9 @@ loop, its reference (RobustDet) and the budget choice: :mod:`natbench.attacks._d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from natbench.attacks._det import DetectionPGD
 
 
 class DetCls(DetectionPGD):
     name = "det-cls"
     objective_kind = "det_cls"
-
-    @dataclass(frozen=True)
-    class Params:
-        steps: int = 10  # PGD steps (RobustDet's evaluation: 20)
-        step_size: float = 2 / 255  # absolute step, eps/4 at 8/255 (RobustDet's evaluation: 8/255)
-        random_start: bool = False  # start at x, as RobustDet's attacks
-        restarts: int = 1  # with random_start: keep per image the restart with the highest loss
