@@ -53,7 +53,8 @@ class TaskSlice:
     ``eps / 4`` unless given), logits and the per-sample CE objective."""
 
     def __init__(self, eps: float = 0.3, steps: int = 3, step_size: float | None = None):
-        self.threat = ThreatModel(eps=eps, train_steps=steps, train_step_size=eps / 4 if step_size is None else step_size)
+        step = eps / 4 if step_size is None else step_size
+        self.threat = ThreatModel(eps=eps, train_steps=steps, train_step_size=step)
 
     def logits(self, model, batch, x):
         return model(x)

@@ -1,4 +1,4 @@
-"""Output sparsity (NAT Fig. 3) in closed form, and what the analyses collect from a hand-built linear
+"""Output sparsity (NAT Fig. 3): entropy, Hoyer and off-label entropy by hand and in closed form, and what the analyses collect from a hand-built linear
 model, clean and under FGSM (whose effect on a linear head is known exactly)."""
 from __future__ import annotations
 
@@ -87,3 +87,24 @@ def test_sparsity_plot(tmp_path):
     b = sparsity.profile(torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.9]]), torch.tensor([0, 1]))
     p = plots.sparsity_plot({"sparse": {"clean": a, "adv": b}, "flat": {"clean": b, "adv": None}}, tmp_path / "s.png", "PGD-20")
     assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000
+
+
+def test_entropy_hoyer_hand_values():
+    uniform = torch.full((1, 4), 0.25, dtype=torch.float64)
+    onehot = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert sparsity.entropy(uniform).item() == pytest.approx(math.log(4))
+    assert sparsity.entropy(onehot).item() == pytest.approx(0.0, abs=1e-12)
+    assert sparsity.hoyer(uniform).item() == pytest.approx(0.0, abs=1e-12)
+    assert sparsity.hoyer(onehot).item() == pytest.approx(1.0)
+    p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)  # |p|1 = 1, |p|2 = sqrt(0.38)
+    assert sparsity.hoyer(p).item() == pytest.approx((math.sqrt(3) - 1 / math.sqrt(0.38)) / (math.sqrt(3) - 1))
+
+
+def test_nontarget_entropy_renormalises_off_label_mass():
+    p = torch.tensor([[0.6, 0.2, 0.2, 0.0], [0.1, 0.9, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    out = sparsity.nontarget_entropy(p, y)
+    assert out[0].item() == pytest.approx(math.log(2))  # {0.5, 0.5, 0}
+    assert out[1].item() == pytest.approx(0.0, abs=1e-12)  # {1, 0, 0}
+    s = sparsity.summary(torch.log(p.clamp_min(1e-300)), torch.tensor([0, 1]))
+    assert set(s) == {"entropy", "nontarget_entropy", "hoyer"}

@@ -1,4 +1,5 @@
-"""The model checks and their escalations (natbench.checks): each failed check schedules the attack it calls
+"""The evaluation checks and their escalations (natbench.checks): an attack must stay in the eps-ball, the
+suite checks (a paired sign test) flag masking symptoms, each failed check schedules the attack it calls
 for; a deliberately gradient-masking model is flagged and the escalated attack brings it down; a randomized
 model is evaluated with EOT; a white-box attack weaker than a black-box one escalates to a transfer attack.
 
@@ -14,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from natbench.checks import ESCALATIONS, escalations, model_checks
+from natbench.checks import ESCALATIONS, AttackIntegrityError, assert_in_ball, escalations, model_checks, suite_checks
 from natbench.config import from_dict
 from natbench.registry import get_registry
 from natbench.resolve import resolve, task_kind_cls
 from natbench.runner import ESCALATED, Runner
+from natbench.tasks.classification import ClassificationTask
 from natbench.taskspec import SuiteSpec
 
 from helpers import digits_task
@@ -223,3 +225,57 @@ def test_whitebox_weaker_than_blackbox_escalates_to_a_transfer_attack(tmp_path, 
     from natbench.store import Store
 
     assert list(Store(root / "natbench.sqlite").runs().defense) == ["vanilla"]  # the surrogate, a recorded run
+
+
+def test_assert_in_ball():
+    x = torch.rand(2, 1, 3, 3)
+    assert_in_ball(x, (x + 0.1).clamp(0, 1), 0.1, "ok")
+    with pytest.raises(AttackIntegrityError, match="exceeds eps"):
+        assert_in_ball(x, (x + 0.2).clamp(0, 1), 0.1, "too far")
+    with pytest.raises(AttackIntegrityError, match=r"\[0, 1\]"):
+        assert_in_ball(x, x + 0.05 + (1 - x), 0.5 + 1, "range")
+
+
+def _flags(n_correct: int, n: int = 200, offset: int = 0) -> torch.Tensor:
+    f = torch.zeros(n, dtype=torch.bool)
+    f[offset: offset + n_correct] = True
+    return f
+
+
+def test_weaker_is_a_paired_sign_test():
+    from natbench.checks import weaker
+
+    a = _flags(100)
+    assert not weaker(a, a)[0]
+    assert not weaker(_flags(100), _flags(100, offset=3))[0]  # 3 vs 3 discordant: noise
+    assert not weaker(_flags(100), _flags(103))[0]  # 0 vs 3: stronger is *stronger*, fine
+    flagged, detail = weaker(_flags(120), _flags(100))  # 20 vs 0 discordant: 20 > 2*sqrt(20)
+    assert flagged and detail == "20 vs 0 discordant samples"
+    assert not weaker(_flags(104), _flags(100))[0]  # 4 vs 0: 4 = 2*sqrt(4), not above
+
+
+def test_suite_checks_flag_masking_symptoms():
+    steps = {"pgd-10": 10, "pgd-20": 20}
+    healthy = {"clean": _flags(180), "fgsm": _flags(120), "pgd-10": _flags(100), "pgd-20": _flags(98)}
+    assert all(c.passed for c in suite_checks(healthy, steps))
+    masked = {"clean": _flags(180), "fgsm": _flags(80), "pgd-10": _flags(100), "pgd-20": _flags(130)}
+    failed = {c.name for c in suite_checks(masked, steps) if not c.passed}
+    assert failed == {"iterative_beats_single_step", "more_steps_not_weaker"}
+    above = {c.name for c in suite_checks({"clean": _flags(100), "fgsm": _flags(140)}, {}) if not c.passed}
+    assert above == {"clean_is_upper_bound"}
+
+
+def test_evaluate_rejects_an_attack_that_leaves_the_ball():
+    r = resolve(get_registry(), "digits", "vanilla", suite="smoke")
+    task = ClassificationTask(r.spec)
+    model = task.build_model()
+    loader = task.loaders(64, torch.Generator().manual_seed(0), 64)[2]
+
+    class Cheat:
+        name = "cheat"
+
+        def __call__(self, objective, x, *, eps, generator=None):
+            return (x + 2 * eps).clamp(0, 1)
+
+    with pytest.raises(AttackIntegrityError):
+        task.evaluate(model, loader, Cheat())

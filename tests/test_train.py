@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from natbench.compose import Composite
+from natbench.compose import Composite, plan
 from natbench.contracts import Batch
 from natbench.defenses.fast_at import FastAT
 from natbench.defenses.free_at import FreeAT
@@ -23,6 +23,7 @@ from natbench.regularizers.mixup import Mixup
 from natbench.resolve import resolve
 from natbench.runner import Runner, lr_at, momentum_at
 from natbench.store import Store
+from natbench.tasks.classification import ClassificationTask
 from natbench.taskspec import ProfileCfg
 
 from helpers import SMALL, TaskSlice, run_digits, same_state, snapshot
@@ -324,3 +325,17 @@ def test_runner_loop_on_a_digits_shaped_model(spec):
     if names[0] == "free-at":
         d = comp.base.delta
         assert d.shape == (16, 1, 8, 8) and 0 < d.abs().max().item() <= 0.2 + 1e-7
+
+
+@pytest.mark.gpu
+def test_training_step_runs_on_cuda():
+    from natbench.runner import make_optimizer, train_step
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "trades", suite="smoke")
+    task = ClassificationTask(r.spec)
+    model = task.build_model().cuda()
+    comp = Composite.build(plan("trades", reg, task.capabilities), r.params)
+    batch = next(iter(task.loaders(64, torch.Generator().manual_seed(0))[0])).to("cuda")
+    out = train_step(comp, model, batch, task, make_optimizer(r.profile, model), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
