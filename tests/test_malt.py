@@ -163,3 +163,14 @@ def test_bad_params_and_too_few_classes_raise_config_error():
                 return model(z)
 
         MALT()(NoCount(), torch.zeros(1, 3), eps=0.1)
+
+
+def test_the_fast_suite_is_malt_and_needs_a_task_with_logits():
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve
+
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla", profile="quick", suite="fast")
+    assert [(a.id, a.attack) for a in r.suite.attacks] == [("malt", "malt")]
+    with pytest.raises(ConfigError, match="logits"):
+        resolve(reg, "reid_market", "vanilla", profile="quick", suite="fast")
