@@ -22,8 +22,11 @@ count as unknown, so a ``--force`` rerun adds a new result rather than replacing
 from __future__ import annotations
 
 import dataclasses
+import platform
 import re
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: the store's device column: ``<device> threads=N [gpu=NAME] [fast-path k=v ...]``
@@ -134,3 +137,32 @@ def with_numerics(variant: str, label: str) -> str:
     if not label or label in variant.split():
         return variant
     return " ".join(x for x in (variant, label) if x)
+
+
+def git_revision() -> str:
+    """``git describe`` of natbench's checkout ("unknown" outside one): recorded with every run."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """The versions of natbench, python and the libraries that decide a result, recorded with every run."""
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    out = {"natbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    try:
+        import torchattacks
+
+        out["torchattacks"] = torchattacks.__version__
+    except Exception:  # noqa: BLE001 - only provenance
+        pass
+    return out

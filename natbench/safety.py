@@ -93,6 +93,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a unique temporary file (two writers never share one) and a rename."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def load_torch(path: Path, what: str, fix: str, **kwargs: Any) -> Any:
     """``torch.load(path, weights_only=True)``; any failure is one :class:`RunError` line naming the

@@ -53,15 +53,15 @@ def test_lr_points_are_interpolated_per_iteration_and_decayed_at_milestones():
 @pytest.mark.slow
 def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
     seen = []
-    import natbench.runner as runner_mod
+    import natbench.train as train_mod
 
-    real = runner_mod.train_step
+    real = train_mod.train_step
 
     def spy(composite, model, batch, task, optimizer, generator, *args, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
         return real(composite, model, batch, task, optimizer, generator, *args, **kwargs)
 
-    monkeypatch.setattr(runner_mod, "train_step", spy)
+    monkeypatch.setattr(train_mod, "train_step", spy)
     run_digits(tmp_path, "vanilla", "training.lr_points=[[0,0],[1,0.2],[2,0]]", "training.epochs=2")
     n = len(seen) // 2  # batches per epoch
     assert len(seen) == 2 * n and n >= 2
@@ -122,17 +122,19 @@ def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
     sets = ["free-at.m=2"] if defense == "free-at" else ["nuat2.attack_ema=0.99"]
     _, ref = run_digits(tmp_path / "ref", defense, *sets)
 
-    real = Runner.validate
+    import natbench.train as train_mod
 
-    def crash_at_epoch_1(self, r, task, model, loader, epoch):
+    real = train_mod.validate
+
+    def crash_at_epoch_1(r, task, model, loader, epoch, device):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(self, r, task, model, loader, epoch)
+        return real(r, task, model, loader, epoch, device)
 
-    monkeypatch.setattr(Runner, "validate", crash_at_epoch_1)
+    monkeypatch.setattr(train_mod, "validate", crash_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         run_digits(tmp_path / "cut", defense, *sets)
-    monkeypatch.setattr(Runner, "validate", real)
+    monkeypatch.setattr(train_mod, "validate", real)
     _, cut = run_digits(tmp_path / "cut", defense, *sets)
     assert same_state(_weights(cut / "last.pt"), _weights(ref / "last.pt"))
     assert same_state(_weights(cut / "best.pt"), _weights(ref / "best.pt"))
@@ -203,16 +205,16 @@ def test_cycle_momentum_needs_lr_points_and_sgd():
 @pytest.mark.slow
 def test_runner_cycles_momentum_every_iteration(tmp_path, monkeypatch):
     """The momentum the optimizer holds at each step is ``momentum_at`` of that step's fractional epoch."""
-    import natbench.runner as runner_mod
+    import natbench.train as train_mod
 
     seen = []
-    real = runner_mod.train_step
+    real = train_mod.train_step
 
     def spy(composite, model, batch, task, optimizer, *a, **k):
         seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
         return real(composite, model, batch, task, optimizer, *a, **k)
 
-    monkeypatch.setattr(runner_mod, "train_step", spy)
+    monkeypatch.setattr(train_mod, "train_step", spy)
     r, _ = run_digits(tmp_path, "vanilla", "training.lr_points=[[0,0.0],[1,0.1],[2,0.0]]", "training.cycle_momentum=[0.8,0.9]")
     iters = len(seen) // 2
     for j, (lr, mom) in enumerate(seen):
@@ -239,7 +241,7 @@ def test_resumed_run_records_the_sum_of_its_attempts_training_time(tmp_path, mon
     and evaluates. The recorded training time is both attempts' (before: only the second's, ~0 s)."""
     from natbench.runner import Runner
 
-    monkeypatch.setattr("natbench.runner.escalations", lambda *a, **k: [])
+    monkeypatch.setattr("natbench.evaluate.escalations", lambda *a, **k: [])
     reg = get_registry()
     r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=2"], suite="smoke")
     runner = Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg)
