@@ -195,7 +195,10 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
     if db_store is None:
         return _from_rows(None, r0, ext, results, flags, checks)
     if existing is not None:
-        db_store.add_results(run_id, results, flags, checks, suite=ids, facts=run_facts(t, suite_run, results))
+        from .evaluate import record_suite
+
+        record_suite(db_store, run_id, results, flags, checks, ids,  # as for a trained run: recorded checks kept
+                     facts=run_facts(t, suite_run, results))
     else:
         config = {"external": ext.provenance, "task": r0.config["task"], "suite": to_dict(suite_spec), "n": n,
                   "seed": 0, "eval_batch_size": bs}

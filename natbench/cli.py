@@ -378,33 +378,11 @@ def eval_(
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
-    from .integrity import verify
+    from .evaluate import add_suite
 
-    ok = verify(runner.store, run_id, runner.root / run_id, cks, force=force)  # every file, before any compute
-    _note_numerics(runner, run_id)
-    results, flags, checks = runner.evaluate(r, runner.task(r), runner.root / run_id, cks, s)
-    if not runner.dist.is_main:  # data-parallel: rank 0 records
-        return
-    from .leaderboard_facts import facts as run_facts
-
-    runner.store.add_results(run_id, results, flags, checks, suite=["clean", *(a.id for a in s.attacks)],
-                             checkpoints=ok.sha256, replace=ok.replace, facts=run_facts(task_kind_cls(reg, r.spec), s, results, reg))
-    from .runner import PARTIAL
-
-    (runner.root / run_id / PARTIAL).unlink(missing_ok=True)
-    _print_leaderboard(runner.store, r.task, "table")
-
-
-def _note_numerics(runner, run_id: str) -> None:
-    """Say so when ``eval`` computes with other numerics (device, threads, torch) than the run recorded."""
-    from . import provenance
-    from .threads import numerics
-
-    rec, now = runner.store.get_run(run_id), numerics(runner.device)
-    was = provenance.from_row(rec.device, rec.versions)
-    if provenance.key(was) != provenance.key(now):
-        runner.reporter.message(f"{run_id}: recorded with {provenance.describe(was)}; these results are computed with "
-                                f"{provenance.describe(now)} (bit-identical only with the same; --threads)")
+    add_suite(runner, r, run_id, s, cks, force=force, note_numerics=True)  # every file verified before any compute
+    if runner.dist.is_main:  # data-parallel: rank 0 records and prints
+        _print_leaderboard(runner.store, r.task, "table")
 
 
 def _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root) -> None:

@@ -214,3 +214,78 @@ class SuiteEvaluator:
         if not self.eval_bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+# ------------------------------------------------------------------------------- adding a suite
+def add_suite(runner: Any, r: Resolved, run_id: str, suite: Any = None, checkpoints: tuple[str, ...] = CHECKPOINTS,
+              *, missing_only: bool = False, force: bool = False, note_numerics: bool = False) -> bool:
+    """Evaluate ``suite`` (default: ``r``'s) on the checkpoints of the complete run ``run_id`` and add
+    the rows to its record (:func:`record_suite`); False when there was nothing to evaluate.
+
+    ``missing_only``: only the attacks the run's record does not list yet (a reused run, a deferred
+    dependency). Every checkpoint file is verified against its recorded hash before any compute
+    (``force``: a changed one is evaluated as a new model, its earlier rows replaced)."""
+    dist, store, run_dir = runner.dist, runner.store, runner.root / run_id
+    suite = suite or r.suite
+    if missing_only:
+        done = dist.broadcast(set(store.get_run(run_id).suite) if dist.is_main else None)
+        missing = [a for a in suite.attacks if a.id not in done]
+        if not missing:
+            return False
+        runner.reporter.message(f"{run_id}: evaluating {', '.join(a.id for a in missing)} (not in its record yet)")
+        suite = dataclasses.replace(suite, attacks=tuple(missing))
+    ok = verify(store, run_id, run_dir, checkpoints, force=force) if dist.is_main else None  # before any compute
+    if note_numerics and dist.is_main:
+        _note_numerics(runner, run_id)
+    results, flags, checks = runner.evaluate(r, runner.task(r), run_dir, checkpoints, suite)
+    if dist.is_main:
+        from .leaderboard_facts import facts as run_facts
+        from .resolve import task_kind_cls
+
+        record_suite(store, run_id, results, flags, checks, ["clean", *(a.id for a in suite.attacks)],
+                     checkpoints=ok.sha256, replace=ok.replace,
+                     facts=run_facts(task_kind_cls(runner.registry, r.spec), suite, results, runner.registry))
+        (run_dir / PARTIAL).unlink(missing_ok=True)
+    dist.barrier()
+    return True
+
+
+def record_suite(store: Any, run_id: str, results: list[ResultRow], flags: list[FlagRow], checks: list[CheckRow],
+                 suite: list[str], *, checkpoints: dict[str, str] | None = None, replace: Any = (),
+                 facts: dict | None = None) -> None:
+    """Add an evaluation's rows (``suite``: its result ids) to the complete run ``run_id`` in one
+    transaction (:meth:`natbench.store.Store.add_results`; ``facts``: what the leaderboard reads,
+    :mod:`natbench.leaderboard_facts`).
+
+    Sanity checks: those of an evaluation that saw every attack of the run's record (or whose
+    checkpoint was replaced) replace the recorded ones; those of a partial evaluation (some attacks
+    only) are merged into them, and a check failed in either stays failed -- a later, smaller suite
+    never erases a gradient-masking symptom that the full one showed."""
+    replace = list(replace)
+    if not set(store.get_run(run_id).suite) <= set(suite):
+        checks = merge_checks(store.checks(run_id), checks, replaced=set(replace))
+    store.add_results(run_id, results, flags, checks, suite=suite, checkpoints=checkpoints, replace=replace, facts=facts)
+
+
+def merge_checks(recorded: Any, new: list[CheckRow], replaced: set[str] = frozenset()) -> list[CheckRow]:
+    """``new`` checks merged into the ``recorded`` ones (:meth:`natbench.store.Store.checks`) of the
+    same checkpoints (but those in ``replaced``): a new check is added, or replaces a recorded one of
+    the same name when it failed; a recorded failure is kept."""
+    out: list[CheckRow] = []
+    for ckpt in dict.fromkeys(c.checkpoint for c in new):
+        rows = recorded[recorded.checkpoint == ckpt] if ckpt not in replaced else recorded.iloc[:0]
+        merged = {x.name: CheckRow(ckpt, x.name, bool(x.passed), x.detail) for x in rows.itertuples()}
+        for c in new:
+            if c.checkpoint == ckpt and (c.name not in merged or not c.passed):
+                merged[c.name] = c
+        out += merged.values()
+    return out
+
+
+def _note_numerics(runner: Any, run_id: str) -> None:
+    """Say so when an evaluation computes with other numerics (device, threads, torch) than the run recorded."""
+    from .threads import numerics
+
+    rec, now = runner.store.get_run(run_id), numerics(runner.device)
+    was = provenance.from_row(rec.device, rec.versions)
+    if provenance.key(was) != provenance.key(now):
+        runner.reporter.message(f"{run_id}: recorded with {provenance.describe(was)}; these results are computed with "
+                                f"{provenance.describe(now)} (bit-identical only with the same; --threads)")

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -29,14 +28,14 @@ from . import provenance
 from .compose import Composite
 from .config import to_dict
 from .distributed import Dist
-from .evaluate import CHECKPOINTS, ESCALATED, PARTIAL, Job, SuiteEvaluator  # noqa: F401 - re-exported
-from .graph import dependency_run
-from .integrity import sha256_file, verify
+from .evaluate import CHECKPOINTS, ESCALATED, PARTIAL, Job, SuiteEvaluator, add_suite  # noqa: F401 - re-exported
+from .graph import dependency_run, is_run
+from .integrity import sha256_file
 from .leaderboard_facts import facts as run_facts
 from .lock import locked_run_dir
 from .provenance import git_revision, versions  # noqa: F401 - re-exported (natbench.api)
 from .registry import Registry, get_registry
-from .resolve import Resolved, task_kind_cls
+from .resolve import Resolved
 from .run_model import build_task, load_model, run_from_dir  # noqa: F401 - run_from_dir: where callers have always imported it from
 from .safety import atomic_save, atomic_write, run_dir as safe_run_dir  # noqa: F401 - atomic_save re-exported
 from .store import RunRecord, Store, open_store, store_exists
@@ -79,6 +78,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def prepare_run_dir(root: Path, r: Resolved, force: bool, dist: Dist) -> Path:
+    """The run directory with its ``config.yaml`` (``force``: without an earlier attempt's files)."""
+    run_dir = safe_run_dir(root, r.run_id)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:  # from scratch: drop what an earlier attempt left
+            for name in ("state.pt", "best.pt", "last.pt", "record.json", PARTIAL):
+                (run_dir / name).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
+    dist.barrier()
+    return run_dir
+
+
+def _check_cuda_options(device: torch.device, sync_bn: bool, eval_bf16: bool) -> None:
+    """--sync-bn and --eval-bf16 need a CUDA device: a one-line error on any other."""
+    from .errors import ConfigError
+
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("--sync-bn: torch's SyncBatchNorm runs on CUDA only; drop --sync-bn on CPU")
+    if eval_bf16 and device.type != "cuda":
+        raise ConfigError(f"--eval-bf16: bf16 autocast evaluation needs a CUDA device (device is {device}); "
+                          f"drop --eval-bf16 or use --device cuda")
+
+
 # ------------------------------------------------------------------------------------- runner
 @dataclass
 class Runner:
@@ -94,17 +117,11 @@ class Runner:
     dependency_eval: bool = True  # evaluate dependency runs (after their dependent's evaluation); --no-dependency-eval
 
     def __post_init__(self):
-        from .errors import ConfigError
-
         self.root = Path(self.root)
         self.device = self.dist.device(self.device)
-        if self.sync_bn and self.device.type != "cuda":
-            raise ConfigError("--sync-bn: torch's SyncBatchNorm runs on CUDA only; drop --sync-bn on CPU")
+        _check_cuda_options(self.device, self.sync_bn, self.eval_bf16)
         if not self.dist.is_main:  # one progress display: rank 0's
             self.reporter = Reporter()
-        if self.eval_bf16 and self.device.type != "cuda":
-            raise ConfigError(f"--eval-bf16: bf16 autocast evaluation needs a CUDA device (device is {self.device}); "
-                              f"drop --eval-bf16 or use --device cuda")
         self.registry = self.registry or get_registry()
         self._store: Store | None = None
         self._stack: list[str] = []  # config hashes of the runs waiting for a dependency (cycle guard)
@@ -150,7 +167,7 @@ class Runner:
             model = self.dependency_model(r, dep)
             component.bind(dep.role, model.to(memory_format=torch.channels_last) if channels_last else model)
         # 2. train
-        run_dir = self._prepare_dir(r, force)
+        run_dir = prepare_run_dir(self.root, r, force, self.dist)
         self.reporter.message(f"run {r.run_id} ({provenance.describe(now)}) in {run_dir}")
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
@@ -196,21 +213,9 @@ class Runner:
         if dependent is not None:
             self._deferred.append((r, existing.run_id, dependent))
         else:
-            self._complete_suite(r, existing.run_id)
+            add_suite(self, r, existing.run_id, missing_only=True)  # the suite's attacks it has not seen yet
             self._evaluate_deferred()
         return existing.run_id
-
-    def _prepare_dir(self, r: Resolved, force: bool) -> Path:
-        """The run directory with its ``config.yaml`` (``force``: without an earlier attempt's files)."""
-        run_dir = safe_run_dir(self.root, r.run_id)
-        if self.dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if force:  # from scratch: drop what an earlier attempt left
-                for name in ("state.pt", "best.pt", "last.pt", "record.json", PARTIAL):
-                    (run_dir / name).unlink(missing_ok=True)
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(r.config, sort_keys=False))
-        self.dist.barrier()
-        return run_dir
 
     def _record(self, r: Resolved, task: Any, record: RunRecord, run_dir: Path, rows: tuple, trained: Trained,
                 now: dict[str, Any]) -> None:
@@ -241,7 +246,7 @@ class Runner:
                                       f"of {dependent}); natbench eval {run_id} evaluates it later")
                 continue
             self.reporter.message(f"{run_id}: evaluating it now (a dependency of {dependent}, evaluated after it)")
-            self._complete_suite(dep_r, run_id)
+            add_suite(self, dep_r, run_id, missing_only=True)
 
     def dependency_model(self, r: Resolved, dep: Any, evaluated: str | None = None) -> torch.nn.Module:
         """The model behind a component's or an attack's :class:`~natbench.contracts.Dependency`: a
@@ -260,7 +265,7 @@ class Runner:
             return self.load_model(self.task(dep_r), dep.run, dep.checkpoint)
         dep_r = dependency_run(self.registry, r, dep)
         dep_task = self.task(dep_r)
-        if dep.checkpoint == "init":  # an untrained model, seeded apart from the target's own init
+        if not is_run(dep):  # checkpoint "init": an untrained model, seeded apart from the target's own init
             self.reporter.message(f"{r.run_id}: {dep.role} model is an untrained {dep_r.spec.model.arch}")
             torch.manual_seed(derive_seed(dep_r.seed, "init", "dependency", dep.role))
             return dep_task.build_model().to(self.device)
@@ -285,22 +290,6 @@ class Runner:
         return load_model(task, self.root, run_id, checkpoint, device=self.device, store=store, verified=verified)
 
     # --------------------------------------------------------------------------------- evaluate
-    def _complete_suite(self, r: Resolved, run_id: str) -> None:
-        """Evaluate the attacks of ``r``'s suite that the finished run ``run_id`` has not seen yet."""
-        done = self.dist.broadcast(set(self.store.get_run(run_id).suite) if self.dist.is_main else None)
-        missing = [a for a in r.suite.attacks if a.id not in done]
-        if missing:
-            self.reporter.message(f"{run_id}: evaluating {', '.join(a.id for a in missing)} (not in its record yet)")
-            suite = dataclasses.replace(r.suite, attacks=tuple(missing))
-            ok = verify(self.store, run_id, self.root / run_id, CHECKPOINTS) if self.dist.is_main else None
-            results, flags, checks = self.evaluate(r, self.task(r), self.root / run_id, CHECKPOINTS, suite)
-            if self.dist.is_main:  # a run never evaluated (a deferred dependency) gets its checks too
-                self.store.add_results(run_id, results, flags, checks if not done else [],
-                                       suite=["clean", *(a.id for a in missing)], checkpoints=ok.sha256,
-                                       facts=run_facts(task_kind_cls(self.registry, r.spec), suite, results, self.registry))
-                (self.root / run_id / PARTIAL).unlink(missing_ok=True)
-            self.dist.barrier()
-
     def evaluate(self, r: Resolved, task: Any, run_dir: Path, checkpoints: tuple[str, ...] = CHECKPOINTS,
                  suite=None, external: Any = None) -> tuple[list, list, list]:
         """Evaluate ``checkpoints`` of the run in ``run_dir`` under clean inputs and every attack of
