@@ -79,8 +79,8 @@ def plan_sweep(reg, store, tasks: list[str], defenses: list[str], seeds: list[in
                sets: Iterable[str] = (), profile: str | None = None, suite: str | None = None) -> Plan:
     """Resolve the grid, mark the cells complete in ``store`` (None: an empty store), and add the
     dependency runs the remaining cells need as earlier stages (deduplicated by provenance hash)."""
-    from .compose import Composite
-    from .resolve import resolve, with_defense
+    from .graph import needed_runs
+    from .resolve import resolve
 
     combos = grid_sets(set_grid)
     resolved = [resolve(reg, t, d, profile=profile, seed=s, sets=[*sets, *c], suite=suite)
@@ -110,21 +110,7 @@ def plan_sweep(reg, store, tasks: list[str], defenses: list[str], seeds: list[in
         return cell
 
     def _deps(r, stage: int) -> set[str]:
-        comp = Composite.build(r.plan, r.params)
-        deps = [d for _, d in comp.dependencies()]
-        for a in r.suite.attacks:  # attack dependencies (a transfer surrogate)
-            cls = reg.load("attacks", a.attack)
-            from .config import from_dict
-
-            deps += list(getattr(cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params")), "dependencies", ()))
-        needs = set()
-        for d in deps:
-            if d.run or d.checkpoint == "init":
-                continue
-            dep_r = with_defense(reg, r, d.defense, d.sets)
-            if dep_r.config_hash != r.config_hash:  # a surrogate that is the run itself is not a stage
-                needs.add(add(dep_r, stage).run_id)
-        return needs
+        return {add(dep_r, stage).run_id for dep_r in needed_runs(reg, r)}  # natbench.graph: the runner's graph
 
     for r in resolved:
         add(r, 0)
