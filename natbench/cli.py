@@ -10,7 +10,6 @@ pandas, rich's tables and the plugins are imported inside the commands that need
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,34 +18,15 @@ from typing import List, Optional
 import click
 import typer
 
+from .cli_eval import quiet_unless_main as _quiet_unless_main
+from .cli_output import Table, out, print_leaderboard as _print_leaderboard
+from .cli_registry import LIST_KINDS, check_names as _check_names
 from .errors import ConfigError, NatbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="natbench: train a defense, attack it with a suite, compare on a leaderboard.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic fixtures in the real on-disk formats.")
 app.add_typer(data_app, name="data")
-
-
-class _LazyConsole:
-    """rich's stdout Console, created on first use (rich is imported only by commands that print tables)."""
-
-    _console = None
-
-    def __getattr__(self, name: str):
-        if _LazyConsole._console is None:
-            from rich.console import Console
-
-            _LazyConsole._console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-        return getattr(_LazyConsole._console, name)
-
-
-out = _LazyConsole()
-
-
-def Table(*args, **kwargs):  # noqa: N802 - rich.table.Table, imported when a table is printed
-    from rich.table import Table as RichTable
-
-    return RichTable(*args, **kwargs)
 
 
 def _version_callback(value: bool) -> None:
@@ -71,7 +51,6 @@ SuiteOpt = typer.Option(None, "--suite", help="Attack suite: a name (natbench li
                         "(default: the task's)")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
 DataRootOpt = typer.Option(None, "--data-root", help="Dataset root (default: $NATBENCH_DATA or ./data)")
-LIST_KINDS = ("tasks", "defenses", "regularizers", "perturbations", "averagers", "attacks", "suites", "task_kinds")
 
 
 def _threads(threads: Optional[int]) -> int:
@@ -79,26 +58,6 @@ def _threads(threads: Optional[int]) -> int:
     from .threads import apply
 
     return apply(threads)
-
-
-def _check_names(reg, task: str, defenses: List[str], suite: Optional[str]) -> None:
-    """Task, suite and defense-component names, checked before torch is imported so that a typo
-    answers at once (resolve() checks everything again, with the same messages)."""
-    from .errors import CompositionError, suggest
-
-    def is_path(x: str) -> bool:
-        return x.endswith((".yaml", ".yml")) or os.sep in x
-
-    if not is_path(task):
-        reg.entry("tasks", task)
-    if suite and not is_path(suite):
-        reg.entry("suites", suite)
-    kinds = ("defenses", "regularizers", "perturbations", "averagers")  # natbench.compose.COMPONENT_KINDS
-    names = sorted(n for k in kinds for n in reg.names(k))
-    for spec in defenses:
-        for n in (x.strip() for x in spec.split("+")):
-            if n and not any(reg.has(k, n) for k in kinds):
-                raise CompositionError(f"Unknown defense '{n}'.{suggest(n, names)} Available: {', '.join(names)}")
 
 
 def _root(root: Optional[Path]) -> Path:
@@ -110,57 +69,17 @@ def list_(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(L
           name: Optional[str] = typer.Argument(None, help="One entry of KIND: its Params (--set keys, defaults, meaning), "
                                                          "a suite's attacks or a task's profiles")) -> None:
     """List registered plugins as a table, or show one entry in detail (natbench list defenses trades)."""
-    from .errors import unknown
-    from .registry import get_registry
+    from .cli_registry import list_entries
 
-    reg = get_registry()
-    if kind is not None and kind not in LIST_KINDS:
-        raise unknown("list kind", kind, LIST_KINDS)
-    if name is not None:
-        from rich.markup import escape
-
-        from .describe import describe
-
-        for title, cols, rows in describe(reg, kind, name):
-            table = Table(title=title, title_justify="left")
-            for c in cols:
-                table.add_column(c, overflow="fold")
-            for row in rows:
-                table.add_row(*map(escape, row))
-            out.print(table)
-        return
-    for k in [kind] if kind else LIST_KINDS:
-        table = Table(title=k, title_justify="left")
-        for col in ("name", "target / spec", "alias", "task kinds", "cite"):
-            table.add_column(col, overflow="fold")
-        for e in reg.entries(k):
-            if e.source != "builtin" and e.target:  # a plugin's cite and task kinds are class attributes
-                try:
-                    reg.load(k, e.name)
-                    e = reg.entry(k, e.name)
-                except NatbenchError as err:
-                    e = dataclasses.replace(e, cite=f"[red]{err}[/red]")
-            table.add_row(e.name, e.target or e.spec or "", e.alias or "", ", ".join(e.tasks or ()), e.cite)
-        out.print(table)
+    list_entries(kind, name)
 
 
 @app.command()
 def check() -> None:
     """Import every registry entry and check it against its contract (exit 1 if any fails)."""
-    from .contract_check import problems
-    from .registry import get_registry
+    from .cli_registry import check_contracts
 
-    reg = get_registry()
-    table = Table("kind", "name", "status", title="registry contract check", title_justify="left")
-    failed = 0
-    for kind in reg.kinds():
-        for e in reg.entries(kind):
-            p = problems(e, reg)
-            failed += bool(p)
-            table.add_row(kind, e.name, "[green]ok[/green]" if not p else "[red]" + "; ".join(p) + "[/red]")
-    out.print(table)
-    if failed:
-        out.print(f"[red]{failed} entr{'y' if failed == 1 else 'ies'} failed the contract check[/red]")
+    if check_contracts():
         raise typer.Exit(1)
 
 
@@ -204,7 +123,9 @@ def run(
     setup_logging()  # before the spec is read: its include: line says which file was used
     _threads(threads)
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _torchrun(nproc)
+        from .cli_eval import torchrun
+
+        return torchrun(_ARGV, nproc)
     from .resolve import data_root as resolve_data_root, resolve
     from .runner import Runner, pick_device
 
@@ -220,10 +141,6 @@ def run(
         runner.run(r, force=force)
     if show and runner.dist.is_main:
         _print_leaderboard(runner.store, resolved[0].task, "table")
-
-
-def _csv(values: List[str]) -> list[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 @app.command()
@@ -254,72 +171,13 @@ def sweep(
 
     Cells already complete in the store are skipped (a second identical sweep does nothing);
     dependency runs (NAT's adversaries, transfer surrogates) run first, once per task and seed."""
-    from .registry import get_registry
-    from .resolve import data_root as resolve_data_root
-    from .store import Store, store_exists, store_url
-    from .sweep import make_executor, plan_sweep, run_sweep
-    from .ui import RichReporter, setup_logging
+    from .cli_sweep import sweep as run_sweep_command
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
-    try:
-        seed_list = [int(v) for v in _csv(seeds)]
-    except ValueError:
-        raise ConfigError(f"--seeds {','.join(seeds)}: expected integers, e.g. --seeds 0,1,2") from None
-    reg = get_registry()
-    n_threads = _threads(threads)  # exported: every job (subprocess, slurm) uses the same
-    droot = resolve_data_root(data_root)
-    rootp = _root(root)
-    store = Store(store_url(rootp, db)) if store_exists(rootp, db) else None
-    plan = plan_sweep(reg, store, _csv(tasks), _csv(defenses), seed_list, set_grid=set_grid, sets=set_,
-                      profile=profile, suite=suite)
-    ex = make_executor(executor, log_dir or rootp / "sweep-logs", partition=partition, gpus=gpus, time_min=time_min,
-                       array_parallelism=array_parallelism, cpus=cpus, mem_gb=mem_gb)
-    stages = plan.stages()
-    skipped = sum(c.status == "skipped" for c in plan.cells)
-    out.print(f"sweep: {len(plan.cells)} runs ({skipped} already complete), "
-              f"{sum(len(st) for st in stages)} to run in {len(stages)} stage(s), executor {executor}, "
-              f"{n_threads} thread(s) per job")
-    if stages:
-        setup_logging()
-        run_sweep(plan, ex, root=rootp, db=db, data_root=str(droot) if droot else None, device=device,
-                  parallel=parallel, reporter=RichReporter())
-    table = Table("run", "stage", "status", "seconds", "run id", title="sweep", title_justify="left")
-    colour = {"done": "green", "skipped": "cyan", "failed": "red", "pending": "yellow"}
-    for c in sorted(plan.cells, key=lambda c: (-c.stage, c.label)):
-        table.add_row(c.label, "dependency" if c.stage else "grid", f"[{colour[c.status]}]{c.status}[/]",
-                      f"{c.seconds:.1f}" if c.seconds else "", c.run_id)
-    out.print(table)
-    failed = [c for c in plan.cells if c.status == "failed"]
-    for c in failed:
-        out.print(f"[red]failed[/red] {c.label}: {c.error}" + (f"\n  logs: {' '.join(c.logs)}" if c.logs else ""))
-    if failed:
+    slurm = dict(partition=partition, gpus=gpus, time_min=time_min, array_parallelism=array_parallelism, cpus=cpus,
+                 mem_gb=mem_gb)
+    if run_sweep_command(tasks, defenses, seeds, set_grid, set_, profile, suite, executor, parallel, slurm, log_dir,
+                         device, _root(root), db, data_root, threads):
         raise typer.Exit(1)
-
-
-def _quiet_unless_main(dist):
-    """Data-parallel ranks other than 0 log warnings only (rank 0 reports progress and results)."""
-    if not dist.is_main:
-        import logging
-
-        logging.getLogger().setLevel(logging.WARNING)
-    return dist
-
-
-def _torchrun(nproc: int) -> int:
-    """Run this very command again under ``torchrun --standalone --nproc-per-node N -m natbench``."""
-    import subprocess
-
-    args, skip = [], False
-    for a in _ARGV:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "natbench", *args]
-    return subprocess.call(cmd)
 
 
 def _sweep_sets(sweep: List[str]) -> list[tuple[str, ...]]:
@@ -350,55 +208,15 @@ def eval_(
     """Evaluate a finished run again (another suite, or one checkpoint) and add the results; or, with
     --task and --model, an outside model (an external run; evaluating it again adds missing attacks)."""
     if model is not None or task is not None:
+        from .cli_eval import eval_external
+
         _threads(threads)
-        return _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root)
+        return eval_external(run_id, task, model, weights, name, normalize, suite, device, _root(root), db, data_root)
     if run_id is None:
         raise ConfigError("natbench eval: give a RUN_ID, or --task T --model SPEC for an outside model")
-    from .config import from_dict
-    from .registry import get_registry
-    from .resolve import check_suite, data_root as resolve_data_root, load_suite, task_kind_cls
-    from .runner import CHECKPOINTS, Runner, pick_device, run_from_dir
-    from .taskspec import SuiteSpec
-    from .ui import RichReporter, setup_logging
+    from .cli_eval import eval_run
 
-    if checkpoint not in (*CHECKPOINTS, "both"):
-        raise ConfigError(f"--checkpoint {checkpoint!r}: expected best, last or both")
-    reg = get_registry()
-    _threads(threads)
-    r = run_from_dir(_root(root), run_id, reg)
-    s = load_suite(reg, suite) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
-    check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
-    setup_logging()
-    from .distributed import Dist
-
-    runner = Runner(_root(root), resolve_data_root(data_root), pick_device(device), RichReporter(), reg, eval_bf16=eval_bf16,
-                    db=db, dist=_quiet_unless_main(Dist.from_env(device)))
-    if runner.store.get_run(run_id) is None:
-        from .errors import RunError
-
-        raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
-    cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
-    from .evaluate import add_suite
-
-    add_suite(runner, r, run_id, s, cks, force=force, note_numerics=True)  # every file verified before any compute
-    if runner.dist.is_main:  # data-parallel: rank 0 records and prints
-        _print_leaderboard(runner.store, r.task, "table")
-
-
-def _eval_external(run_id, task, model, weights, name, normalize, suite, device, root, db, data_root) -> None:
-    """``natbench eval --task T --model SPEC ...`` (natbench.api.evaluate; docs/external.md)."""
-    if run_id is not None or task is None or model is None:
-        raise ConfigError("natbench eval: an outside model needs --task and --model (and no RUN_ID); "
-                          "e.g. natbench eval --task digits --model my_model.py:build --weights w.pt")
-    from .api import evaluate
-    from .ui import RichReporter, setup_logging
-
-    setup_logging()
-    res = evaluate(model, task, suite, data_root=data_root, weights=weights, name=name, normalize=normalize,
-                   root=_root(root), db=db, device=device, reporter=RichReporter())
-    from .store import Store, store_url
-
-    _print_leaderboard(Store(store_url(_root(root), db)), res.task, "table")
+    eval_run(run_id, suite, checkpoint, device, _root(root), db, data_root, eval_bf16, force, threads)
 
 
 @app.command()
@@ -415,91 +233,9 @@ def leaderboard(
                                              "a list, or a directory) shown as rows marked reported (docs/external.md)"),
 ) -> None:
     """Print the leaderboard: one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
-    from . import leaderboard as lb
-    from .store import Store, store_exists, store_url
+    from .cli_output import leaderboard as print_leaderboards
 
-    if fmt not in ("table", *lb.FORMATS):
-        raise ConfigError(f"--format {fmt!r}: expected one of table, {', '.join(lb.FORMATS)}")
-    if columns not in ("auto", "headline", "all"):
-        raise ConfigError(f"--columns {columns!r}: expected auto, headline or all")
-    if not store_exists(_root(root), db):
-        from .errors import RunError
-
-        raise RunError(f"no results store at {store_url(_root(root), db)}; run something first, "
-                       f"e.g. natbench run --task digits --defense vanilla")
-    store = Store(store_url(_root(root), db), readonly=True)  # a reading command never writes the store
-    tasks = [task] if task else lb.tasks(store)
-    if write:  # task names become file names under --out
-        from .safety import check_name
-
-        for t in tasks:
-            check_name("--task", t)
-    if write:
-        for t in tasks:
-            for p in lb.write(store, out_dir or _root(root) / "leaderboards", t,
-                              lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS):
-                print(f"wrote {p}", file=sys.stderr)
-    if fmt in ("csv", "json") and len(tasks) > 1:
-        import pandas as pd
-
-        from .reference import apply as with_reference
-
-        frames = [with_reference(lb.table(store, t), store, t, reference).assign(task=t) for t in tasks]
-        df = pd.concat(frames, ignore_index=True)
-        df = df[["task", *[c for c in df.columns if c != "task"]]]
-        sys.stdout.write(lb.render(df, fmt))
-        return
-    for t in tasks:
-        _print_leaderboard(store, t, fmt, columns, reference)
-
-
-def _print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None) -> None:
-    from . import leaderboard as lb
-    from .reference import apply as with_reference
-
-    df = with_reference(lb.table(store, task), store, task, reference)
-    if fmt != "table":
-        text = lb.html_page(store, task, df) if fmt == "html" else lb.render(df, fmt)  # html: the page --write writes
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    metrics = df.attrs.get("metric", "accuracy").split("/")
-    key_cols = [c for c in ("defense", "source", "profile", "variant", "checkpoint", "seeds", "reference") if c in df.columns]
-    flagged = "flags" in df.columns and bool((df["flags"] != "").any())
-    recs = df.to_dict("records")
-
-    def grouped(cols: list[str]) -> dict[str, list[str]]:
-        # several metrics (re-id's mAP and rank-1): one "mAP/rank1" cell per attack, as the papers print them
-        groups: dict[str, list[str]] = {}
-        for c in cols:
-            base = next((c.replace(f" {m}", "", 1) for m in metrics if len(metrics) > 1 and f" {m}" in c), c)
-            groups.setdefault(base, []).append(c)
-        return groups
-
-    def width(groups: dict[str, list[str]]) -> int:
-        cells = [[str(r[c]) for r in recs] + [c] for c in key_cols + (["flags"] if flagged else [])]
-        cells += [["/".join(lb.cell(r, c) for c in cols) for r in recs] + [base] for base, cols in groups.items()]
-        return sum(max(map(len, col)) + 3 for col in cells) + 1
-
-    groups = grouped(lb.value_columns(df))
-    headline = columns == "headline" or (columns == "auto" and width(groups) > out.width)
-    if headline:
-        groups = grouped(lb.headline_columns(df))
-    what = ("headline view: clean, headline attack, worst case; --columns all for every column" if headline
-            else "± = 95 % interval; avg over " + (", ".join(df.attrs.get("avg_attacks", [])) or "no attack"))
-    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'} ({what})",
-                  title_justify="left")
-    for c in key_cols:  # names are never cut: pgd-at, pgd-at+nat and pgd-at+myreg must stay apart
-        table.add_column(c, justify="left", no_wrap=True, min_width=max(len(c), *(len(str(r[c])) for r in recs)))
-    for base in groups:
-        table.add_column(base, justify="right", min_width=len(base))
-    if flagged:
-        table.add_column("flags", justify="left")
-    for r in recs:
-        cells = [str(r[c]) for c in key_cols] + ["/".join(lb.cell(r, c) for c in cols) for cols in groups.values()]
-        if flagged:
-            cells.append(f"[yellow]{r['flags']}[/yellow]" if r["flags"] else "")
-        table.add_row(*cells)
-    out.print(table)
+    print_leaderboards(task, fmt, write, _root(root), db, out_dir, columns, reference)
 
 
 @app.command()

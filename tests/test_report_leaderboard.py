@@ -169,7 +169,7 @@ def test_cli_terminal_table_never_cuts_names_and_folds(tmp_path, capsys, monkeyp
 
     from rich.console import Console
 
-    from natbench import cli
+    from natbench import cli_output
 
     monkeypatch.delenv("NATBENCH_ROOT", raising=False)
     root = tmp_path / "runs"
@@ -181,7 +181,7 @@ def test_cli_terminal_table_never_cuts_names_and_folds(tmp_path, capsys, monkeyp
             add(s, d, d, 0, {"best": accs}, flags=flags)
     for columns, want, absent in (("auto", "pgd-20", "cw-inf"), ("all", "cw-inf", None)):
         buf = io.StringIO()
-        monkeypatch.setattr(cli, "out", Console(file=buf, width=70, soft_wrap=True))
+        monkeypatch.setattr(cli_output, "out", Console(file=buf, width=70, soft_wrap=True))
         assert main(["leaderboard", "--root", str(root), "--columns", columns]) == 0
         text = buf.getvalue()
         for name in ("pgd-at+myreg", "pgd-at+nat"):
