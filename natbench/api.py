@@ -195,7 +195,7 @@ def evaluate(model: Any, task: str, suite: str | None = None, *, data_root: str 
     if db_store is None:
         return _from_rows(None, r0, ext, results, flags, checks)
     if existing is not None:
-        from .evaluate import record_suite
+        from .suite import record_suite
 
         record_suite(db_store, run_id, results, flags, checks, ids,  # as for a trained run: recorded checks kept
                      facts=run_facts(t, suite_run, results))

@@ -1,4 +1,4 @@
-"""``natbench eval``: a finished run evaluated again (:func:`natbench.evaluate.add_suite`, the path
+"""``natbench eval``: a finished run evaluated again (:func:`natbench.suite.add_suite`, the path
 ``natbench run`` takes too), or an outside model (:func:`natbench.api.evaluate`); and how a command
 runs data-parallel (torchrun ranks, rank 0 reporting)."""
 from __future__ import annotations
@@ -39,7 +39,7 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
 
         raise RunError(f"run '{run_id}' is not complete in {runner.store.path}; finish it first with natbench run")
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
-    from .evaluate import add_suite
+    from .suite import add_suite
 
     add_suite(runner, r, run_id, s, cks, force=force, note_numerics=True)  # every file verified before any compute
     if runner.dist.is_main:  # data-parallel: rank 0 records and prints

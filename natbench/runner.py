@@ -6,7 +6,7 @@
   and handed on at once; its own evaluation runs after the outermost run's.
 - Training (:mod:`natbench.train`) resumes from ``<root>/<run_id>/state.pt`` after a kill and
   selects the ``best`` and ``last`` checkpoints.
-- Evaluation (:mod:`natbench.evaluate`) runs the suite, the sanity checks and their escalations,
+- Evaluation (:mod:`natbench.suite`) runs the suite, the sanity checks and their escalations,
   resumable from ``eval-partial.pt``.
 - Nothing is written to the store until the whole run (training and every evaluation) finished;
   the run row and all its results go in one transaction.
@@ -28,7 +28,7 @@ from . import provenance
 from .compose import Composite
 from .config import to_dict
 from .distributed import Dist
-from .evaluate import CHECKPOINTS, ESCALATED, PARTIAL, Job, SuiteEvaluator, add_suite  # noqa: F401 - re-exported
+from .suite import CHECKPOINTS, ESCALATED, PARTIAL, Job, SuiteEvaluator, add_suite  # noqa: F401 - re-exported
 from .graph import dependency_run, is_run
 from .integrity import sha256_file
 from .leaderboard_facts import facts as run_facts
@@ -294,7 +294,7 @@ class Runner:
                  suite=None, external: Any = None) -> tuple[list, list, list]:
         """Evaluate ``checkpoints`` of the run in ``run_dir`` under clean inputs and every attack of
         ``suite`` (default: the run's), then the sanity checks and their escalations
-        (:class:`natbench.evaluate.SuiteEvaluator`; ``external``: an outside model instead)."""
+        (:class:`natbench.suite.SuiteEvaluator`; ``external``: an outside model instead)."""
         return SuiteEvaluator(r, task, run_dir, registry=self.registry, device=self.device, dist=self.dist,
                               reporter=self.reporter, dependency_model=self.dependency_model,
                               eval_bf16=self.eval_bf16).evaluate(checkpoints, suite, external)

@@ -388,7 +388,7 @@ def test_eval_says_when_its_numerics_differ_from_the_run():
 
     import torch
 
-    from natbench.evaluate import _note_numerics
+    from natbench.suite import _note_numerics
 
     said: list[str] = []
     rec = RunRecord(run_id="r", task="digits", defense="vanilla", profile="default", seed=0, config_hash="h",

@@ -38,11 +38,11 @@ def test_random_adversary_is_untrained_and_not_the_targets_init(tmp_path, monkey
 
 @pytest.mark.slow
 def test_adversary_of_another_architecture_is_a_recorded_run(tmp_path, monkeypatch):
-    import natbench.evaluate as evaluate_mod
+    import natbench.suite as suite_mod
 
     # a ResNet-18 after one epoch on 8x8 digits is degenerate (about 20 % clean) and fails the
     # large-eps check; its escalated Square would cost minutes on CPU and is not what this tests
-    monkeypatch.setattr(evaluate_mod, "escalations", lambda *a, **k: [])
+    monkeypatch.setattr(suite_mod, "escalations", lambda *a, **k: [])
     r, _ = run_digits(tmp_path, "nat", "nat.adversary_arch=[resnet18]", "training.epochs=1")
     from natbench.store import Store
 

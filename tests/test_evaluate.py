@@ -1,19 +1,13 @@
 """The evaluation plumbing: a task's evaluation loop splits batches that run out of memory without changing
-the results; bf16 evaluation needs CUDA and is recorded with every result; one way to add a suite to a
-finished run (natbench.evaluate.add_suite), whichever command asks for it."""
+the results; bf16 evaluation needs CUDA and is recorded with every result."""
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from natbench.errors import ConfigError
 from natbench.registry import get_registry
-from natbench.resolve import resolve
 from natbench.runner import Runner
-from natbench.store import CheckRow, Store
 
 from helpers import digits_task
 
@@ -54,53 +48,3 @@ def test_bf16_evaluation_is_recorded_with_every_result(tmp_path):
     res = runner.store.results("digits")
     res = res[res.run_id == run_id]
     assert set(res[res.metric == "bf16_autocast"].attack) == {"clean", "fgsm", "pgd-5"}
-
-
-# ------------------------------------------------------------------------------- adding a suite
-SETS = ["training.epochs=1"]
-ONE_ATTACK = "suite: one\ndescription: one more attack\nattacks:\n  - {id: fgsm-b, attack: fgsm}\n"
-FLIPPED = "iterative_beats_single_step"  # judged from fgsm and pgd-5 together: a one-attack suite cannot judge it
-
-
-def _checks(root: Path, run_id: str) -> list[tuple]:
-    df = Store(root / "natbench.sqlite").checks(run_id)
-    return sorted((r.checkpoint, r.name, bool(r.passed), r.detail) for r in df.itertuples())
-
-
-@pytest.mark.slow
-def test_a_smaller_suite_keeps_the_recorded_checks_on_every_path(tmp_path, monkeypatch):
-    """A run evaluated with its full suite shows a failed check; a later evaluation with one more
-    attack (which cannot judge that check) must not erase it -- and ``natbench eval`` and ``natbench
-    run`` (reusing the run) must leave the same checks. Before: eval replaced every check of the
-    checkpoint with the small suite's, run dropped the small suite's checks."""
-    from natbench.cli import main
-
-    monkeypatch.setattr("natbench.evaluate.escalations", lambda *a, **k: [])  # a 1-epoch model: no Square here
-    reg = get_registry()
-    r = resolve(reg, "digits", "vanilla", seed=3, sets=SETS, suite="smoke")
-    a = tmp_path / "a"
-    Runner(a, None, torch.device("cpu"), registry=reg).run(r)
-    store = Store(a / "natbench.sqlite")
-    recorded = store.checks(r.run_id)
-    assert FLIPPED in set(recorded.name)
-    flipped = [CheckRow(c.checkpoint, c.name, c.passed and c.name != FLIPPED, "flipped" if c.name == FLIPPED else c.detail)
-               for c in recorded.itertuples()]
-    store.add_results(r.run_id, [], [], flipped, suite=[])  # as if the full suite had shown the symptom
-    store.close()
-    before = _checks(a, r.run_id)
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    suite = tmp_path / "one.yaml"
-    suite.write_text(ONE_ATTACK)
-
-    assert main(["eval", r.run_id, "--suite", str(suite), "--root", str(a), "--device", "cpu"]) == 0
-    r_one = resolve(reg, "digits", "vanilla", seed=3, sets=SETS, suite=str(suite))
-    assert r_one.run_id == r.run_id  # the suite is not part of the run's identity: the run is reused
-    Runner(b, None, torch.device("cpu"), registry=reg).run(r_one)
-
-    for root in (a, b):
-        assert ("best", "fgsm-b") in {(x.checkpoint, x.attack) for x in Store(root / "natbench.sqlite").results().itertuples()}
-        failed = {(c, n) for c, n, ok, _ in _checks(root, r.run_id) if not ok}
-        assert {("best", FLIPPED), ("last", FLIPPED)} <= failed, root.name
-        assert {(c, n) for c, n, _, _ in before} <= {(c, n) for c, n, _, _ in _checks(root, r.run_id)}
-    assert _checks(a, r.run_id) == _checks(b, r.run_id)  # one path: the same checks whichever command added the suite

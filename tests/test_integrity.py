@@ -61,7 +61,7 @@ def test_a_run_recorded_without_hashes_is_accepted(tmp_path):
 
 def test_eval_refuses_a_changed_checkpoint_and_force_replaces_its_results(run, capsys, monkeypatch):
     root, run_id = run
-    monkeypatch.setattr("natbench.evaluate.escalations", lambda *a, **k: [])  # an untrained model fails the
+    monkeypatch.setattr("natbench.suite.escalations", lambda *a, **k: [])  # an untrained model fails the
     # masking checks; their escalated Square attack (a minute on CPU) is not what this test is about
     _tamper(root / run_id / "best.pt")
     before = (root / "natbench.sqlite").read_bytes()

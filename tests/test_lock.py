@@ -101,7 +101,7 @@ def test_the_same_run_started_twice_trains_once(tmp_path, monkeypatch):
     import json
     import multiprocessing as mp
 
-    monkeypatch.setattr("natbench.evaluate.escalations", lambda *a, **k: [])  # inherited by the forked children
+    monkeypatch.setattr("natbench.suite.escalations", lambda *a, **k: [])  # inherited by the forked children
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_run_quick, args=(str(tmp_path / "runs"), str(tmp_path / f"log{i}.jsonl"))) for i in range(2)]
     for p in procs:

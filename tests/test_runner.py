@@ -182,10 +182,10 @@ class _Recorder(Reporter):
 def test_best_equal_to_last_is_evaluated_once_and_recorded_for_both(tmp_path, monkeypatch):
     import shutil
 
-    import natbench.evaluate as evaluate_mod
+    import natbench.suite as suite_mod
     from natbench.runner import PARTIAL
 
-    monkeypatch.setattr(evaluate_mod, "escalations", lambda *a, **k: [])  # an untrained model fails the checks: no Square here
+    monkeypatch.setattr(suite_mod, "escalations", lambda *a, **k: [])  # an untrained model fails the checks: no Square here
     r = _tiny()
     rep = _Recorder()
     runner = Runner(tmp_path, None, torch.device("cpu"), rep, registry=get_registry())

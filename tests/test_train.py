@@ -241,7 +241,7 @@ def test_resumed_run_records_the_sum_of_its_attempts_training_time(tmp_path, mon
     and evaluates. The recorded training time is both attempts' (before: only the second's, ~0 s)."""
     from natbench.runner import Runner
 
-    monkeypatch.setattr("natbench.evaluate.escalations", lambda *a, **k: [])
+    monkeypatch.setattr("natbench.suite.escalations", lambda *a, **k: [])
     reg = get_registry()
     r = resolve(reg, "digits", "vanilla", profile="quick", sets=["training.epochs=2"], suite="smoke")
     runner = Runner(tmp_path / "runs", None, torch.device("cpu"), registry=reg)
