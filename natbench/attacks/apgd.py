@@ -25,7 +25,7 @@ robust), as the original evaluates the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -126,14 +126,26 @@ def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float,
         hit = first < acc.numel()
         adv[idx[hit]] = adv_curr[first[hit]]
         return adv
-    for rank in range(2, n_target_classes + 2):
+    return targeted_cascade(forward, x, y, robust, adv, lambda idx, rank: target_classes(clean[idx], rank),
+                            range(2, n_target_classes + 2), eps=eps, n_iter=n_iter, restarts=restarts, rho=rho,
+                            eot_iter=eot_iter, generator=generator, early_stop=early_stop)
+
+
+def targeted_cascade(forward: Forward, x: Tensor, y: Tensor, robust: Tensor, adv: Tensor,
+                     targets: Callable[[Tensor, int], Tensor], ranks: Iterable[int], *, eps: float, n_iter: int,
+                     restarts: int, rho: float, eot_iter: int, generator: torch.Generator | None,
+                     early_stop: bool) -> Tensor:
+    """APGD-T's cascade (also MALT's): for each of ``ranks`` in order, ``restarts`` targeted runs on the
+    points still ``robust``, with targets ``targets(idx, rank)`` for those points' rows ``idx``; ``robust``
+    and ``adv`` are updated in place (a fooled point takes its adversarial example); returns ``adv``."""
+    for rank in ranks:
         for _ in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
             _, acc_curr, _, adv_curr = apgd_single_run(
                 forward, x[idx], y[idx], None, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
-                generator=generator, y_target=target_classes(clean[idx], rank), early_stop=early_stop,
+                generator=generator, y_target=targets(idx, rank), early_stop=early_stop,
             )
             fooled = ~acc_curr
             robust[idx[fooled]] = False

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import LinfAttack, check_eps
-from natbench.attacks.apgd import Forward, apgd_single_run, logits_parts
+from natbench.attacks.apgd import Forward, logits_parts, targeted_cascade
 from natbench.errors import ConfigError
 
 
@@ -115,19 +115,9 @@ def malt_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float, n_iter: 
         return adv
     targets = torch.zeros(x.shape[0], n_targets, dtype=torch.long, device=x.device)
     targets[idx0] = malt_targets(forward, x[idx0], y[idx0], n_targets, n_tested)
-    for rank in range(n_targets):
-        for _ in range(restarts):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            _, acc_curr, _, adv_curr = apgd_single_run(
-                forward, x[idx], y[idx], None, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
-                generator=generator, y_target=targets[idx, rank], early_stop=early_stop,
-            )
-            fooled = ~acc_curr
-            robust[idx[fooled]] = False
-            adv[idx[fooled]] = adv_curr[fooled]
-    return adv
+    return targeted_cascade(forward, x, y, robust, adv, lambda idx, rank: targets[idx, rank], range(n_targets),
+                            eps=eps, n_iter=n_iter, restarts=restarts, rho=rho, eot_iter=eot_iter,
+                            generator=generator, early_stop=early_stop)
 
 
 class MALT(LinfAttack):
