@@ -1,4 +1,4 @@
-"""The runs a run needs (natbench.runner's dependency resolution): NAT's random adversary is untrained and
+"""The dependency runs of a run (natbench.graph; the runner trains them): NAT's random adversary is untrained and
 not the target's initialisation, an adversary of another architecture is a recorded run of its own, and a
 dependency cycle is refused."""
 from __future__ import annotations
