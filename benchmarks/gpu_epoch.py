@@ -7,7 +7,7 @@ Table 9 (RTX 4090): PGD-AT 108.6 s and NAT 129.8 s per ResNet-18 epoch.
 - **baseline**: the dataset in host memory, each batch copied to the device, augmentation by a
   per-image crop/flip loop, attack noise drawn by a CPU generator and copied, fp32, contiguous
   memory format, no compilation;
-- **fast path** (what ``natbench run`` does on CUDA, :func:`natbench.train.fast_path`): the
+- **fast path** (what ``natbench run`` does on CUDA, :func:`natbench.training.fast_path`): the
   dataset resident on the device (uint8), batched augmentation by one gather there, attack noise
   from a generator on the device, ``channels_last`` (CUDA only), fp32 as the profiles train (bf16
   autocast is a profile opt-in: ``--bf16`` times the fast path with ``training.amp=true``), optionally

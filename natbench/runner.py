@@ -4,7 +4,7 @@
   the same task, training profile and seed with another defense; a complete run with the same
   provenance hash is reused, so many NAT runs share one vanilla adversary. A dependency is trained
   and handed on at once; its own evaluation runs after the outermost run's.
-- Training (:mod:`natbench.train`) resumes from ``<root>/<run_id>/state.pt`` after a kill and
+- Training (:mod:`natbench.training`) resumes from ``<root>/<run_id>/state.pt`` after a kill and
   selects the ``best`` and ``last`` checkpoints.
 - Evaluation (:mod:`natbench.suite`) runs the suite, the sanity checks and their escalations,
   resumable from ``eval-partial.pt``.
@@ -40,7 +40,7 @@ from .run_model import build_task, load_model, run_from_dir  # noqa: F401 - run_
 from .safety import atomic_save, atomic_write, run_dir as safe_run_dir  # noqa: F401 - atomic_save re-exported
 from .store import RunRecord, Store, open_store, store_exists
 from .threads import numerics
-from .train import (Trained, Trainer, cuda_speedups, derive_seed, lr_at, make_optimizer,  # noqa: F401 - re-exported
+from .training import (Trained, Trainer, cuda_speedups, derive_seed, lr_at, make_optimizer,  # noqa: F401 - re-exported
                     momentum_at, train_step)
 
 log = logging.getLogger(__name__)

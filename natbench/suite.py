@@ -26,7 +26,7 @@ from .resolve import DEFENSE_OBJECTIVE, Resolved
 from .run_model import RETRAIN
 from .safety import atomic_save, load_torch, load_weights
 from .store import CheckRow, FlagRow, ResultRow
-from .train import derive_seed
+from .training import derive_seed
 
 CHECKPOINTS = ("best", "last")
 #: the id under which the gradient-free Square attack scheduled by a failed masking check is recorded

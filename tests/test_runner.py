@@ -267,3 +267,15 @@ def test_run_id_does_not_depend_on_threads(monkeypatch):
         assert _tiny().run_id == before
     finally:
         torch.set_num_threads(n)
+
+
+def test_the_engine_modules_do_not_shadow_the_python_api():
+    """natbench.train / natbench.evaluate are the API's functions; a submodule of the same name, once
+    imported (the runner imports its parts), would replace them (natbench/train.py did, for a while)."""
+    import natbench
+    import natbench.cli  # noqa: F401
+    import natbench.runner  # noqa: F401
+    import natbench.sweep  # noqa: F401
+
+    assert callable(natbench.train) and callable(natbench.evaluate)
+    assert natbench.train.__module__ == natbench.evaluate.__module__ == "natbench.api"

@@ -53,7 +53,7 @@ def test_lr_points_are_interpolated_per_iteration_and_decayed_at_milestones():
 @pytest.mark.slow
 def test_runner_sets_lr_every_iteration(tmp_path, monkeypatch):
     seen = []
-    import natbench.train as train_mod
+    import natbench.training as train_mod
 
     real = train_mod.train_step
 
@@ -122,7 +122,7 @@ def test_component_state_resumes_exactly(tmp_path, monkeypatch, defense):
     sets = ["free-at.m=2"] if defense == "free-at" else ["nuat2.attack_ema=0.99"]
     _, ref = run_digits(tmp_path / "ref", defense, *sets)
 
-    import natbench.train as train_mod
+    import natbench.training as train_mod
 
     real = train_mod.validate
 
@@ -205,7 +205,7 @@ def test_cycle_momentum_needs_lr_points_and_sgd():
 @pytest.mark.slow
 def test_runner_cycles_momentum_every_iteration(tmp_path, monkeypatch):
     """The momentum the optimizer holds at each step is ``momentum_at`` of that step's fractional epoch."""
-    import natbench.train as train_mod
+    import natbench.training as train_mod
 
     seen = []
     real = train_mod.train_step
