@@ -11,6 +11,7 @@ component of the composed defense (e.g. ``nat.omega=0.06``, ``trades.beta=3``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ class Resolved:
     params = _of_run("params", "component -> Params instance")
     suite = _of_run("suite", "The SuiteSpec to evaluate.")
     seed = _of_run("seed")
+
+    def with_suite(self, suite: SuiteSpec) -> "Resolved":
+        """The same run (same hash and run id: the suite is not hashed) evaluated with ``suite``."""
+        return dataclasses.replace(self, run_config=dataclasses.replace(self.run_config, suite=suite))
 
     @property
     def task(self) -> str:

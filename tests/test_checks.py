@@ -120,7 +120,7 @@ def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_pa
     assert key(resumed[0]) == key(fresh[0])
     # the same attack id with another configuration is evaluated again, not reused
     changed = dataclasses.replace(r.suite.attacks[1], params={"steps": 2})
-    r2 = dataclasses.replace(r, suite=dataclasses.replace(r.suite, attacks=(r.suite.attacks[0], changed)))
+    r2 = r.with_suite(dataclasses.replace(r.suite, attacks=(r.suite.attacks[0], changed)))
     monkeypatch.setattr(type(task), "evaluate", counting)
     calls.clear()
     Runner(tmp_path, registry=REG).evaluate(r2, task, run_dir, ("best",))
@@ -213,7 +213,7 @@ def test_whitebox_weaker_than_blackbox_escalates_to_a_transfer_attack(tmp_path, 
     r, task = digits_task("pgd-at", profile="quick", sets=["training.epochs=2"], suite="smoke")
     square = from_dict(SuiteSpec, {"suite": "t", "description": "t", "attacks": [
         {"id": "pgd-5", "attack": "pgd", "params": {"steps": 5}}, {"id": "square", "attack": "square", "params": {"n_queries": 300}}]}, "s")
-    r = dataclasses.replace(r, suite=square)
+    r = r.with_suite(square)
     run_dir = tmp_path / "run"
     _fake_run(task, Quantised, 6, run_dir)
     monkeypatch.setitem(ESCALATIONS, "gradient_nonzero", [])  # Square is in the suite already

@@ -81,10 +81,8 @@ def test_nat_run_with_adaptive_and_transfer_attacks_end_to_end(tmp_path):
         {"id": "adaptive-5", "attack": "adaptive", "params": {"steps": 5}},
         {"id": "transfer-5", "attack": "transfer", "params": {"steps": 5, "arch": ""}}]}
     r = resolve(REG, "digits", "nat", profile="quick", sets=["training.epochs=1"], suite="smoke")
-    from natbench.config import to_dict
-
     spec = from_dict(SuiteSpec, suite, "suite")
-    r = dataclasses.replace(r, suite=spec, config={**r.config, "suite": to_dict(spec)})  # as --suite would
+    r = r.with_suite(spec)  # as --suite would (the stored config carries the suite)
     runner = Runner(tmp_path, registry=REG)
     runner.run(r)
     res = runner.store.results("digits")

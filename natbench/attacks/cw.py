@@ -29,3 +29,4 @@ class CWInf(PGD):
         step_size: float | None = None  # None: eps/4
         random_start: bool = True  # U(-eps, eps) start
         restarts: int = 1  # keep, per sample, the restart with the highest final loss
+        early_stop: bool = False  # pgd's opt-in; on, it needs objective: logits, whose loss is CE, not the CW margin
