@@ -87,6 +87,8 @@ RANGES: dict[str, dict[str, str]] = {
     f"{_ATT}._det.DetectionPGD.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},  # det-cls, det-loc
     f"{_ATT}.fab.FABT.Params": {"n_target_classes": f"[1, {BIG}]", "n_iter": STEPS, "restarts": RESTARTS,
                                 "alpha_max": FRACTION, "eta": "[1, 100]", "beta": FRACTION},
+    f"{_ATT}.malt.MALT.Params": {"steps": STEPS, "restarts": RESTARTS, "rho": FRACTION, "eot_iter": f"[1, {BIG}]",
+                                 "n_target_classes": f"[1, {BIG}]", "n_tested": f"[1, {BIG}]"},
     f"{_ATT}.fna.FNA.Params": {"steps": STEPS, "step_size": STEP, "eps": STEP},
     f"{_ATT}.gama.GAMAPGD.Params": {"steps": STEPS, "step_size": STEP, "milestones": STEPS, "drop": "(0, 1000]",
                                     "w_reg": LOSS_WEIGHT, "lambda_steps": STEPS, "restarts": RESTARTS},

@@ -20,7 +20,7 @@ from torch import nn
 torchattacks = pytest.importorskip("torchattacks")
 
 from natbench.attacks import apgd as apgd_mod  # noqa: E402
-from natbench.attacks import apgd_core  # noqa: E402
+from natbench.attacks import _apgd_core as apgd_core  # noqa: E402
 from natbench.attacks.apgd import (  # noqa: E402
     APGDCE,
     APGDDLR,

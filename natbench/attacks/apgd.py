@@ -5,7 +5,7 @@ parameter-free attacks", ICML 2020, Sec. 3 (Algorithm 1) and Sec. 4 (DLR loss). 
 the authors' code ``fra31/auto-attack @ a392200 : autoattack/autopgd_base.py`` (``APGDAttack`` and
 ``APGDAttack_targeted``, L-inf branch; notes Sec. 8.1). One run (the start, momentum step,
 step-size checkpoints and success tracking of Algorithm 1) and the losses are in
-:mod:`natbench.attacks.apgd_core`; here are the restarts, the targeted cascade and the attacks.
+:mod:`natbench.attacks._apgd_core`; here are the restarts, the targeted cascade and the attacks.
 
 ``perturb`` (``best_loss=False``, the only mode AutoAttack uses): only the points the model
 classifies correctly are attacked; each restart (each target class, for APGD-T) attacks only the
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import LinfAttack, check_eps
-from natbench.attacks.apgd_core import (  # noqa: F401 - the run's pieces, importable from here as before
+from natbench.attacks._apgd_core import (  # noqa: F401 - the run's pieces, importable from here as before
     Forward, Joint, LossFn, _draw_start, apgd_single_run, checkpoints, ce_loss, dlr_loss, dlr_loss_targeted,
     oscillation_count, schedule, target_classes,
 )
