@@ -2,8 +2,6 @@
 ``eval --force`` replaces all results of a changed checkpoint (never a row mixing two models)."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
