@@ -1,4 +1,4 @@
-"""Training (natbench.runner's training loop): runner-style optimisation steps of the components on a
+"""Training (natbench.training, driven by the runner): runner-style optimisation steps of the components on a
 digits-shaped model, per-iteration lr and momentum schedules, replays (Free-AT), the early-stop guard
 (Fast-AT), weight averaging (EMA), bf16/channels_last only where asked, and exact resumption of component
 state."""
