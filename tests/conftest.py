@@ -103,3 +103,44 @@ def digits_at_cnn():
         p.requires_grad_(False)
     yield model, d.test_x, d.test_y
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits_at_smallcnn():
+    """(model, x_test, y_test): SmallCNN (width 8) after 8 epochs of PGD-AT (5 steps of eps/4) on digits, the
+    target of the APGD and AutoAttack cross-checks (trained once per session).
+
+    Measured (torch 2.15 CPU): clean 325/359; APGD-CE 135-138 robust over seeds 0-5, APGD-DLR 135-140,
+    APGD-T 121, AutoAttack standard 121 (APGD-CE 136 -> APGD-T 122 -> FAB-T 121 -> Square 121 at seed 0):
+    a mix of robust and non-robust points, so the comparisons mean something. About 9 s on one core.
+    """
+    import torch.nn.functional as F
+    from torch import nn
+
+    from natbench.attacks.pgd import pgd_linf
+    from natbench.data import digits
+    from natbench.models import Normalize
+    from natbench.models.small_cnn import SmallCNN
+
+    EPS = 0.2  # the digits threat model
+    s = digits.read()
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize([0.3], [0.4]), SmallCNN(1, 10, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        perm = torch.randperm(len(s.train_y), generator=g)
+        for i in range(0, len(perm), 64):
+            xb, yb = s.train_x[perm[i: i + 64]], s.train_y[perm[i: i + 64]]
+            model.eval()
+            xa = pgd_linf(lambda z: F.cross_entropy(model(z), yb, reduction="none"), xb, eps=EPS, steps=5,
+                          step_size=EPS / 4, random_start=True, generator=g)
+            model.train()
+            loss = F.cross_entropy(model(xa), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, s.test_x, s.test_y

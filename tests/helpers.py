@@ -297,3 +297,38 @@ def digits_like(model: nn.Module, n=24, seed=1):
         y = model(x).argmax(1)
     y[:4] = (y[:4] + 1) % 10
     return x, y
+
+
+# ------------------------------------------------------------------------ APGD / AutoAttack
+DIGITS_EPS = 0.2  # the digits threat model
+
+
+def correct(model, x, y) -> torch.Tensor:
+    """Which rows the model classifies correctly."""
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def ta_apgd(model, loss: str, seed: int, steps: int = 100, eot_iter: int = 1):
+    """torchattacks' APGD (L-inf, one restart, rho 0.75) at the digits eps."""
+    import torchattacks
+
+    return torchattacks.APGD(model, norm="Linf", eps=DIGITS_EPS, steps=steps, n_restarts=1, loss=loss, rho=0.75,
+                             seed=seed, eot_iter=eot_iter)
+
+
+def ta_apgdt(model, seed: int, steps: int = 100):
+    """torchattacks' APGD-T (L-inf, one restart, 10 classes, rho 0.75) at the digits eps."""
+    import torchattacks
+
+    return torchattacks.APGDT(model, norm="Linf", eps=DIGITS_EPS, steps=steps, n_restarts=1, n_classes=10, rho=0.75, seed=seed)
+
+
+def in_ball(x_adv, x, eps=DIGITS_EPS):
+    assert (x_adv - x).abs().max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from natbench.attacks.pgd import pgd_linf
-from natbench.compose import Composite
 from natbench.contracts import AdaptiveInput
 from natbench.data.voc import write_voc_fixture
 from natbench.errors import CompositionError, ConfigError
 from natbench.registry import get_registry
-from natbench.resolve import resolve, task_kind_cls
-from natbench.runner import derive_seed, make_optimizer, train_step
+from natbench.resolve import resolve
+from natbench.runner import make_optimizer
+
+from helpers import train_steps, training_setup
 
 REG = get_registry()
 
@@ -27,14 +28,7 @@ def root(tmp_path_factory):
 
 
 def _setup(root, defense: str, *sets: str):
-    r = resolve(REG, "voc_detection", defense, profile="quick", sets=list(sets))
-    task = task_kind_cls(REG, r.spec)(r.spec, root)
-    comp = Composite.build(r.plan, r.params)
-    for component, dep in comp.dependencies():
-        torch.manual_seed(1)
-        component.bind(dep.role, task.build_model())
-    torch.manual_seed(derive_seed(0, "init"))
-    model = task.build_model()
+    r, task, comp, model = training_setup("voc_detection", defense, root, *sets)
     train, _, _ = task.loaders(5, torch.Generator().manual_seed(0), 4)
     return r, task, comp, model, next(iter(train))
 
@@ -45,8 +39,7 @@ def test_trains_a_few_steps(root, defense):
     opt = make_optimizer(r.profile, model)
     gen = torch.Generator().manual_seed(0)
     before = [p.detach().clone() for p in model.parameters()]
-    for _ in range(2):
-        out = train_step(comp, model, batch, task, opt, gen)
+    for _, out in train_steps(comp, model, [batch, batch], task, opt, gen, n=2):
         assert math.isfinite(out.loss.item()) and all(math.isfinite(v) for v in out.parts.values()), out.parts
     assert model.training and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     if defense.startswith("vanilla"):

@@ -1,7 +1,14 @@
 """The dependency runs of a run (natbench.graph; the runner trains them): NAT's random adversary is untrained and
 not the target's initialisation, an adversary of another architecture is a recorded run of its own, and a
-dependency cycle is refused."""
+dependency cycle is refused; nobody waits for an evaluation they did not ask for (deferred dependency
+evaluation: the dependent is evaluated first, the dependency after it, or not at all with
+--no-dependency-eval; end to end through the CLI, slow)."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +16,7 @@ import torch
 from natbench.registry import get_registry
 from natbench.resolve import resolve
 from natbench.runner import Runner
+from natbench.store import Store
 
 from helpers import SMALL, run_digits, same_state
 
@@ -61,3 +69,55 @@ def test_dependency_cycle_is_refused(tmp_path):
     r = resolve(REG, str(spec), "nat", profile="quick", sets=SMALL, suite="smoke")
     with pytest.raises(CompositionError, match="needs itself"):
         Runner(tmp_path / "runs", registry=REG).run(r)
+
+
+EVAL_SETS = ["training.epochs=2", "threat_model.train_steps=2", "threat_model.train_step_size=0.1"]
+
+
+def _run_cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--task", "digits", "--defense", "nat", "--suite", "smoke", *(a for s in EVAL_SETS for a in ("--set", s))]
+    cmd = [sys.executable, "-m", "natbench.cli", "run", *args, "--root", str(root), "--device", "cpu", "--no-leaderboard", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=900)
+
+
+def _nat_id() -> str:
+    return resolve(get_registry(), "digits", "nat", seed=0, sets=EVAL_SETS, suite="smoke").run_id
+
+
+def _attacks(root: Path) -> dict[str, set[str]]:
+    df = Store(root / "natbench.sqlite").results()
+    return {rid: set(g.attack) for rid, g in df.groupby("run_id")}
+
+
+@pytest.mark.slow
+def test_the_dependency_is_evaluated_after_its_dependent(tmp_path):
+    proc = _run_cli(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    nat_id = _nat_id()
+    out = " ".join(proc.stderr.split())  # rich wraps long lines
+    runs = Store(tmp_path / "natbench.sqlite").runs()
+    (dep_id,) = [r for r in runs.run_id if r != nat_id]
+    handed = out.index(f"{dep_id}: trained in")
+    done = out.index(f"{nat_id}: complete")
+    later = out.index(f"{dep_id}: evaluating it now (a dependency of {nat_id}")
+    assert handed < done < later
+    attacks = _attacks(tmp_path)
+    assert attacks[dep_id] == attacks[nat_id] and "clean" in attacks[dep_id]
+    assert not Store(tmp_path / "natbench.sqlite").checks(dep_id).empty  # its checks recorded too
+
+
+@pytest.mark.slow
+def test_no_dependency_eval_skips_it_and_says_so(tmp_path):
+    proc = _run_cli(tmp_path, "--no-dependency-eval")
+    assert proc.returncode == 0, proc.stderr
+    nat_id = _nat_id()
+    out = " ".join(proc.stderr.split())
+    runs = Store(tmp_path / "natbench.sqlite").runs()
+    (dep_id,) = [r for r in runs.run_id if r != nat_id]
+    assert f"{dep_id}: not evaluated (--no-dependency-eval" in out
+    assert dep_id not in _attacks(tmp_path) and "clean" in _attacks(tmp_path)[nat_id]
+    # as the message says, natbench eval evaluates it later
+    proc = subprocess.run([sys.executable, "-m", "natbench.cli", "eval", dep_id, "--root", str(tmp_path), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "clean" in _attacks(tmp_path)[dep_id]

@@ -4,7 +4,8 @@ Golden values in float64 against hand computations: the default is the loss of t
 implementation (two adversary forwards), an ensemble is the KL against the mean of its members'
 logits, the batched adversary forward equals two separate ones, the joint target forward is one
 train-mode forward on cat([x, x']). Plus the dependencies built from the params, bind's checks and
-parameter validation through the config layer."""
+parameter validation through the config layer. The NAT term, its CE completion and the scaled KL
+against hand computations."""
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,7 @@ from natbench.regularizers.nat import ADVERSARY_STATES, NAT, adversary_dependenc
 from natbench.resolve import resolve
 from natbench.taskspec import ModelCfg
 
-from helpers import bn_net, softmax
+from helpers import TaskSlice, bn_net, softmax
 
 
 class _Task:
@@ -280,3 +281,61 @@ def test_joint_forward_refuses_to_run_silently_unjoined(batch, x_adv):
     # without adversarial examples (vanilla base) there is nothing to join: NAT runs as usual
     out = nat.loss(target, batch, task, {"ce_on": frozenset({"clean"})})
     assert set(out.parts) == {"nat_kl_clean"}
+
+
+# ---------------------------------------------------------------------------- the NAT term by hand
+def _kl_rows(p, q):  # KL(p || q) per row
+    return (p * (np.log(p) - np.log(q))).sum(1)
+
+
+def test_nat_term_equals_hand_formula(batch):
+    target, adversary = bn_net(0), bn_net(1)
+    x_adv = (batch.x + 0.1 * torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).clamp(0, 1)
+    omega, tau = 0.05, 3.0
+    nat = NAT(NAT.Params(omega=omega, tau=tau))
+    nat.bind("adversary", adversary)
+    target.eval()  # fixed BN statistics so the hand computation sees the same logits
+    cache = {"x_adv": x_adv, "ce_on": frozenset({"adv"})}  # as after PGD-AT: CE on adv already counted
+    out = nat.loss(target, batch, TaskSlice(eps=0.3, steps=3, step_size=0.1), cache)
+
+    with torch.no_grad():
+        zt_c, zt_a = target(batch.x).numpy(), target(x_adv).numpy()
+        za_c, za_a = adversary(batch.x).numpy(), adversary(x_adv).numpy()
+    y = batch.y.numpy()
+    kl_c = _kl_rows(softmax(zt_c / tau), softmax(za_c / tau)).sum() / len(y)  # batchmean, KL(target || adversary)
+    kl_a = _kl_rows(softmax(zt_a / tau), softmax(za_a / tau)).sum() / len(y)
+    expected = _ce(zt_c, y) - omega * tau**2 * (kl_c + kl_a)  # CE only on clean: the base has CE(adv)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+    # The reverse direction KL(adversary || target) is a different number: the test can tell.
+    kl_rev = _kl_rows(softmax(za_c / tau), softmax(zt_c / tau)).sum() / len(y)
+    assert abs(kl_rev - kl_c) / kl_c > 1e-3  # >> the 1e-10 tolerance of the assertion above
+    assert out.parts["nat_kl_clean"] == pytest.approx(tau**2 * kl_c, rel=1e-10)
+
+    # Gradients reach the target model only; the adversary is frozen and stays in eval mode.
+    out.loss.backward()
+    assert all(p.grad is not None for p in target.parameters())
+    assert all(p.grad is None for p in adversary.parameters())
+    assert not adversary.training
+
+
+def test_nat_adds_ce_for_inputs_the_base_lacks(batch):
+    target, adversary = bn_net(0), bn_net(1)
+    target.eval()
+    nat = NAT(NAT.Params(omega=0.0))  # omega 0: only the CE completion remains
+    nat.bind("adversary", adversary)
+    x_adv = batch.x.flip(0)
+    with torch.no_grad():
+        ce_c = F.cross_entropy(target(batch.x), batch.y).item()
+        ce_a = F.cross_entropy(target(x_adv), batch.y).item()
+    for ce_on, expected in [({"adv"}, ce_c), ({"clean"}, ce_a), (set(), ce_c + ce_a), ({"clean", "adv"}, 0.0)]:
+        out = nat.loss(target, batch, TaskSlice(eps=0.3, steps=3, step_size=0.1), {"x_adv": x_adv, "ce_on": frozenset(ce_on)})
+        assert out.loss.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_nasty_kl_scaling_and_reduction():
+    g = torch.Generator().manual_seed(0)
+    zt, za = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 7, generator=g, dtype=torch.float64)
+    for tau in (1.0, 4.0, 20.0):
+        hand = tau**2 * _kl_rows(softmax(zt.numpy() / tau), softmax(za.numpy() / tau)).mean()
+        assert nasty_kl(zt, za, tau).item() == pytest.approx(hand, rel=1e-10)

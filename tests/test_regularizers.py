@@ -8,14 +8,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from natbench.compose import Composite
-from natbench.contracts import Batch, Regularizer, ThreatModel
+from natbench.contracts import Regularizer, ThreatModel
 from natbench.defenses.pgd_at import PGDAT
 from natbench.regularizers.emr import EMR
 from natbench.regularizers.lasso import LASSO
 from natbench.regularizers.nnr import NNR
+
+from helpers import bn_net, softmax
 
 ALL = (EMR, NNR, LASSO)
 
@@ -33,36 +34,18 @@ class _Task:
         return model(x)
 
 
-def _net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5)).double()
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def _emr_hand(z, lam):  # lam * mean_b( -sum_i p_i log p_i )
-    p = _softmax(z)
+    p = softmax(z)
     return lam * float(np.mean(-(p * np.log(p)).sum(1)))
 
 
 def _nnr_hand(z, lam):  # -lam * mean_b sqrt(sum_i p_i^2)
-    p = _softmax(z)
+    p = softmax(z)
     return -lam * float(np.mean(np.sqrt((p ** 2).sum(1))))
 
 
 def _lasso_hand(model, lam):  # lam * sum over every parameter tensor of |w|
     return lam * float(sum(np.abs(p.detach().numpy()).sum() for p in model.parameters()))
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    return Batch(x, y)
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ def test_contract_and_paper_defaults(cls):
 @pytest.mark.parametrize("with_adv", [False, True], ids=["clean", "adv"])
 @pytest.mark.parametrize("cls,hand,part", [(EMR, _emr_hand, "emr_entropy"), (NNR, _nnr_hand, "nnr_norm")])
 def test_output_terms_equal_hand_formula(batch, x_adv, cls, hand, part, with_adv):
-    model = _net(0).eval()  # fixed BN statistics so the hand computation sees the same logits
+    model = bn_net(0).eval()  # fixed BN statistics so the hand computation sees the same logits
     lam = 0.37
     cache = {"x_adv": x_adv} if with_adv else {}
     task = _Task()
@@ -109,7 +92,7 @@ def test_output_terms_equal_hand_formula(batch, x_adv, cls, hand, part, with_adv
 @pytest.mark.parametrize("cls", [EMR, NNR])
 def test_output_terms_reuse_cached_logits(batch, x_adv, cls):
     """With the base's logits_adv cached (same forward pass), no second forward is made."""
-    model = _net(0).eval()
+    model = bn_net(0).eval()
     z = torch.randn(6, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64, requires_grad=True)
     task = _Task()
     out = cls(cls.Params(lam=1.0)).loss(model, batch, task, {"x_adv": x_adv, "logits_adv": z})
@@ -138,7 +121,7 @@ def test_output_terms_prefer_sharp_predictions(batch, cls):
 
 @pytest.mark.parametrize("with_adv", [False, True], ids=["clean", "adv"])
 def test_lasso_equals_hand_formula(batch, x_adv, with_adv):
-    model = _net(1)
+    model = bn_net(1)
     lam = 0.25
     task = _Task()
     out = LASSO(LASSO.Params(lam=lam)).loss(model, batch, task, {"x_adv": x_adv} if with_adv else {})
@@ -156,7 +139,7 @@ def test_lasso_equals_hand_formula(batch, x_adv, with_adv):
 
 @pytest.mark.parametrize("cls", ALL)
 def test_zero_weight_gives_exactly_zero(batch, x_adv, cls):
-    model = _net(0).eval()
+    model = bn_net(0).eval()
     for cache in ({}, {"x_adv": x_adv}):
         out = cls(cls.Params(lam=0.0)).loss(model, batch, _Task(), cache)
         assert out.loss.item() == 0.0

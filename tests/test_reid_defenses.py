@@ -10,15 +10,16 @@ import math
 import pytest
 import torch
 
-from natbench.compose import Composite
 from natbench.config import from_dict
 from natbench.contract_check import problems
 from natbench.data.market1501 import write_market1501_fixture
 from natbench.errors import CompositionError
 from natbench.registry import get_registry
-from natbench.resolve import load_task, resolve, task_kind_cls
+from natbench.resolve import load_task, resolve
 from natbench.runner import derive_seed, lr_at, make_optimizer, train_step
 from natbench.tasks.reid import ReIDTask
+
+from helpers import train_steps, training_setup
 
 REG = get_registry()
 QUICK = ["model.arch=reid_cnn", "model.width=8", "task.params.height=64", "task.params.width=32"]
@@ -42,14 +43,7 @@ def root(tmp_path_factory):
 
 
 def _setup(root, defense: str, *sets: str):
-    r = resolve(REG, "reid_market", defense, profile="quick", sets=[*QUICK, "threat_model.train_steps=2", *sets])
-    task = task_kind_cls(REG, r.spec)(r.spec, root)
-    comp = Composite.build(r.plan, r.params)
-    for component, dep in comp.dependencies():
-        torch.manual_seed(1)
-        component.bind(dep.role, task.build_model())
-    torch.manual_seed(derive_seed(0, "init"))
-    return r, task, comp, task.build_model()
+    return training_setup("reid_market", defense, root, *QUICK, "threat_model.train_steps=2", *sets)
 
 
 @pytest.mark.parametrize("defense", _specs())
@@ -62,14 +56,10 @@ def test_trains_a_few_steps_on_reid(root, defense):
     train, val, _ = task.loaders(16, gen)
     before = [p.detach().clone() for p in model.parameters()]
     steps = 0
-    for batch in train:
-        for _ in range(comp.replays):
-            out = train_step(comp, model, batch, task, opt, gen)
-            assert math.isfinite(out.loss.item()) and out.parts, (defense, out.parts)
-            assert all(math.isfinite(v) for v in out.parts.values()), (defense, out.parts)
-            steps += 1
-        if steps >= 2:
-            break
+    for batch, out in train_steps(comp, model, train, task, opt, gen, n=2):
+        assert math.isfinite(out.loss.item()) and out.parts, (defense, out.parts)
+        assert all(math.isfinite(v) for v in out.parts.values()), (defense, out.parts)
+        steps += 1
     assert steps >= 2 and model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), f"{defense}: no parameter moved"
     assert comp.epoch_end(model, task, batch, gen) is not None

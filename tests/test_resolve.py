@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 from natbench import resolve
 from natbench.errors import NatbenchError
@@ -166,6 +167,33 @@ def test_the_composition_is_planned_once_per_resolution(monkeypatch):
     surrogates = [a for a in resolve.load_suite(REG, "blackbox").attacks if a.attack == "transfer"]
     resolve.resolve(REG, "digits", "trades", sets=["training.epochs=2"], suite="blackbox")
     assert calls[0] == "trades" and len(calls) == 1 + len(surrogates)
+
+
+# --------------------------------------------------------------- a profile's default suite
+def test_quick_profile_names_its_suite_and_suite_option_wins():
+    reg = get_registry()
+    r = resolve.resolve(reg, "cifar10", "vanilla", profile="quick")
+    assert r.suite.suite == "smoke" and r.config["suite"]["suite"] == "smoke"  # stored with the run
+    assert resolve.resolve(reg, "cifar10", "vanilla", profile="quick", suite="paper-whitebox").suite.suite == "paper-whitebox"
+    assert resolve.resolve(reg, "cifar10", "vanilla", profile="paper").suite.suite == "paper-whitebox"  # the task's
+
+
+def test_profile_suite_is_not_part_of_the_run_id(tmp_path):
+    reg = get_registry()
+    base = resolve.resolve(reg, "digits", "vanilla", profile="quick")
+    spec = tmp_path / "digits-light.yaml"
+    spec.write_text(yaml.safe_dump({"include": "digits", "profiles": {"quick": {"suite": "smoke", "epochs": 3,
+                                                                                  "batch_size": 64, "eval_batch_size": 360}}}))
+    light = resolve.resolve(reg, str(spec), "vanilla", profile="quick")
+    assert light.suite.suite == "smoke" and base.suite.suite == "digits"
+    assert light.config_hash == base.config_hash
+
+
+def test_unknown_profile_suite_is_a_user_error(tmp_path):
+    spec = tmp_path / "digits-bad.yaml"
+    spec.write_text(yaml.safe_dump({"include": "digits", "profiles": {"quick": {"suite": "smok"}}}))
+    with pytest.raises(NatbenchError, match="smok"):
+        resolve.resolve(get_registry(), str(spec), "vanilla", profile="quick")
 
 
 if __name__ == "__main__":  # regenerate the pins from the code as it is (a deliberate hash change only)

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from natbench.errors import ConfigError
 from natbench.registry import get_registry
 from natbench.resolve import resolve
 from natbench.runner import Runner
 from natbench.store import CheckRow, Store
+
+from helpers import digits_task
 
 SETS = ["training.epochs=1"]
 ONE_ATTACK = "suite: one\ndescription: one more attack\nattacks:\n  - {id: fgsm-b, attack: fgsm}\n"
@@ -60,3 +63,19 @@ def test_a_smaller_suite_keeps_the_recorded_checks_on_every_path(tmp_path, monke
         assert {("best", FLIPPED), ("last", FLIPPED)} <= failed, root.name
         assert {(c, n) for c, n, _, _ in before} <= {(c, n) for c, n, _, _ in _checks(root, r.run_id)}
     assert _checks(a, r.run_id) == _checks(b, r.run_id)  # one path: the same checks whichever command added the suite
+
+
+# ------------------------------------------------------------------------------ bf16 evaluation
+def test_bf16_evaluation_needs_cuda(tmp_path):
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        Runner(tmp_path, registry=get_registry(), eval_bf16=True)
+
+
+@pytest.mark.gpu
+def test_bf16_evaluation_is_recorded_with_every_result(tmp_path):
+    r, task = digits_task("vanilla", profile="quick", sets=["training.epochs=1"], suite="smoke")
+    runner = Runner(tmp_path, device=torch.device("cuda"), registry=get_registry(), eval_bf16=True)
+    run_id = runner.run(r)
+    res = runner.store.results("digits")
+    res = res[res.run_id == run_id]
+    assert set(res[res.metric == "bf16_autocast"].attack) == {"clean", "fgsm", "pgd-5"}

@@ -2,8 +2,6 @@
 bad surrogates and objectives; end to end, the surrogate is trained as a recorded dependency run (slow)."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F

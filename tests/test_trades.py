@@ -1,16 +1,16 @@
-"""Golden values: the NAT term and the TRADES loss against formulas computed by hand (float64)."""
+"""TRADES (natbench.defenses.trades): its loss against the reference formula and its train-mode step against
+the reference's passes (float64, by hand), the forwards check, and its attack (eval-mode BN, increases the KL)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from natbench.contracts import Batch, ThreatModel
+from natbench.contracts import ThreatModel
 from natbench.defenses.trades import TRADES
-from natbench.defenses.vanilla import Vanilla
-from natbench.regularizers.nat import NAT, nasty_kl
+
+from helpers import bn_net, softmax
 
 
 class _Task:
@@ -25,87 +25,16 @@ class _Task:
         return lambda z: F.cross_entropy(model(z), batch.y, reduction="none")
 
 
-def _net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5)).double()
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def _kl_rows(p, q):  # KL(p || q) per row
     return (p * (np.log(p) - np.log(q))).sum(1)
 
 
 def _ce(z, y):
-    return float(np.mean(-np.log(_softmax(z)[np.arange(len(y)), y])))
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    return Batch(x, y)
-
-
-def test_nat_term_equals_hand_formula(batch):
-    target, adversary = _net(0), _net(1)
-    x_adv = (batch.x + 0.1 * torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).clamp(0, 1)
-    omega, tau = 0.05, 3.0
-    nat = NAT(NAT.Params(omega=omega, tau=tau))
-    nat.bind("adversary", adversary)
-    target.eval()  # fixed BN statistics so the hand computation sees the same logits
-    cache = {"x_adv": x_adv, "ce_on": frozenset({"adv"})}  # as after PGD-AT: CE on adv already counted
-    out = nat.loss(target, batch, _Task(), cache)
-
-    with torch.no_grad():
-        zt_c, zt_a = target(batch.x).numpy(), target(x_adv).numpy()
-        za_c, za_a = adversary(batch.x).numpy(), adversary(x_adv).numpy()
-    y = batch.y.numpy()
-    kl_c = _kl_rows(_softmax(zt_c / tau), _softmax(za_c / tau)).sum() / len(y)  # batchmean, KL(target || adversary)
-    kl_a = _kl_rows(_softmax(zt_a / tau), _softmax(za_a / tau)).sum() / len(y)
-    expected = _ce(zt_c, y) - omega * tau**2 * (kl_c + kl_a)  # CE only on clean: the base has CE(adv)
-    assert out.loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
-
-    # The reverse direction KL(adversary || target) is a different number: the test can tell.
-    kl_rev = _kl_rows(_softmax(za_c / tau), _softmax(zt_c / tau)).sum() / len(y)
-    assert abs(kl_rev - kl_c) / kl_c > 1e-3  # >> the 1e-10 tolerance of the assertion above
-    assert out.parts["nat_kl_clean"] == pytest.approx(tau**2 * kl_c, rel=1e-10)
-
-    # Gradients reach the target model only; the adversary is frozen and stays in eval mode.
-    out.loss.backward()
-    assert all(p.grad is not None for p in target.parameters())
-    assert all(p.grad is None for p in adversary.parameters())
-    assert not adversary.training
-
-
-def test_nat_adds_ce_for_inputs_the_base_lacks(batch):
-    target, adversary = _net(0), _net(1)
-    target.eval()
-    nat = NAT(NAT.Params(omega=0.0))  # omega 0: only the CE completion remains
-    nat.bind("adversary", adversary)
-    x_adv = batch.x.flip(0)
-    with torch.no_grad():
-        ce_c = F.cross_entropy(target(batch.x), batch.y).item()
-        ce_a = F.cross_entropy(target(x_adv), batch.y).item()
-    for ce_on, expected in [({"adv"}, ce_c), ({"clean"}, ce_a), (set(), ce_c + ce_a), ({"clean", "adv"}, 0.0)]:
-        out = nat.loss(target, batch, _Task(), {"x_adv": x_adv, "ce_on": frozenset(ce_on)})
-        assert out.loss.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
-
-
-def test_nasty_kl_scaling_and_reduction():
-    g = torch.Generator().manual_seed(0)
-    zt, za = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 7, generator=g, dtype=torch.float64)
-    for tau in (1.0, 4.0, 20.0):
-        hand = tau**2 * _kl_rows(_softmax(zt.numpy() / tau), _softmax(za.numpy() / tau)).mean()
-        assert nasty_kl(zt, za, tau).item() == pytest.approx(hand, rel=1e-10)
+    return float(np.mean(-np.log(softmax(z)[np.arange(len(y)), y])))
 
 
 def test_trades_loss_equals_reference_formula(batch):
-    model = _net(2)
+    model = bn_net(2)
     trades = TRADES(TRADES.Params(beta=6.0))
     task = _Task()
     cache = {}
@@ -119,7 +48,7 @@ def test_trades_loss_equals_reference_formula(batch):
     with torch.no_grad():
         z, z_adv = model(batch.x).numpy(), model(x_adv).numpy()
     y = batch.y.numpy()
-    expected = _ce(z, y) + 6.0 * _kl_rows(_softmax(z), _softmax(z_adv)).sum() / len(y)  # KL(clean || adv), sum / B
+    expected = _ce(z, y) + 6.0 * _kl_rows(softmax(z), softmax(z_adv)).sum() / len(y)  # KL(clean || adv), sum / B
     assert out.loss.item() == pytest.approx(expected, rel=1e-10)
     out.loss.backward()  # neither branch detached: both clean and adversarial logits carry gradient
     assert cache["logits_clean"].requires_grad and cache["logits_adv"].requires_grad
@@ -147,7 +76,7 @@ def test_trades_train_mode_step_matches_the_reference_passes(batch, forwards):
     import copy
 
     task = _Task()
-    model = _net(2).train()
+    model = bn_net(2).train()
     cache = {}
     trades = TRADES(TRADES.Params(beta=6.0, forwards=forwards))
     trades.prepare(model, batch, task, cache, torch.Generator().manual_seed(0))
@@ -179,7 +108,7 @@ def test_trades_forwards_is_checked():
 
 
 def test_trades_attack_uses_eval_mode_bn(batch):
-    model = _net(2)
+    model = bn_net(2)
     bn = model[2]
     before = bn.running_mean.clone()
     model.train()
@@ -191,7 +120,7 @@ def test_trades_attack_uses_eval_mode_bn(batch):
 
 
 def test_trades_attack_increases_kl(batch):
-    model = _net(2).eval()
+    model = bn_net(2).eval()
     cache = {}
     TRADES(TRADES.Params(steps=10)).prepare(model, batch, _Task(), cache, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -200,10 +129,3 @@ def test_trades_attack_increases_kl(batch):
         noise = (batch.x + 0.001 * torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
         kl_start = F.kl_div(F.log_softmax(model(noise), 1), F.softmax(z, 1), reduction="sum").item()
     assert kl_adv > 100 * kl_start
-
-
-def test_vanilla_is_plain_ce(batch):
-    model = _net(0).eval()
-    out = Vanilla().loss(model, batch, _Task(), {})
-    with torch.no_grad():
-        assert out.loss.item() == pytest.approx(_ce(model(batch.x).numpy(), batch.y.numpy()), rel=1e-12)

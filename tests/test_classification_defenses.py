@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from natbench.compose import Composite
 from natbench.registry import get_registry
-from natbench.resolve import resolve, task_kind_cls
-from natbench.runner import derive_seed, make_optimizer, train_step
+from natbench.runner import make_optimizer
+
+from helpers import train_steps, training_setup
 
 REG = get_registry()
 COMPOSED = ["trades+nat", "mart+nat", "pgd-at+nat+awp", "trades+nat+awp", "trades+awp", "nuat+ema",
@@ -56,29 +56,19 @@ TASKS = {
 @pytest.mark.parametrize("defense", _specs())
 def test_trains_a_few_steps(task, defense, cifar_root):
     extra = ["free-at.m=2"] if defense.startswith("free-at") else []  # 2 replays are enough to exercise them
-    r = resolve(REG, task, defense, profile="quick", sets=[*TASKS[task], "training.batch_size=16", *extra])
-    spec_task = task_kind_cls(REG, r.spec)(r.spec, cifar_root if task == "cifar10" else None)
-    composite = Composite.build(r.plan, r.params)
-    for component, dep in composite.dependencies():
-        torch.manual_seed(1)
-        component.bind(dep.role, spec_task.build_model())
-    torch.manual_seed(derive_seed(0, "init"))
-    model = spec_task.build_model()
+    r, spec_task, composite, model = training_setup(task, defense, cifar_root if task == "cifar10" else None,
+                                                    *TASKS[task], "training.batch_size=16", *extra)
     opt = make_optimizer(r.profile, model)
     gen = torch.Generator().manual_seed(0)
     composite.set_epoch(0, r.profile.epochs)
     train, _, _ = spec_task.loaders(16, gen)
     before = [p.detach().clone() for p in model.parameters()]
     steps = 0
-    for batch in train:
-        for _ in range(composite.replays):
-            out = train_step(composite, model, batch, spec_task, opt, gen)
-            assert math.isfinite(out.loss.item()), (defense, out.parts)
-            assert out.parts, f"{defense}: no loss parts logged"
-            assert all(math.isfinite(v) for v in out.parts.values()), (defense, out.parts)
-            steps += 1
-        if steps >= 2:
-            break
+    for batch, out in train_steps(composite, model, train, spec_task, opt, gen, n=2):
+        assert math.isfinite(out.loss.item()), (defense, out.parts)
+        assert out.parts, f"{defense}: no loss parts logged"
+        assert all(math.isfinite(v) for v in out.parts.values()), (defense, out.parts)
+        steps += 1
     assert steps >= 2
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), f"{defense}: no parameter moved"
     assert all(torch.isfinite(p).all() for p in model.parameters())
