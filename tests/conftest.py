@@ -144,3 +144,37 @@ def digits_at_smallcnn():
     for p in model.parameters():
         p.requires_grad_(False)
     return model, s.test_x, s.test_y
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    """(resolution, task, model, run directory): a digits CNN behind an input quantiser (helpers.Quantised),
+    trained 6 epochs with plain CE and saved as a run's best/last checkpoints; the task builds that model."""
+    from torch import nn
+
+    from helpers import Quantised
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve, task_kind_cls
+
+    REG = get_registry()
+    r = resolve(REG, "digits", "vanilla", suite="smoke")
+    task = task_kind_cls(REG, r.spec)(r.spec, None)
+    torch.manual_seed(0)
+    model = Quantised(task.build_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(6):
+        train, _, _ = task.loaders(64, torch.Generator().manual_seed(epoch))
+        model.train()
+        for b in train:
+            loss = nn.functional.cross_entropy(model(b.x), b.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    import copy
+
+    task.build_model = lambda: copy.deepcopy(model)  # the runner builds, then loads the checkpoint
+    run_dir = tmp_path_factory.mktemp("masked")
+    for ck in ("best", "last"):
+        torch.save(model.state_dict(), run_dir / f"{ck}.pt")
+    return r, task, model, run_dir

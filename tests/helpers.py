@@ -235,6 +235,18 @@ def tree_snapshot(top: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ attacks
+class Quantised(nn.Module):
+    """``inner`` behind the input quantiser ``round(4x)/4``: its input gradient is zero almost everywhere (a
+    deliberately gradient-masking model)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)  # zero gradient almost everywhere
+
+
 class Logits:
     """A stand-in for the task's ``LogitsObjective``: ``x -> model(x)`` with ``.y``, ``.num_classes``."""
 

@@ -1,5 +1,6 @@
 """natbench.suite: one way to add a suite to a finished run, whichever command asks for it
-(``natbench eval``, ``natbench run`` reusing a run, a deferred dependency's evaluation)."""
+(``natbench eval``, ``natbench run`` reusing a run, a deferred dependency's evaluation); a killed evaluation
+resumes from its partial results and never mixes configurations; bf16 evaluation needs CUDA and is recorded."""
 from __future__ import annotations
 
 import shutil
@@ -79,3 +80,47 @@ def test_bf16_evaluation_is_recorded_with_every_result(tmp_path):
     res = runner.store.results("digits")
     res = res[res.run_id == run_id]
     assert set(res[res.metric == "bf16_autocast"].attack) == {"clean", "fgsm", "pgd-5"}
+
+
+# ------------------------------------------------------------------------- resuming an evaluation
+@pytest.mark.slow
+def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_path, monkeypatch):
+    """eval-partial.pt keeps finished (checkpoint, attack) results; a rerun reuses them only when
+    the attack's configuration is the same."""
+    import dataclasses
+
+    from natbench.runner import PARTIAL
+
+    r, task, _, run_dir = masked
+    (run_dir / PARTIAL).unlink(missing_ok=True)  # another test evaluated these checkpoints
+    calls = []
+    real = type(task).evaluate
+
+    def counting(self, model, loader, attack=None, **kw):
+        calls.append(getattr(attack, "name", "clean"))
+        if len(calls) == 3 and not getattr(self, "_crashed", False):
+            self._crashed = True
+            raise KeyboardInterrupt
+        return real(self, model, loader, attack, **kw)
+
+    monkeypatch.setattr(type(task), "evaluate", counting)
+    runner = Runner(tmp_path, registry=get_registry())
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(r, task, run_dir, ("best",))
+    assert (run_dir / PARTIAL).exists()
+    calls.clear()
+    resumed = runner.evaluate(r, task, run_dir, ("best",))
+    assert calls[:1] == ["pgd"], calls  # clean and fgsm came from the partial file
+    monkeypatch.setattr(type(task), "evaluate", real)
+    (run_dir / PARTIAL).unlink()
+    fresh = Runner(tmp_path, registry=get_registry()).evaluate(r, task, run_dir, ("best",))
+    key = lambda rows: sorted((x.attack, x.metric, x.value) for x in rows)  # noqa: E731
+    assert key(resumed[0]) == key(fresh[0])
+    # the same attack id with another configuration is evaluated again, not reused
+    changed = dataclasses.replace(r.suite.attacks[1], params={"steps": 2})
+    r2 = r.with_suite(dataclasses.replace(r.suite, attacks=(r.suite.attacks[0], changed)))
+    monkeypatch.setattr(type(task), "evaluate", counting)
+    calls.clear()
+    Runner(tmp_path, registry=get_registry()).evaluate(r2, task, run_dir, ("best",))
+    assert "pgd" in calls
+    (run_dir / PARTIAL).unlink()
