@@ -201,6 +201,10 @@ def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: t
                                        f"defense, which {plan.base.name} does not define; drop {a.id} from the suite")
         elif obj not in getattr(kind_cls, "OBJECTIVES", (obj,)):
             raise ConfigError(f"suite.{a.id}: objective '{obj}' is not offered by task kind {spec.kind}")
+        needs = getattr(attack, "needs_objective", None)  # (objective, why) these params require, or None
+        if needs is not None and obj != needs[0]:
+            raise ConfigError(f"suite.{a.id}: {a.attack} with {needs[1]} needs objective '{needs[0]}', got '{obj}'; "
+                              f"add 'objective: {needs[0]}' to the suite entry")
         for dep in getattr(attack, "dependencies", ()):  # a bad surrogate name fails now, not after training
             if not dep.run:
                 compose.plan(dep.defense, reg, frozenset(kind_cls.capabilities), spec.kind)

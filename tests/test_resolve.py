@@ -196,6 +196,19 @@ def test_unknown_profile_suite_is_a_user_error(tmp_path):
         resolve.resolve(get_registry(), str(spec), "vanilla", profile="quick")
 
 
+def test_pgd_early_stop_without_the_logits_objective_fails_before_training(tmp_path):
+    """PGD's early_stop needs objective 'logits' (to see which rows are fooled): a suite entry without it
+    is refused when the run is resolved, not when the attack runs after training."""
+    suite = tmp_path / "es.yaml"
+    entry = {"id": "pgd-es", "attack": "pgd", "params": {"early_stop": True}}
+    suite.write_text(yaml.safe_dump({"suite": "es", "attacks": [entry]}))
+    with pytest.raises(NatbenchError, match=r"suite.pgd-es: .*early_stop.*objective: logits"):
+        resolve.resolve(get_registry(), "digits", "vanilla", profile="quick", suite=str(suite))
+    ok = tmp_path / "es-logits.yaml"
+    ok.write_text(yaml.safe_dump({"suite": "es", "attacks": [{**entry, "objective": "logits"}]}))
+    assert resolve.resolve(get_registry(), "digits", "vanilla", profile="quick", suite=str(ok)).suite.suite == "es"
+
+
 if __name__ == "__main__":  # regenerate the pins from the code as it is (a deliberate hash change only)
     import tempfile
 

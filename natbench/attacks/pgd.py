@@ -143,6 +143,12 @@ class PGD(LinfAttack):
                 f"attack '{self.name}' needs steps >= 0, restarts >= 1, step_size >= 0; got {p}."
             )
 
+    @property
+    def needs_objective(self) -> tuple[str, str] | None:
+        """(objective kind, the params that require it), checked when the run is resolved: early_stop
+        needs ``"logits"`` to see which rows are fooled."""
+        return ("logits", "early_stop") if self.params.early_stop else None
+
     def __call__(
         self, objective: Objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None
     ) -> Tensor:
