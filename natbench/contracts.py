@@ -160,6 +160,10 @@ class Task(Protocol):
     name: str
     capabilities: ClassVar[frozenset[str]]  # e.g. {"logits"}, {"logits", "embedding"}
     headline_metric: ClassVar[str]  # e.g. "accuracy"
+    # the inputs ("clean", "adv") on which a CE defense's loss is the kind's own
+    # ``training_loss(model, batch, x, cache, which) -> (per-sample (B,), parts)`` (re-id: clean; detection:
+    # both; classification: none); defenses ask for this, never for the kind's class (defenses/_common.py)
+    TRAINING_LOSS_ON: ClassVar[frozenset[str]]
     threat: ThreatModel
 
     def build_model(self) -> nn.Module: ...  # inputs in [0,1]; normalisation inside the model
@@ -193,6 +197,8 @@ class Attack(Protocol):
 
     name: ClassVar[str]
     objective_kind: ClassVar[str]
+    # optional: ``needs_objective -> (kind, why) | None``, an objective the attack's params require
+    # (pgd's early_stop: "logits"); checked when the run is resolved (resolve.check_suite)
 
     def __call__(
         self, objective: Objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None
