@@ -107,7 +107,8 @@ def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", referen
         groups = grouped(lb.headline_columns(df))
     what = ("headline view: clean, headline attack, worst case; --columns all for every column" if headline
             else "± = 95 % interval; avg over " + (", ".join(df.attrs.get("avg_attacks", [])) or "no attack"))
-    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'} ({what})",
+    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'}"
+                  f"{lb.suites_text(df, ', suite{s} {names}')} ({what})",
                   title_justify="left")
     for c in key_cols:  # names are never cut: pgd-at, pgd-at+nat and pgd-at+myreg must stay apart
         table.add_column(c, justify="left", no_wrap=True, min_width=max(len(c), *(len(str(r[c])) for r in recs)))

@@ -28,7 +28,7 @@ import pandas as pd
 from natbench.errors import RunError
 
 from .leaderboard_render import (FORMATS, WRITE_FORMATS_HTML, _WRITE_FORMATS, cell, headline_columns,  # noqa: F401
-                                 md_preamble, render, value_columns, write)
+                                 md_preamble, render, suites_text, value_columns, write)
 from .leaderboard_rows import (ESCALATED_PREFIX, KEY_COLS, META_COLS, SUFFIXES, RunInfo, eps_text,  # noqa: F401
                                interval, run_info)
 
@@ -156,9 +156,22 @@ def table(store, task: str, metric: str | None = None, *, profile: str | None = 
     out = frames[0] if len(frames) == 1 else _merge_metrics(frames, metrics, ctx.threat_eps)
     out = _sort(out, ctx, metrics)
     out.attrs.update(task=task, metric="/".join(metrics), avg_attacks=list(ctx.avg_attacks))
+    _label_suites(out, ctx)
     from .reference import mark_sources  # outside models (natbench eval --model): source column, seeds "-"
 
     return mark_sources(out, set(ctx.runs.loc[ctx.runs["profile"] == "external", "run_id"]))
+
+
+def _label_suites(out: pd.DataFrame, ctx: _Context) -> None:
+    """Say which suite the rows were evaluated with: ``attrs["suites"]`` (the titles name it) and, when
+    the rows differ in it (e.g. cifar10's quick profile defaults to the light ``smoke`` suite, ``fast`` is
+    MALT alone), a ``suite`` column naming each row's, so a light evaluation is never read as a full one."""
+    of_run = {r: ctx.info[r].suite_name for r in ctx.runs["run_id"]}
+    names = sorted({s for s in of_run.values() if s})
+    out.attrs["suites"] = names
+    if len(names) > 1 and "run_ids" in out.columns:
+        out.insert(int(out.columns.get_loc("run_ids")), "suite", out["run_ids"].map(
+            lambda ids: " ".join(dict.fromkeys(of_run.get(r) or "?" for r in str(ids).split()))))
 
 
 def _merge_metrics(frames: list[pd.DataFrame], metrics, threat_eps: str = "") -> pd.DataFrame:
@@ -270,7 +283,7 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
     cols = [c for c in KEY_COLS if c != "variant" or (out["variant"] != "").any()] + ["seeds"]
     for col in value_cols:
         cols += [col, f"{col}_lo", f"{col}_hi"] + ([f"{col}_std"] if several else [])
-    cols += (["flags"] if (out["flags"] != "").any() else []) + list(META_COLS)
+    cols += (["flags"] if (out["flags"] != "").any() else []) + [c for c in META_COLS if c in out.columns]  # suite: added by _label_suites
     out = out[cols]
     out["seeds"] = out["seeds"].astype(int)
     for col in ("epochs", "n_test"):  # counts: integers in csv/json ("3", not "3.0"), empty when unknown

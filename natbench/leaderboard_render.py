@@ -77,7 +77,13 @@ def md_preamble(df: pd.DataFrame) -> str:
     avg = ", ".join(df.attrs.get("avg_attacks", [])) or "none"
     return (f"Threat model {common('norm')} eps {common('eps')}; test points {common('n_test')}; "
             f"epochs {common('epochs')}. `±`: 95 % interval (docs/leaderboard.md). `avg`: mean over {avg}. "
-            f"Sorted by {df.attrs.get('sort_by') or 'defense'}, descending.")
+            f"Sorted by {df.attrs.get('sort_by') or 'defense'}, descending." + suites_text(df, " Suite{s} {names}."))
+
+
+def suites_text(df: pd.DataFrame, template: str) -> str:
+    """``template`` filled with the suite name(s) the table's rows were evaluated with ("" if unknown)."""
+    names = df.attrs.get("suites") or []
+    return template.format(s="s" if len(names) > 1 else "", names=", ".join(names)) if names else ""
 
 
 def write(store, out_dir: Path, task: str | None = None, formats: tuple[str, ...] = _WRITE_FORMATS) -> list[Path]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 #: the row key: runs of a row differ in seed only (the hidden ``_ident`` makes sure of it)
 KEY_COLS = ("defense", "profile", "variant", "checkpoint")
 #: per-row provenance columns (csv/json; the html page shows them in their own table)
-META_COLS = ("norm", "eps", "epochs", "n_test", "natbench", "run_ids")
+META_COLS = ("norm", "eps", "epochs", "n_test", "natbench", "suite", "run_ids")  # suite: only when rows differ in it
 #: suffixes of a value column's companions: 95 % interval bounds and the std over seeds
 SUFFIXES = ("_lo", "_hi", "_std")
 #: result ids of the attacks natbench adds when a sanity check fails (natbench.checks.ESCALATIONS)
@@ -42,6 +42,7 @@ class RunInfo:
     epochs: float = float("nan")
     version: str = ""
     suite: tuple[str, ...] = ()  # attack ids of the run's suite as configured (not later evaluations)
+    suite_name: str = ""  # the configured suite's name (a profile's light default, e.g. cifar10 quick -> smoke)
     suite_attacks: dict[str, str] = field(default_factory=dict)  # attack id -> attack registry name
     attack_eps: dict[str, float] = field(default_factory=dict)  # attack id -> its eps (params, else threat model)
 
@@ -154,7 +155,7 @@ def run_info(store, runs, describer: Describer | None = None) -> dict[str, RunIn
             norm=str(threat.get("norm", "")), eps=eps,
             epochs=_num((config.get("training") or {}).get("epochs") if isinstance(config.get("training"), dict) else None),
             version=str(versions.get("natbench", "")),
-            suite=tuple(a["id"] for a in attacks),
+            suite=tuple(a["id"] for a in attacks), suite_name=str(suite_cfg.get("suite", "") or ""),
             suite_attacks={a["id"]: str(a.get("attack", "")) for a in attacks},
             attack_eps=attack_eps,
         )

@@ -461,3 +461,29 @@ def test_avg_is_the_same_attack_set_for_best_and_last(store):
     assert df.attrs["avg_attacks"] == ["pgd-20", "cw-inf"]
     assert df.loc["best", "avg"] == 55.0 and df.loc["last", "avg"] == 35.0  # best's adaptive-apgd-10 is not in it
     assert df.loc["best", "adaptive-apgd-10"] == 10.0 and np.isnan(df.loc["last", "adaptive-apgd-10"])
+
+
+def test_rows_evaluated_with_another_suite_are_labelled(store):
+    """cifar10's quick profile evaluates with the light `smoke` suite by default: its rows say so in a
+    `suite` column next to the full-suite rows, and the md preamble names the suites. A table whose rows
+    share one suite keeps its columns (the suite is named in the titles only)."""
+    from natbench.registry import get_registry
+    from natbench.resolve import resolve
+
+    reg = get_registry()
+    quick = resolve(reg, "cifar10", "vanilla", profile="quick")
+    paper = resolve(reg, "cifar10", "pgd-at", profile="paper")
+    assert quick.suite.suite == "smoke" and paper.suite.suite == "paper-whitebox"
+    _record(store, quick, {"clean": 0.9, "pgd-20": 0.0})
+    _record(store, paper, {"clean": 0.8, "pgd-20": 0.5})
+    df = leaderboard.table(store, "cifar10")
+    assert df.set_index("defense")["suite"].to_dict() == {"vanilla": "smoke", "pgd-at": "paper-whitebox"}
+    assert "suite" not in leaderboard.value_columns(df) and df.attrs["suites"] == ["paper-whitebox", "smoke"]
+    assert "Suites paper-whitebox, smoke." in leaderboard.md_preamble(df)
+    back = pd.read_csv(io.StringIO(leaderboard.render(df, "csv")), keep_default_na=False)
+    assert list(back.columns).index("suite") == list(back.columns).index("run_ids") - 1
+    one = resolve(reg, "digits", "vanilla", profile="quick")
+    _record(store, one, {"clean": 0.9, "pgd-20": 0.1})
+    digits = leaderboard.table(store, "digits")
+    assert "suite" not in digits.columns and digits.attrs["suites"] == ["digits"]
+    assert leaderboard.md_preamble(digits).endswith("Suite digits.")
