@@ -55,8 +55,8 @@ def check_eps(eps: float) -> float:
     return value
 
 
-def signed_grad(objective: Objective, x_adv: Tensor) -> Tensor:
-    """``sign(d objective(x_adv).sum() / d x_adv)``, differentiating w.r.t. the input only.
+def input_grad(objective: Objective, x_adv: Tensor) -> Tensor:
+    """``d objective(x_adv).sum() / d x_adv``, differentiating w.r.t. the input only.
 
     ``torch.autograd.grad`` on the input leaves every ``.grad`` of model parameters untouched; grad
     mode is switched on locally so attacks also work inside ``torch.no_grad()`` evaluation loops.
@@ -67,7 +67,12 @@ def signed_grad(objective: Objective, x_adv: Tensor) -> Tensor:
         if loss.dim() != 1 or loss.shape[0] != x_adv.shape[0]:
             raise ValueError(f"objective must return a (B,) loss, got shape {tuple(loss.shape)}")
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    return grad.sign()
+    return grad
+
+
+def signed_grad(objective: Objective, x_adv: Tensor) -> Tensor:
+    """``sign(d objective(x_adv).sum() / d x_adv)`` (:func:`input_grad`'s sign)."""
+    return input_grad(objective, x_adv).sign()
 
 
 def cw_margin_loss(logits: Tensor, y: Tensor, kappa: float = 50.0) -> Tensor:

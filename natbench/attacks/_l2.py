@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from natbench.attacks._base import input_grad
 from natbench.contracts import Objective
 
 #: added to a gradient's norm before dividing (torchattacks.PGDL2's ``eps_for_division``)
@@ -46,12 +47,7 @@ def l2_start(x: Tensor, eps: float, generator: torch.Generator | None = None) ->
 
 def l2_grad(objective: Objective, x_adv: Tensor) -> Tensor:
     """The gradient of ``objective(x_adv).sum()`` divided by its per-sample L2 norm (+ 1e-10)."""
-    with torch.enable_grad():
-        xa = x_adv.detach().requires_grad_(True)
-        loss = objective(xa)
-        if loss.dim() != 1 or loss.shape[0] != xa.shape[0]:
-            raise ValueError(f"objective must return a (B,) loss, got shape {tuple(loss.shape)}")
-        (grad,) = torch.autograd.grad(loss.sum(), xa)
+    grad = input_grad(objective, x_adv)
     return grad / (_norms(grad) + EPS_DIV)
 
 

@@ -41,10 +41,11 @@ def _fix(dataset: str) -> str:
 
 
 def _check_slice(dataset: str, corruption: str, severity: int) -> None:
-    if corruption not in (*_names(), *(EXTRA if dataset != "imagenet-c" else ())):
+    known = (*_names(), *(EXTRA if dataset != "imagenet-c" else ()))  # the extras are in the CIFAR-C archives only
+    if corruption not in known:
         from ..errors import unknown
 
-        raise unknown(f"{dataset} corruption", corruption, (*_names(), *(EXTRA if dataset != "imagenet-c" else ())))
+        raise unknown(f"{dataset} corruption", corruption, known)
     if severity not in (1, 2, 3, 4, 5):
         raise DataError(f"{dataset}: severity {severity!r} is not one of 1..5; give an integer 1-5")
 
