@@ -23,14 +23,19 @@ class AttackIntegrityError(RuntimeError):
     """An attack returned points outside the threat model (a bug, not a user error)."""
 
 
-def assert_in_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, where: str) -> None:
+def assert_in_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, where: str, norm: str = "linf") -> None:
+    """Raise :class:`AttackIntegrityError` unless every ``x_adv`` row lies within ``eps`` of ``x`` in
+    ``norm`` (``linf``/``l2``/``l1``, tolerance :data:`TOL` relative to ``max(1, eps)``) and in [0, 1]."""
+    from .attacks._base import lp_norms
+
     if x_adv.shape != x.shape:
         raise AttackIntegrityError(f"{where}: x_adv has shape {tuple(x_adv.shape)}, x has {tuple(x.shape)}")
     if not torch.isfinite(x_adv).all():
         raise AttackIntegrityError(f"{where}: x_adv has non-finite values")
-    dist = (x_adv - x).abs().amax().item() if x.numel() else 0.0
-    if dist > eps + TOL:
-        raise AttackIntegrityError(f"{where}: L-inf distance {dist:.6g} exceeds eps {eps:.6g}")
+    dist = lp_norms((x_adv - x).double(), norm).max().item() if x.numel() else 0.0
+    if dist > eps + TOL * max(1.0, eps):
+        label = {"linf": "L-inf", "l2": "L2", "l1": "L1"}.get(norm, norm)
+        raise AttackIntegrityError(f"{where}: {label} distance {dist:.6g} exceeds eps {eps:.6g}")
     if x_adv.numel() and (x_adv.min().item() < -TOL or x_adv.max().item() > 1 + TOL):
         raise AttackIntegrityError(f"{where}: x_adv leaves [0, 1]")
 

@@ -201,3 +201,35 @@ def test_evaluate_rejects_an_attack_that_leaves_the_ball():
 
     with pytest.raises(AttackIntegrityError):
         task.evaluate(model, loader, Cheat())
+
+
+def test_assert_in_ball_measures_the_threat_models_norm():
+    from natbench.checks import AttackIntegrityError, assert_in_ball
+    x = torch.full((2, 1, 2, 2), 0.5)
+    d = torch.zeros_like(x)
+    d[0, 0, 0, 0], d[0, 0, 1, 1] = 0.3, 0.4  # row 0: L-inf 0.4, L2 0.5, L1 0.7
+    assert_in_ball(x, x + d, 0.4, "t")
+    assert_in_ball(x, x + d, 0.5, "t", norm="l2")
+    assert_in_ball(x, x + d, 0.7, "t", norm="l1")
+    for eps, norm in ((0.39, "linf"), (0.49, "l2"), (0.69, "l1")):
+        with pytest.raises(AttackIntegrityError, match="distance"):
+            assert_in_ball(x, x + d, eps, "t", norm=norm)
+
+
+def test_with_norm_binds_a_supported_norm_and_refuses_the_others():
+    from natbench.attacks._base import LinfAttack, lp_norms, with_norm
+    from natbench.errors import ConfigError
+
+    class Both(LinfAttack):
+        name, norms = "both", ("linf", "l2")
+
+    assert with_norm(Both(), "l2", "suite.a").norm == "l2"
+    assert LinfAttack.norm == "linf"  # the class default is untouched
+    with pytest.raises(ConfigError, match=r"suite.a: attack 'both' supports the norms linf, l2, not .*'l1'"):
+        with_norm(Both(), "l1", "suite.a")
+    with pytest.raises(ConfigError, match="unknown threat-model norm 'l3'"):
+        with_norm(Both(), "l3", "suite.a")
+    t = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    assert lp_norms(t, "linf").tolist() == [4.0, 0.0]
+    assert lp_norms(t, "l2").tolist() == [5.0, 0.0]
+    assert lp_norms(t, "l1").tolist() == [7.0, 0.0]

@@ -1,7 +1,13 @@
-"""Shared pieces of the L-infinity attacks: projection, random start, signed gradient, CW margin.
+"""Shared pieces of the attacks: projection, random start, signed gradient, CW margin, norms.
 
-Threat model: ``||x_adv - x||_inf <= eps`` and ``x_adv`` in [0, 1] (pixel units, see
-:class:`natbench.contracts.ThreatModel`).
+Threat model: ``||x_adv - x||_p <= eps`` for the run's norm (``linf``, ``l2`` or ``l1``) and
+``x_adv`` in [0, 1] (pixel units, see :class:`natbench.contracts.ThreatModel`).
+
+Norms. Every attack class states the norms it supports in ``norms`` (default ``("linf",)``); the
+evaluation binds the threat model's norm with :func:`with_norm` before the first call (a norm the
+attack does not support is a :class:`ConfigError` at resolve time), and the attack reads
+``self.norm``. An attack that composes others (AutoAttack) overrides :meth:`LinfAttack.set_norm`
+to pass the norm on.
 """
 from __future__ import annotations
 
@@ -17,8 +23,41 @@ from natbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: The threat-model norms natbench knows, in the spelling of ``threat_model.norm``.
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+
 #: Value written over the true-class logit before taking ``max_{j != y}`` (as in the reference code).
 CW_MASK = -1e4
+
+
+def lp_norms(t: Tensor, norm: str) -> Tensor:
+    """Per-sample ``||t_i||_p`` (shape ``(B,)``) in ``norm`` (one of :data:`NORMS`)."""
+    flat = t.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    raise ValueError(f"unknown norm {norm!r}; one of {', '.join(NORMS)}")
+
+
+def with_norm(attack, norm: str, where: str):
+    """Bind the threat model's ``norm`` to ``attack`` (returned); a :class:`ConfigError` naming
+    ``where`` when the attack's class does not list it in ``norms``."""
+    if norm not in NORMS:
+        raise ConfigError(f"{where}: unknown threat-model norm '{norm}'; use one of {', '.join(NORMS)}")
+    supported = tuple(getattr(attack, "norms", ("linf",)))
+    name = getattr(attack, "name", type(attack).__name__)
+    if norm not in supported:
+        raise ConfigError(f"{where}: attack '{name}' supports the norms {', '.join(supported)}, not the threat "
+                          f"model's '{norm}'; drop it from the suite or pick an attack for {norm} (natbench list attacks)")
+    setter = getattr(attack, "set_norm", None)
+    if callable(setter):
+        setter(norm)
+    elif norm != "linf":
+        attack.norm = norm
+    return attack
 
 
 def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
@@ -95,6 +134,10 @@ class LinfAttack:
 
     name: ClassVar[str] = "linf"
     objective_kind: ClassVar[str] = "ce"
+    #: the threat-model norms this attack implements (checked by the contract tests and at resolve time)
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    #: the norm bound by :func:`with_norm` (instance attribute once bound)
+    norm: str = "linf"
 
     @dataclass(frozen=True)
     class Params:
@@ -108,6 +151,10 @@ class LinfAttack:
                 f"attack '{self.name}' expects {type(self).__name__}.Params, got {type(params).__name__}."
             )
         self.params = params
+
+    def set_norm(self, norm: str) -> None:
+        """Bind ``norm`` (already checked to be in :attr:`norms` by :func:`with_norm`)."""
+        self.norm = norm
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
