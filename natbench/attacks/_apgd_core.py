@@ -1,8 +1,10 @@
-"""One APGD run (Croce & Hein, ICML 2020, Sec. 3, Algorithm 1; L-inf) and the losses it maximises.
+"""One APGD run (Croce & Hein, ICML 2020, Sec. 3, Algorithm 1) and the losses it maximises.
 
 Implemented after the authors' code ``fra31/auto-attack @ a392200 : autoattack/autopgd_base.py``
-(``APGDAttack.attack_single_run``, L-inf branch; notes Sec. 8.1). Restarts, the targeted cascade and
-the attack classes built on it are in :mod:`natbench.attacks.apgd`. What one run does, as the original:
+(``APGDAttack.attack_single_run``; notes Sec. 8.1). Restarts, the targeted cascade and the attack
+classes built on it are in :mod:`natbench.attacks.apgd`; the L2 and L1 starts, steps, projection and
+L1's sparsity-adaptive checkpoints in :mod:`natbench.attacks._apgd_norms` (``norm="l2"``/``"l1"``; the
+schedule below is L-inf's and L2's). What one L-inf run does, as the original:
 
 - start ``x0 = clamp(x + eps * t / (||t||_inf + 1e-12), 0, 1)``, ``t ~ U(-1, 1)`` per pixel (so every
   sample starts on the surface of the eps-ball);
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from natbench.attacks._apgd_norms import L1Sparsity, alpha, draw_noise, draw_start, l1_step, l2_step
 from natbench.errors import ConfigError
 
 #: ``(logits, y) -> per-sample loss (B,)`` to maximise.
@@ -115,12 +118,10 @@ def target_classes(logits: Tensor, target_rank: int) -> Tensor:
 # --------------------------------------------------------------------------- one run
 
 
-def _draw_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    """``clamp(x + eps * t / (||t||_inf + 1e-12), 0, 1)`` with ``t = 2 U[0,1) - 1`` drawn from ``generator``."""
-    device = x.device if generator is None else generator.device
-    t = (2 * torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype) - 1).to(x.device)
-    norm = t.abs().reshape(t.shape[0], -1).amax(1).view(-1, *([1] * (x.dim() - 1)))
-    return torch.clamp(x + eps * t / (norm + 1e-12), 0.0, 1.0)
+def _draw_start(x: Tensor, eps: float, generator: torch.Generator | None, norm: str = "linf") -> Tensor:
+    """The random start of ``norm`` (L-inf: ``clamp(x + eps * t / (||t||_inf + 1e-12), 0, 1)`` with
+    ``t = 2 U[0,1) - 1`` drawn from ``generator``; L2/L1: :func:`natbench.attacks._apgd_norms.draw_start`)."""
+    return draw_start(x, eps, norm, generator)
 
 
 #: ``x -> (per-sample loss, logits)`` in one pass, for objectives that are not a function of the
@@ -150,7 +151,8 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
                     rho: float = 0.75, eot_iter: int = 1, generator: torch.Generator | None = None,
                     joint: Joint | None = None, y_target: Tensor | None = None,
                     early_stop: bool = False, start: Tensor | None = None,
-                    group: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    group: Tensor | None = None, norm: str = "linf",
+                    x_init: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One APGD run from a random start: ``(x_best, robust, loss_best, x_best_adv)`` as the original's
     ``attack_single_run``: the highest-loss point, per-sample "never misclassified" flags, its loss,
     and the latest misclassified iterate (the start where never misclassified).
@@ -164,6 +166,11 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
     other rows: the model is evaluated, not trained, and nothing is drawn after the start); for a
     fooled row ``x_best_adv`` is then the *first* misclassified iterate, not the latest, and
     ``x_best``/``loss_best`` are as of that step.
+
+    ``norm``: ``"linf"``, ``"l2"`` or ``"l1"`` (start, step, step size and, for L1, the checkpoints of
+    :mod:`natbench.attacks._apgd_norms`). ``x_init``: the original's ``x_init`` (``use_largereps``'
+    stages): the run starts from it, the random start is still drawn (and discarded) as the original
+    draws it, and L1's initial ``topk`` is the start's sparsity.
 
     ``start`` replaces the random start (nothing is drawn then). ``group`` (stacked targets, with
     ``early_stop``): rows of one group are the targets of one image in cascade order; when a row is
@@ -181,7 +188,14 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
         fn = loss_fn if y_target is None else (lambda z, t: dlr_loss_targeted(z, t, y_target[rows]))
         return _loss_grad(forward, fn, xa, yy, eot_iter)
 
-    x_adv = _draw_start(x, eps, generator) if start is None else start.clone()
+    if start is not None:
+        x_adv = start.clone()
+    elif x_init is not None:
+        draw_noise(x, norm, generator)  # the original draws its start before replacing it with x_init
+        x_adv = torch.clamp(x_init.clone(), 0.0, 1.0)
+    else:
+        x_adv = draw_start(x, eps, norm, generator)
+    sparsity = L1Sparsity(x, x_adv, from_init=x_init is not None) if norm == "l1" else None
     out_best, out_best_adv = x_adv.clone(), x_adv.clone()
     out_acc = torch.ones(b, dtype=torch.bool, device=x.device)
     rows = torch.arange(b, device=x.device)  # the rows still in the batch
@@ -195,9 +209,9 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
     loss_best = loss_indiv.clone()
     out_loss = loss_best.clone()
 
-    step_size = torch.full((b,), 2.0 * eps, device=x.device, dtype=x.dtype).view(view)
+    step_size = torch.full((b,), alpha(norm) * eps, device=x.device, dtype=x.dtype).view(view)
     x_adv_old = x_adv.clone()
-    k = n_first
+    k = n_first if sparsity is None else L1Sparsity.interval(n_iter)
     counter3 = 0
     loss_best_last_check = loss_best.clone()
     reduced_last_check = torch.ones(b, dtype=torch.bool, device=x.device)
@@ -226,6 +240,8 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
         x_adv, x_adv_old, x_best, grad, grad_best = x_adv[keep], x_adv_old[keep], x_best[keep], grad[keep], grad_best[keep]
         loss_best, loss_steps, step_size = loss_best[keep], loss_steps[:, keep], step_size[keep]
         loss_best_last_check, reduced_last_check, acc = loss_best_last_check[keep], reduced_last_check[keep], acc[keep]
+        if sparsity is not None:
+            sparsity.keep(keep)
 
     if early_stop and not bool(acc.all()):
         leave(~acc, x_adv[~acc])
@@ -237,8 +253,13 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
         momentum = x_adv - x_adv_old
         x_adv_old = x_adv.clone()
         a = 0.75 if i > 0 else 1.0
-        z = torch.clamp(torch.min(torch.max(x_adv + step_size * torch.sign(grad), lo), hi), 0.0, 1.0)
-        x_adv = torch.clamp(torch.min(torch.max(x_adv + (z - x_adv) * a + momentum * (1 - a), lo), hi), 0.0, 1.0)
+        if norm == "linf":
+            z = torch.clamp(torch.min(torch.max(x_adv + step_size * torch.sign(grad), lo), hi), 0.0, 1.0)
+            x_adv = torch.clamp(torch.min(torch.max(x_adv + (z - x_adv) * a + momentum * (1 - a), lo), hi), 0.0, 1.0)
+        elif norm == "l2":
+            x_adv = l2_step(x0, x_adv, momentum, grad, step_size, eps, a)
+        else:
+            x_adv = l1_step(x0, x_adv, grad, step_size, sparsity.topk, eps)
 
         # ---- gradient, success tracking
         logits, loss_indiv, grad = loss_grad(x_adv, rows)
@@ -259,7 +280,12 @@ def apgd_single_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: Loss
 
         # ---- step-size checkpoint
         counter3 += 1
-        if counter3 == k:
+        if counter3 == k and sparsity is not None:  # L1: the sparsity-adaptive step (interval fixed)
+            fell = sparsity.checkpoint(x0, x_best, step_size, eps)
+            x_adv[fell] = x_best[fell]
+            grad[fell] = grad_best[fell]
+            counter3 = 0
+        elif counter3 == k:
             osc = oscillation_count(loss_steps, i, k) <= k * rho
             no_impr = ~reduced_last_check & (loss_best_last_check >= loss_best)
             reduce = osc | no_impr

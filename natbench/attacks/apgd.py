@@ -1,11 +1,14 @@
-"""APGD: Auto-PGD, the step-size-free PGD of AutoAttack (L-inf), on CE, DLR and targeted DLR.
+"""APGD: Auto-PGD, the step-size-free PGD of AutoAttack (L-inf, L2, L1), on CE, DLR and targeted DLR.
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020, Sec. 3 (Algorithm 1) and Sec. 4 (DLR loss). Implemented after
 the authors' code ``fra31/auto-attack @ a392200 : autoattack/autopgd_base.py`` (``APGDAttack`` and
-``APGDAttack_targeted``, L-inf branch; notes Sec. 8.1). One run (the start, momentum step,
-step-size checkpoints and success tracking of Algorithm 1) and the losses are in
-:mod:`natbench.attacks._apgd_core`; here are the restarts, the targeted cascade and the attacks.
+``APGDAttack_targeted``; notes Sec. 8.1), in ``pyautoattack`` 0.2.0's version for L2 and L1. One run
+(the start, momentum step, step-size checkpoints and success tracking of Algorithm 1) and the losses
+are in :mod:`natbench.attacks._apgd_core`, the L2/L1 pieces (L1-APGD of Croce & Hein, "Mind the box",
+ICML 2021: sparsity-adaptive step, projection onto the L1 ball ∩ [0, 1], ``use_largereps``) in
+:mod:`natbench.attacks._apgd_norms`; here are the restarts, the targeted cascade and the attacks.
+The norm is the threat model's (``self.norm``, bound by :func:`natbench.attacks._base.with_norm`).
 
 ``perturb`` (``best_loss=False``, the only mode AutoAttack uses): only the points the model
 classifies correctly are attacked; each restart (each target class, for APGD-T) attacks only the
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._apgd_norms import APGD_NORMS, l1_projection, largereps_schedule
 from natbench.attacks._apgd_core import (  # noqa: F401 - the run's pieces, importable from here as before
     Forward, Joint, LossFn, _draw_start, apgd_single_run, checkpoints, ce_loss, dlr_loss, dlr_loss_targeted,
     oscillation_count, schedule, target_classes,
@@ -58,12 +62,36 @@ def _clean_correct(forward: Forward, x: Tensor, y: Tensor) -> Tensor:
         return forward(x).max(1)[1] == y
 
 
+def apgd_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: LossFn | None, *, eps: float, n_iter: int,
+             norm: str = "linf", use_largereps: bool = False, generator: torch.Generator | None = None,
+             early_stop: bool = False, **kw: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One run as the original's ``perturb`` makes it: :func:`apgd_single_run`, or with
+    ``use_largereps`` (L1) the original's ``decr_eps_pgd``: the stages of
+    :func:`natbench.attacks._apgd_norms.largereps_schedule`, each from the previous stage's best point
+    projected to its eps (the first from ``x + N(0, I)`` projected to 3 eps); the last stage's result.
+    Early stop applies to the last stage only (a point fooled at 3 eps or 2 eps is not fooled)."""
+    if not use_largereps:
+        return apgd_single_run(forward, x, y, loss_fn, eps=eps, n_iter=n_iter, norm=norm, generator=generator,
+                               early_stop=early_stop, **kw)
+    stages = largereps_schedule(eps, n_iter)
+    device = x.device if generator is None else generator.device
+    x_init = x + torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    x_init = x_init + l1_projection(x, x_init - x, 1.0 * float(stages[0][0]))
+    for s, (e, n) in enumerate(stages):
+        x_init = x_init + l1_projection(x, x_init - x, 1.0 * e)
+        x_init, acc, loss, x_adv = apgd_single_run(forward, x, y, loss_fn, eps=e, n_iter=n, norm=norm, x_init=x_init,
+                                                   generator=generator, early_stop=early_stop and s == len(stages) - 1,
+                                                   **kw)
+    return x_init, acc, loss, x_adv
+
+
 def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: float, n_iter: int,
                  restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
-                 generator: torch.Generator | None = None, early_stop: bool = True) -> Tensor:
+                 generator: torch.Generator | None = None, early_stop: bool = True, norm: str = "linf",
+                 use_largereps: bool = False) -> Tensor:
     """The original ``APGDAttack.perturb(x, y)``: restarts on the still-robust, clean-correct points;
     the adversarial example where one succeeded, the clean input elsewhere (``early_stop``: see
-    :func:`apgd_single_run`)."""
+    :func:`apgd_single_run`; ``norm``, ``use_largereps``: :func:`apgd_run`)."""
     x = x.detach()
     y = y.to(x.device).long()
     robust = _clean_correct(forward, x, y)
@@ -72,9 +100,9 @@ def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps
         idx = robust.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        _, acc_curr, _, adv_curr = apgd_single_run(
+        _, acc_curr, _, adv_curr = apgd_run(
             forward, x[idx], y[idx], loss_fn, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter, generator=generator,
-            early_stop=early_stop,
+            early_stop=early_stop, norm=norm, use_largereps=use_largereps,
         )
         fooled = ~acc_curr
         robust[idx[fooled]] = False
@@ -85,7 +113,7 @@ def apgd_perturb(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps
 def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float, n_iter: int,
                           n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
                           generator: torch.Generator | None = None, early_stop: bool = True,
-                          stack_targets: bool = False) -> Tensor:
+                          stack_targets: bool = False, norm: str = "linf", use_largereps: bool = False) -> Tensor:
     """The original ``APGDAttack_targeted.perturb(x, y)``: for target ranks 2 .. n_target_classes + 1,
     targets from the clean logits of the points still robust, ``restarts`` runs each.
 
@@ -106,18 +134,19 @@ def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float,
     robust = clean.max(1)[1] == y
     ranking = clean.sort(dim=1)[1]
     adv = x.clone()
-    if stack_targets and restarts == 1:
+    if stack_targets and restarts == 1 and not use_largereps:
         idx = robust.nonzero().squeeze(1)
         if idx.numel() == 0:
             return adv
         n, ranks = idx.numel(), range(2, n_target_classes + 2)
         xs = x[idx]
         # the starts the sequential cascade draws when no earlier target fools a point of the chunk
-        start = torch.cat([_draw_start(xs, eps, generator) for _ in ranks])
+        start = torch.cat([_draw_start(xs, eps, generator, norm) for _ in ranks])
         _, acc, _, adv_curr = apgd_single_run(
             forward, xs.repeat(len(ranks), *([1] * (x.dim() - 1))), y[idx].repeat(len(ranks)), None, eps=eps,
             n_iter=n_iter, rho=rho, eot_iter=eot_iter, y_target=torch.cat([ranking[idx, -k] for k in ranks]),
             early_stop=early_stop, start=start, group=torch.arange(n, device=x.device).repeat(len(ranks)) if early_stop else None,
+            norm=norm,
         )
         group = torch.arange(n, device=x.device).repeat(len(ranks))
         rows = (~acc).nonzero().squeeze(1)
@@ -128,13 +157,14 @@ def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float,
         return adv
     return targeted_cascade(forward, x, y, robust, adv, lambda idx, rank: target_classes(clean[idx], rank),
                             range(2, n_target_classes + 2), eps=eps, n_iter=n_iter, restarts=restarts, rho=rho,
-                            eot_iter=eot_iter, generator=generator, early_stop=early_stop)
+                            eot_iter=eot_iter, generator=generator, early_stop=early_stop, norm=norm,
+                            use_largereps=use_largereps)
 
 
 def targeted_cascade(forward: Forward, x: Tensor, y: Tensor, robust: Tensor, adv: Tensor,
                      targets: Callable[[Tensor, int], Tensor], ranks: Iterable[int], *, eps: float, n_iter: int,
                      restarts: int, rho: float, eot_iter: int, generator: torch.Generator | None,
-                     early_stop: bool) -> Tensor:
+                     early_stop: bool, norm: str = "linf", use_largereps: bool = False) -> Tensor:
     """APGD-T's cascade (also MALT's): for each of ``ranks`` in order, ``restarts`` targeted runs on the
     points still ``robust``, with targets ``targets(idx, rank)`` for those points' rows ``idx``; ``robust``
     and ``adv`` are updated in place (a fooled point takes its adversarial example); returns ``adv``."""
@@ -143,9 +173,10 @@ def targeted_cascade(forward: Forward, x: Tensor, y: Tensor, robust: Tensor, adv
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            _, acc_curr, _, adv_curr = apgd_single_run(
+            _, acc_curr, _, adv_curr = apgd_run(
                 forward, x[idx], y[idx], None, eps=eps, n_iter=n_iter, rho=rho, eot_iter=eot_iter,
-                generator=generator, y_target=targets(idx, rank), early_stop=early_stop,
+                generator=generator, y_target=targets(idx, rank), early_stop=early_stop, norm=norm,
+                use_largereps=use_largereps,
             )
             fooled = ~acc_curr
             robust[idx[fooled]] = False
@@ -166,20 +197,29 @@ class APGDCE(LinfAttack):
     name = "apgd-ce"
     objective_kind = "logits"
     loss = "ce"
+    norms = APGD_NORMS
 
     @dataclass(frozen=True)
     class Params:
         steps: int = 100  # iterations per run (n_iter; AutoAttack standard: 100)
-        restarts: int = 1  # random restarts, each on the points still robust (AutoAttack standard: 1)
+        restarts: int = 1  # random restarts, each on the points still robust (AutoAttack standard: 1; L1: 5)
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT; AutoAttack 'rand': 20)
         early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
+        use_largereps: bool = False  # L1 only: each run at eps x 3, 2, 1 (AutoAttack's L1 standard: true)
 
     def __init__(self, params: "APGDCE.Params | None" = None) -> None:
         super().__init__(params)
         p = self.params
         if p.steps < 1 or p.restarts < 1 or p.eot_iter < 1 or not (0 < p.rho <= 1):
             raise ConfigError(f"attack '{self.name}' needs steps >= 1, restarts >= 1, eot_iter >= 1, 0 < rho <= 1; got {p}.")
+
+    def set_norm(self, norm: str) -> None:
+        """Bind ``norm``; ``use_largereps`` is the original's L1 schedule only (it asserts the norm)."""
+        if self.params.use_largereps and norm != "l1":
+            raise ConfigError(f"attack '{self.name}': use_largereps is L1-APGD's schedule, the threat model's norm "
+                              f"is '{norm}'; set use_largereps: false or use threat_model.norm l1")
+        self.norm = norm
 
     def _loss_fn(self) -> LossFn:
         return ce_loss
@@ -191,7 +231,13 @@ class APGDCE(LinfAttack):
             raise ConfigError(f"attack '{self.name}': the DLR loss needs at least 3 classes, the task has {num_classes}")
         p = self.params
         return apgd_perturb(forward, x, y, self._loss_fn(), eps=eps, n_iter=p.steps, restarts=p.restarts,
-                            rho=p.rho, eot_iter=p.eot_iter, generator=generator, early_stop=p.early_stop).detach()
+                            rho=p.rho, eot_iter=p.eot_iter, generator=generator, early_stop=p.early_stop,
+                            norm=self._bound_norm(), use_largereps=p.use_largereps).detach()
+
+    def _bound_norm(self) -> str:
+        if self.params.use_largereps and self.norm != "l1":
+            self.set_norm(self.norm)  # the ConfigError
+        return self.norm
 
 
 class APGDDLR(APGDCE):
@@ -208,6 +254,7 @@ class APGDDLR(APGDCE):
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT; AutoAttack 'rand': 20)
         early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
+        use_largereps: bool = False  # L1 only: each run at eps x 3, 2, 1
 
     def _loss_fn(self) -> LossFn:
         return dlr_loss
@@ -231,13 +278,17 @@ class APGDT(APGDCE):
         rho: float = 0.75  # halve the step when the loss rose in <= rho * k of the last k steps
         eot_iter: int = 1  # gradients averaged over this many passes (EOT)
         early_stop: bool = True  # a fooled point leaves the batch (same flags; x' = first misclassified iterate)
-        n_target_classes: int = 9  # targets: the 2nd .. (n+1)-th highest clean logits (AutoAttack: 9)
+        use_largereps: bool = False  # L1 only: each run at eps x 3, 2, 1 (AutoAttack's L1 standard: true)
+        n_target_classes: int = 9  # targets: the 2nd .. (n+1)-th highest clean logits (AutoAttack: 9; L1: 5)
         stack_targets: bool = False  # all targets in one stacked batch (GPU); starts differ from the original's
 
     def __init__(self, params: "APGDT.Params | None" = None) -> None:
         super().__init__(params)
         if self.params.n_target_classes < 1:
             raise ConfigError(f"attack '{self.name}' needs n_target_classes >= 1; got {self.params}.")
+        if self.params.stack_targets and self.params.use_largereps:
+            raise ConfigError(f"attack '{self.name}': stack_targets runs one stage per target; it cannot be "
+                              f"combined with use_largereps (three stages); set one of them to false")
 
     def __call__(self, objective: Any, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         eps = check_eps(eps)
@@ -251,4 +302,5 @@ class APGDT(APGDCE):
         return apgd_targeted_perturb(forward, x, y, eps=eps, n_iter=p.steps, n_target_classes=p.n_target_classes,
                                      restarts=p.restarts, rho=p.rho, eot_iter=p.eot_iter,
                                      generator=generator, early_stop=p.early_stop,
-                                     stack_targets=p.stack_targets).detach()
+                                     stack_targets=p.stack_targets, norm=self._bound_norm(),
+                                     use_largereps=p.use_largereps).detach()

@@ -126,6 +126,9 @@ class MALT(LinfAttack):
 
     name = "malt"
     objective_kind = "logits"
+    #: L-inf only: the score divides by the L1 (dual) norm of the gap's gradient, the authors' L-inf
+    #: targeting; the authors' code has other norms, not implemented here
+    norms = ("linf",)
 
     @dataclass(frozen=True)
     class Params:
