@@ -1,5 +1,9 @@
 """Reading the store: run records, results and per-sample flags as data frames, worst-case accuracy
-(robust under every attack of a subset, from the flags), sanity checks and checkpoint hashes."""
+(robust under every attack of a subset, from the flags), sanity checks and checkpoint hashes.
+
+Results, flags and checks are read under one threat model, by default the run's own (``threat=''``,
+what every reader read before schema 3); ``results(threat=None)`` reads every threat model with a
+``threat`` column (:mod:`natbench.threats`)."""
 from __future__ import annotations
 
 import json
@@ -50,36 +54,51 @@ class StoreQueries:
         out_cols = [c.removesuffix("_json") for c in cols]
         return df[out_cols].astype({"seed": "int64", "wall_train_s": float, "wall_eval_s": float})
 
-    def results(self, task: str | None = None) -> pd.DataFrame:
+    def results(self, task: str | None = None, threat: str | None = "") -> pd.DataFrame:
         """All results of complete runs (optionally of one task), in recording order.
 
         Columns: run_id, task, defense, profile, variant, seed, checkpoint, attack, metric, value.
+        ``threat``: the rows evaluated under that threat-model key (``''``: each run's own threat
+        model); ``None``: under every one, with a last column ``threat``.
         """
         sql = (
             "SELECT r.run_id, r.task, r.defense, r.profile, r.variant, r.seed, x.checkpoint, x.attack, "
-            "x.metric, x.value FROM results x JOIN runs r ON r.run_id = x.run_id "
+            "x.metric, x.value, x.threat FROM results x JOIN runs r ON r.run_id = x.run_id "
             "WHERE r.status = 'complete'"
         )
         params: dict = {}
         if task is not None:
             sql, params = sql + " AND r.task = :t", {"t": task}
+        if threat is not None:
+            sql, params = sql + " AND x.threat = :k", {**params, "k": threat}
         order = " ORDER BY r.started, r.run_id, x.rowid" if self.is_sqlite else " ORDER BY r.started, r.run_id, x.ctid"
         cols = ["run_id", "task", "defense", "profile", "variant", "seed", "checkpoint", "attack",
-                "metric", "value"]
+                "metric", "value", "threat"]
         df = pd.DataFrame(self._read(sql + order, params), columns=cols)
+        if threat is not None:
+            df = df.drop(columns=["threat"])
         return df.astype({"seed": "int64", "value": float})
 
-    def flags(self, run_id: str, checkpoint: str) -> dict[str, np.ndarray]:
-        """Per-sample correctness of one checkpoint of one run: ``attack -> bool array``."""
+    def attacks(self, run_id: str, threat: str = "") -> list[str]:
+        """The result ids stored for ``run_id`` under the threat-model key ``threat``, first-seen order."""
         order = "rowid" if self.is_sqlite else "ctid"
-        rows = self._read(f"SELECT attack, n, packed FROM flags WHERE run_id = :r AND checkpoint = :c ORDER BY {order}",
-                          {"r": run_id, "c": checkpoint})
+        rows = self._read(f"SELECT attack FROM results WHERE run_id = :r AND threat = :k ORDER BY {order}",
+                          {"r": run_id, "k": threat})
+        return list(dict.fromkeys(a for (a,) in rows))
+
+    def flags(self, run_id: str, checkpoint: str, threat: str = "") -> dict[str, np.ndarray]:
+        """Per-sample correctness of one checkpoint of one run: ``attack -> bool array`` (``threat``:
+        the threat-model key, ``''`` the run's own)."""
+        order = "rowid" if self.is_sqlite else "ctid"
+        rows = self._read(f"SELECT attack, n, packed FROM flags WHERE run_id = :r AND checkpoint = :c AND threat = :k "
+                          f"ORDER BY {order}", {"r": run_id, "c": checkpoint, "k": threat})
         return {attack: unpack_flags(n, bytes(packed)) for attack, n, packed in rows}
 
-    def worst_case(self, run_id: str, checkpoint: str, attacks: list[str] | None = None) -> float:
+    def worst_case(self, run_id: str, checkpoint: str, attacks: list[str] | None = None, threat: str = "") -> float:
         """Fraction of samples classified correctly under EVERY attack in ``attacks`` (from flags);
-        ``None``: every evaluation stored for the checkpoint (clean included)."""
-        flags = self.flags(run_id, checkpoint)
+        ``None``: every evaluation stored for the checkpoint (clean included). ``threat``: the
+        threat-model key (``''``: the run's own); attacks of two threat models are never combined."""
+        flags = self.flags(run_id, checkpoint, threat)
         if attacks is None:
             attacks = list(flags)
         if not attacks:
@@ -99,11 +118,12 @@ class StoreQueries:
         both = np.logical_and.reduce(arrays)
         return float(both.mean()) if both.size else float("nan")
 
-    def checks(self, run_id: str) -> pd.DataFrame:
-        """Sanity-check outcomes of a run. Columns: checkpoint, name, passed (bool), detail."""
+    def checks(self, run_id: str, threat: str = "") -> pd.DataFrame:
+        """Sanity-check outcomes of a run (under the threat-model key ``threat``, ``''`` its own).
+        Columns: checkpoint, name, passed (bool), detail."""
         order = "rowid" if self.is_sqlite else "ctid"
-        rows = self._read(f"SELECT checkpoint, name, passed, detail FROM checks WHERE run_id = :r ORDER BY {order}",
-                          {"r": run_id})
+        rows = self._read(f"SELECT checkpoint, name, passed, detail FROM checks WHERE run_id = :r AND threat = :k "
+                          f"ORDER BY {order}", {"r": run_id, "k": threat})
         df = pd.DataFrame(rows, columns=["checkpoint", "name", "passed", "detail"])
         return df.astype({"passed": bool})
 

@@ -79,16 +79,17 @@ def unpack_flags(n: int, packed: bytes) -> np.ndarray:
 
 
 def serialise_rows(run_id: str, results: Iterable[ResultRow], flags: Iterable[FlagRow],
-          checks: Iterable[CheckRow]) -> tuple[list, list, list]:
+          checks: Iterable[CheckRow], threat: str = "") -> tuple[list, list, list]:
     """Serialise rows before touching the database, so a bad value cannot half-write; a key given
-    twice is a caller bug (ValueError), not a row to overwrite."""
+    twice is a caller bug (ValueError), not a row to overwrite. ``threat``: the threat-model key of
+    every row (``''``: the run's own; :mod:`natbench.threats`)."""
     out = (
         [{"run_id": run_id, "checkpoint": r.checkpoint, "attack": r.attack, "metric": r.metric,
-          "value": _float_or_none(r.value)} for r in results],
-        [{"run_id": run_id, "checkpoint": f.checkpoint, "attack": f.attack, **dict(zip(("n", "packed"), pack_flags(f.correct)))}
-         for f in flags],
+          "value": _float_or_none(r.value), "threat": threat} for r in results],
+        [{"run_id": run_id, "checkpoint": f.checkpoint, "attack": f.attack, **dict(zip(("n", "packed"), pack_flags(f.correct))),
+          "threat": threat} for f in flags],
         [{"run_id": run_id, "checkpoint": c.checkpoint, "name": c.name, "passed": int(bool(c.passed)),
-          "detail": str(c.detail)} for c in checks],
+          "detail": str(c.detail), "threat": threat} for c in checks],
     )
     for what, data, key in (("result", out[0], ("checkpoint", "attack", "metric")), ("flags", out[1], ("checkpoint", "attack"))):
         counts = Counter(tuple(d[k] for k in key) for d in data)

@@ -4,7 +4,14 @@ schema versions and migrations, and the write/read transactions every store meth
 
 Schema versions: SQLite keeps it in ``PRAGMA user_version``, PostgreSQL in the ``natbench_meta`` row
 ``schema_version``. 1 -> 2 added ``runs.variant``; the ``checkpoints`` table came later and is created
-by ``create_all`` when an older store is first opened for writing.
+by ``create_all`` when an older store is first opened for writing. 2 -> 3 added the column ``threat``
+to ``results``, ``flags`` (part of their primary keys) and ``checks``: the threat model a row was
+evaluated under, ``''`` = the run's own (``task.threat_model`` of its config), else the key
+``"<norm>:<eps>"`` of :func:`natbench.threats.key` (``natbench eval RUN --threat-model l1:5``). Every
+row of an older store was computed under its run's own threat model, so the migration gives them
+``''`` and their numbers, order and meaning stay as they were (:func:`_migrate_threat`: SQLite
+rebuilds the two tables -- it cannot change a primary key in place -- copying the rows in their
+order; PostgreSQL adds the column and swaps the primary key).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from natbench.errors import ConfigError, RunError
 
 log = logging.getLogger("natbench.store")
 
-SCHEMA_VERSION = 2  # 2: runs.variant
+SCHEMA_VERSION = 3  # 2: runs.variant; 3: results/flags/checks.threat
 SQLITE_NAME = "natbench.sqlite"
 #: attempts of a write transaction that lost a race with a concurrent writer
 WRITE_ATTEMPTS = 8
@@ -55,18 +62,20 @@ def metadata():
     Index("runs_task", runs.c.task)
     Index("runs_config_hash", runs.c.config_hash)
     fk = lambda: ForeignKey("runs.run_id", ondelete="CASCADE")  # noqa: E731
+    # threat: the threat model the row was evaluated under; '' = the run's own (schema 3, module docstring)
+    threat = lambda: Column("threat", Text, nullable=False, server_default="")  # noqa: E731
     Table("results", md, Column("run_id", Text, fk(), nullable=False), Column("checkpoint", Text, nullable=False),
           Column("attack", Text, nullable=False), Column("metric", Text, nullable=False),
           Column("value", Float),  # NULL stands for NaN
-          PrimaryKeyConstraint("run_id", "checkpoint", "attack", "metric"))
+          threat(), PrimaryKeyConstraint("run_id", "checkpoint", "attack", "metric", "threat"))
     Table("flags", md, Column("run_id", Text, fk(), nullable=False), Column("checkpoint", Text, nullable=False),
           Column("attack", Text, nullable=False),
           Column("n", Integer, nullable=False),  # samples; the blob holds ceil(n/8) bytes
           Column("packed", LargeBinary, nullable=False),  # np.packbits(correct)
-          PrimaryKeyConstraint("run_id", "checkpoint", "attack"))
+          threat(), PrimaryKeyConstraint("run_id", "checkpoint", "attack", "threat"))
     checks = Table("checks", md, Column("run_id", Text, fk(), nullable=False), Column("checkpoint", Text, nullable=False),
                    Column("name", Text, nullable=False), Column("passed", Integer, nullable=False),
-                   Column("detail", Text, nullable=False))
+                   Column("detail", Text, nullable=False), threat())
     Index("checks_run", checks.c.run_id)
     # sha256 of each checkpoint file the results were computed from (natbench.integrity); a table added
     # after schema 2 by create_all, so older stores gain it when first opened for writing
@@ -155,6 +164,8 @@ class StoreBase:
                         )
                     if version == 1 and self.is_sqlite:  # written before variants: every run is its spec's default
                         conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN variant TEXT NOT NULL DEFAULT ''")
+                    if 0 < version < 3:  # written before threat models other than the run's own
+                        self._migrate_threat(conn)
                     self._md.create_all(conn)
                     if self.is_sqlite:
                         conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -168,6 +179,30 @@ class StoreBase:
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _migrate_threat(self, conn) -> None:
+        """Schema 2 -> 3: ``threat`` (default ``''``, the run's own threat model) on results, flags
+        (in their primary keys) and checks; every row kept, in its order."""
+        from sqlalchemy import inspect
+
+        insp = inspect(conn)
+        have = {t for t in insp.get_table_names() if "threat" not in {c["name"] for c in insp.get_columns(t)}}
+        if "checks" in have:
+            conn.exec_driver_sql("ALTER TABLE checks ADD COLUMN threat TEXT NOT NULL DEFAULT ''")
+        for table, key in (("results", "run_id, checkpoint, attack, metric"), ("flags", "run_id, checkpoint, attack")):
+            if table not in have:  # absent, or already keyed by threat model
+                continue
+            if not self.is_sqlite:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN threat TEXT NOT NULL DEFAULT ''")
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_pkey")
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD PRIMARY KEY ({key}, threat)")
+                continue
+            cols = ", ".join(c["name"] for c in inspect(conn).get_columns(table))
+            conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {table}_v2")
+            self._md.tables[table].create(conn)
+            conn.exec_driver_sql(f"INSERT INTO {table} ({cols}, threat) SELECT {cols}, '' FROM {table}_v2 ORDER BY rowid")
+            conn.exec_driver_sql(f"DROP TABLE {table}_v2")
+        log.info("store %s: migrated to schema 3 (results keyed by threat model; earlier rows: the run's own)", self.path)
 
     def _check_readonly(self) -> None:
         """A read-only store: its schema version and tables checked, nothing written; an older schema

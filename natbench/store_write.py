@@ -1,7 +1,8 @@
 """Writing to the store: a whole run in one transaction, results added to a run, a run deleted.
 
-Writes are idempotent per (run, checkpoint, attack): recording a run replaces any earlier row set of
-that run, adding results replaces those of the same (checkpoint, attack).
+Writes are idempotent per (run, checkpoint, attack, threat model): recording a run replaces any
+earlier row set of that run (under every threat model), adding results replaces those of the same
+(checkpoint, attack, threat model).
 """
 from __future__ import annotations
 
@@ -64,16 +65,19 @@ class StoreWrites:
 
     def add_results(self, run_id: str, results: Iterable[ResultRow], flags: Iterable[FlagRow],
                     checks: Iterable[CheckRow], suite: list[str], checkpoints: dict[str, str] | None = None,
-                    replace: Iterable[str] = (), facts: dict | None = None) -> None:
+                    replace: Iterable[str] = (), facts: dict | None = None, threat: str = "") -> None:
         """Add (or replace) evaluation rows of a complete run in ONE transaction (``natbench eval``).
 
         Rows of the same (checkpoint, attack) are replaced; ``suite`` ids not yet in the run's suite
         are appended to it, keeping its order. ``replace``: checkpoints whose earlier rows are all
-        dropped (a new evaluation of a changed file, ``eval --force``); ``checkpoints``: their sha256;
-        ``facts``: merged into the run's (:mod:`natbench.leaderboard_facts`).
+        dropped (a new evaluation of a changed file, ``eval --force``: under every threat model);
+        ``checkpoints``: their sha256; ``facts``: merged into the run's (:mod:`natbench.leaderboard_facts`).
+        ``threat``: the threat-model key the rows were evaluated under (``''``: the run's own; another
+        one, :func:`natbench.threats.key`, replaces only rows of that key and leaves the run's suite,
+        which lists its own evaluations, as it is).
         """
         replace = tuple(replace)
-        rows = serialise_rows(run_id, results, flags, checks)
+        rows = serialise_rows(run_id, results, flags, checks, threat)
 
         def write(conn) -> None:
             from sqlalchemy import text
@@ -83,15 +87,16 @@ class StoreWrites:
             if current is None:
                 raise RunError(f"run '{run_id}' is not in {self.path}; finish it first with natbench run")
             have = json.loads(current)
-            merged = have + [a for a in suite if a not in have]
+            merged = have + [a for a in suite if a not in have] if not threat else have
+            key = {"r": run_id, "t": threat}
             for ckpt, attack in {(r["checkpoint"], r["attack"]) for r in rows[0]}:
-                conn.execute(text("DELETE FROM results WHERE run_id=:r AND checkpoint=:c AND attack=:a"),
-                             {"r": run_id, "c": ckpt, "a": attack})
+                conn.execute(text("DELETE FROM results WHERE run_id=:r AND checkpoint=:c AND attack=:a AND threat=:t"),
+                             {**key, "c": ckpt, "a": attack})
             for r in rows[1]:
-                conn.execute(text("DELETE FROM flags WHERE run_id=:r AND checkpoint=:c AND attack=:a"),
-                             {"r": run_id, "c": r["checkpoint"], "a": r["attack"]})
+                conn.execute(text("DELETE FROM flags WHERE run_id=:r AND checkpoint=:c AND attack=:a AND threat=:t"),
+                             {**key, "c": r["checkpoint"], "a": r["attack"]})
             for ckpt in {c["checkpoint"] for c in rows[2]}:
-                conn.execute(text("DELETE FROM checks WHERE run_id=:r AND checkpoint=:c"), {"r": run_id, "c": ckpt})
+                conn.execute(text("DELETE FROM checks WHERE run_id=:r AND checkpoint=:c AND threat=:t"), {**key, "c": ckpt})
             for ckpt in replace:
                 for table in ("results", "flags", "checks"):
                     conn.execute(text(f"DELETE FROM {table} WHERE run_id=:r AND checkpoint=:c"), {"r": run_id, "c": ckpt})

@@ -4,7 +4,10 @@
 rows; it owns the run's resumable partial results (:class:`PartialResults`, ``eval-partial.pt``), so
 a killed evaluation resumes where it stopped. :func:`add_suite` is the one way to add a suite to a
 finished run (``natbench run`` reusing a run, a deferred dependency, ``natbench eval``), and
-:func:`record_suite` the one way to add the rows to its record.
+:func:`record_suite` the one way to add the rows to its record. Both take the threat model to evaluate
+under (``natbench eval --threat-model``; default the run's own): the task's ``threat`` is set to it,
+so the attacks, their eps ball and the checks use it, and the rows are stored under its key
+(:mod:`natbench.threats`).
 """
 from __future__ import annotations
 
@@ -150,9 +153,11 @@ class SuiteEvaluator:
     def _run_job(self, job: Job, ckpt: str, sha: str, bar: Any, rows: Rows, acc: dict[str, torch.Tensor]) -> None:
         """One (checkpoint, attack) evaluation, taken from the partial results when they hold it."""
         r, task, dist = self.r, self.task, self.dist
+        norm = getattr(task.threat, "norm", "linf")  # in the key where not linf: linf keys stay as they were
         key = derive_seed(ckpt, sha, job.id, type(job.attack).__name__,
                           to_dict(job.attack.params) if job.attack is not None else None, job.objective,
-                          task.threat.eps, r.seed, r.profile.eval_batch_size, self.eval_bf16)
+                          task.threat.eps, r.seed, r.profile.eval_batch_size, self.eval_bf16,
+                          *((norm,) if norm != "linf" else ()))
         self.reporter.advance(bar, 0, attack=job.id)  # the progress line names the attack being run
         done = self.partial.get(ckpt, job.id)
         if done is not None and done["key"] == key:
@@ -216,17 +221,25 @@ class SuiteEvaluator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 # ------------------------------------------------------------------------------- adding a suite
 def add_suite(runner: Any, r: Resolved, run_id: str, suite: Any = None, checkpoints: tuple[str, ...] = CHECKPOINTS,
-              *, missing_only: bool = False, force: bool = False, note_numerics: bool = False) -> bool:
+              *, missing_only: bool = False, force: bool = False, note_numerics: bool = False,
+              threat: tuple[str, float] | None = None) -> bool:
     """Evaluate ``suite`` (default: ``r``'s) on the checkpoints of the complete run ``run_id`` and add
     the rows to its record (:func:`record_suite`); False when there was nothing to evaluate.
 
     ``missing_only``: only the attacks the run's record does not list yet (a reused run, a deferred
     dependency). Every checkpoint file is verified against its recorded hash before any compute
-    (``force``: a changed one is evaluated as a new model, its earlier rows replaced)."""
+    (``force``: a changed one is evaluated as a new model, its earlier rows replaced). ``threat``:
+    ``(norm, eps)`` to evaluate under instead of the run's own threat model (stored apart,
+    :func:`natbench.threats.stored_key`)."""
+    from . import threats
+
     dist, store, run_dir = runner.dist, runner.store, runner.root / run_id
     suite = suite or r.suite
+    own = r.spec.threat_model
+    key = threats.stored_key(threat, (getattr(own, "norm", "linf"), float(own.eps)))
     if missing_only:
-        done = dist.broadcast(set(store.get_run(run_id).suite) if dist.is_main else None)
+        done = dist.broadcast(set(store.get_run(run_id).suite if not key else store.attacks(run_id, key))
+                              if dist.is_main else None)
         missing = [a for a in suite.attacks if a.id not in done]
         if not missing:
             return False
@@ -235,14 +248,20 @@ def add_suite(runner: Any, r: Resolved, run_id: str, suite: Any = None, checkpoi
     ok = verify(store, run_id, run_dir, checkpoints, force=force) if dist.is_main else None  # before any compute
     if note_numerics and dist.is_main:
         _note_numerics(runner, run_id)
-    results, flags, checks = runner.evaluate(r, runner.task(r), run_dir, checkpoints, suite)
+    task = runner.task(r)
+    if key:  # the attacks, their ball and the checks read the task's threat model
+        task.threat = dataclasses.replace(task.threat, norm=threat[0], eps=float(threat[1]))
+        runner.reporter.message(f"{run_id}: evaluating under {threats.describe(*threat)} (trained under "
+                                f"{threats.describe(getattr(own, 'norm', 'linf'), float(own.eps))}); stored apart")
+    results, flags, checks = runner.evaluate(r, task, run_dir, checkpoints, suite)
     if dist.is_main:
         from .leaderboard_facts import facts as run_facts
         from .resolve import task_kind_cls
 
         record_suite(store, run_id, results, flags, checks, ["clean", *(a.id for a in suite.attacks)],
                      checkpoints=ok.sha256, replace=ok.replace,
-                     facts=run_facts(task_kind_cls(runner.registry, r.spec), suite, results, runner.registry))
+                     facts=run_facts(task_kind_cls(runner.registry, r.spec), suite, results, runner.registry),
+                     threat=key)
         (run_dir / PARTIAL).unlink(missing_ok=True)
     dist.barrier()
     return True
@@ -250,19 +269,24 @@ def add_suite(runner: Any, r: Resolved, run_id: str, suite: Any = None, checkpoi
 
 def record_suite(store: Any, run_id: str, results: list[ResultRow], flags: list[FlagRow], checks: list[CheckRow],
                  suite: list[str], *, checkpoints: dict[str, str] | None = None, replace: Any = (),
-                 facts: dict | None = None) -> None:
+                 facts: dict | None = None, threat: str = "") -> None:
     """Add an evaluation's rows (``suite``: its result ids) to the complete run ``run_id`` in one
     transaction (:meth:`natbench.store.Store.add_results`; ``facts``: what the leaderboard reads,
-    :mod:`natbench.leaderboard_facts`).
+    :mod:`natbench.leaderboard_facts`; ``threat``: the threat-model key they were evaluated under,
+    ``''`` the run's own).
 
     Sanity checks: those of an evaluation that saw every attack of the run's record (or whose
     checkpoint was replaced) replace the recorded ones; those of a partial evaluation (some attacks
     only) are merged into them, and a check failed in either stays failed -- a later, smaller suite
-    never erases a gradient-masking symptom that the full one showed."""
+    never erases a gradient-masking symptom that the full one showed. Under another threat model the
+    record is what was stored under it (its own checks, never mixed with the run's)."""
     replace = list(replace)
-    if not set(store.get_run(run_id).suite) <= set(suite):
-        checks = merge_checks(store.checks(run_id), checks, replaced=set(replace))
-    store.add_results(run_id, results, flags, checks, suite=suite, checkpoints=checkpoints, replace=replace, facts=facts)
+    recorded = (store.get_run(run_id).suite if not threat
+                else [a for a in store.attacks(run_id, threat) if not a.startswith(ESCALATED.split("-")[0] + "-")])
+    if not set(recorded) <= set(suite):
+        checks = merge_checks(store.checks(run_id, threat), checks, replaced=set(replace))
+    store.add_results(run_id, results, flags, checks, suite=suite, checkpoints=checkpoints, replace=replace, facts=facts,
+                      threat=threat)
 
 
 def merge_checks(recorded: Any, new: list[CheckRow], replaced: set[str] = frozenset()) -> list[CheckRow]:

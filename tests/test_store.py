@@ -186,7 +186,7 @@ def test_wal_mode_and_schema_version(store):
     con = sqlite3.connect(store.path)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     finally:
         con.close()
@@ -223,7 +223,7 @@ def test_version_1_store_is_migrated(tmp_path):
     store.record_run(make_run("r2", config_hash="h2", variant="nat.omega=0.06"), RESULTS, FLAGS, CHECKS)
     assert store.get_run("r2").variant == "nat.omega=0.06"
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     con.close()
 
 
