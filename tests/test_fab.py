@@ -12,6 +12,8 @@ import torch
 
 torchattacks = pytest.importorskip("torchattacks")
 
+from natbench.attacks._base import lp_norms  # noqa: E402
+from natbench.attacks._fab_proj import project_l1_hyperplane, project_l2_hyperplane  # noqa: E402
 from natbench.attacks.fab import FABT, fab_random_start, project_linf_hyperplane  # noqa: E402
 from natbench.attacks.square import Square  # noqa: E402
 from natbench.errors import ConfigError  # noqa: E402
@@ -126,3 +128,117 @@ def test_fab_t_standard_is_deterministic_and_misclassified_images_are_not_attack
         out = atk(obj, x, eps=0.3, generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[wrong], x[wrong])  # clean-misclassified images are not attacked
         assert not torch.equal(out[~wrong], x[~wrong])
+
+
+# ------------------------------------------------------------------------ L2 and L1 (issue 16)
+def _tiny_mlp(shape=(1, 8, 8), n=20, seed=0):
+    """A random 2-layer MLP on ``shape`` images, ``n`` uniform images labelled with its predictions
+    except the first two (clean-misclassified)."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(torch.Size(shape).numel(), 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.rand(n, *shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10
+    return model, x, y
+
+
+@pytest.mark.parametrize("norm,eps,shape", [("l2", 0.15, (3, 8, 8)), ("l1", 1.0, (1, 8, 8))])
+def test_fab_t_l2_l1_match_pyautoattack_per_sample(norm, eps, shape):
+    # FAB-T of pyautoattack 0.2.0 (the original's code) with 2 restarts: the second starts at a random
+    # point (torch.randn after manual_seed(0); ours from a generator seeded 0). Without early stop the
+    # very same points (measured: bit-identical); with early stop and stacked targets the same flags.
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    from natbench.attacks._base import with_norm
+
+    model, x, y = _tiny_mlp(shape, n=16)
+    ref = FABAttack_PT(model, norm=norm.upper(), n_restarts=2, n_iter=10, eps=eps, targeted=True, n_target_classes=9,
+                       seed=0, device="cpu").perturb(x, y)
+    f_ref = fooled(model, ref, y)
+    assert 0.2 < f_ref.float().mean().item() < 0.9  # a meaningful comparison: some fooled, some not
+    for early, stack in ((False, "off"), (True, "off"), (True, "on")):
+        restarts = 1 if stack == "on" else 2
+        atk = with_norm(FABT(FABT.Params(n_iter=10, restarts=restarts, early_stop=early, stack_targets=stack)), norm, "t")
+        out = atk(Logits(model, y), x, eps=eps, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(fooled(model, out, y), f_ref), (early, stack)
+        assert (lp_norms(out - x, norm) <= eps * (1 + 1e-6)).all() and out.min() >= 0 and out.max() <= 1
+        if not early:
+            assert torch.equal(out, ref)
+
+
+def test_fab_t_states_its_norms_and_reads_the_bound_one():
+    from natbench.attacks._base import with_norm
+
+    assert FABT.norms == ("linf", "l2", "l1")
+    model, x, y = _tiny_mlp(n=12)
+    fab = FABT(FABT.Params(n_iter=5))
+    linf = fab(Logits(model, y), x, eps=0.05)
+    l2 = with_norm(FABT(FABT.Params(n_iter=5)), "l2", "t")(Logits(model, y), x, eps=0.05)
+    assert not torch.equal(linf, l2)  # another norm, another attack
+    assert (lp_norms(l2 - x, "l2") <= 0.05 * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("n", [20, 64])
+def test_l2_l1_hyperplane_projections_match_pyautoattack(n):
+    from pyautoattack.fab_projections import projection_l1, projection_l2
+
+    g = torch.Generator().manual_seed(0)
+    m = 300
+    t = torch.rand(m, n, generator=g)
+    w = torch.randn(m, n, generator=g)
+    w[::7, :5] = 0  # coordinates that cannot move
+    t[::5, 5:8] = torch.tensor([0.0, 1.0, 0.5])  # on the faces
+    offset = torch.randn(m, generator=g) * torch.linspace(0.01, n, m)
+    b = (w * t).sum(1) + offset  # from hyperplanes near t to ones the box cannot reach
+    for ours, ref, norm in ((project_l2_hyperplane, projection_l2, "l2"), (project_l1_hyperplane, projection_l1, "l1")):
+        d = ours(t, w, b)
+        assert torch.equal(d, ref(t, w.clone(), b.clone())), norm  # the same float operations
+        z = t + d
+        assert z.min() >= -1e-6 and z.max() <= 1 + 1e-6 and (d[::7, :5] == 0).all()
+        reach = ((w * z).sum(1) - b).abs() < 1e-4
+        assert reach.float().mean() > 0.3 and (~reach).any(), norm  # both reachable and unreachable
+
+
+def _dd(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _close(a, b):
+    assert a.shape == b.shape and (a - b).abs().max().item() < 1e-12, (a, b)
+
+
+def test_l2_hyperplane_projection_by_hand():
+    # no coordinate clips: d = -(c / |w|^2) w with c = w.t - b
+    _close(project_l2_hyperplane(_dd([0.5, 0.5]), _dd([1.0, 1.0]), _dd(0.5)), _dd([-0.25, -0.25]))
+    # the other side of the hyperplane: the step goes up
+    _close(project_l2_hyperplane(_dd([0.5, 0.5]), _dd([1.0, 1.0]), _dd(1.5)), _dd([0.25, 0.25]))
+    # c = 0.4: -0.2 each would put t_0 = 0.1 below 0; it stops at its face and the other moves 0.3
+    _close(project_l2_hyperplane(_dd([0.1, 0.5]), _dd([1.0, 1.0]), _dd(0.2)), _dd([-0.1, -0.3]))
+    # three coordinates, weights (2, 1, 0): w=0 never moves; c = 1.5 - 0.25 -> lam = 1.25 / 5
+    _close(project_l2_hyperplane(_dd([0.5, 0.5, 0.5]), _dd([2.0, 1.0, 0.0]), _dd(0.25)),
+                               _dd([-0.5, -0.25, 0.0]))
+    # the box cannot reach the hyperplane: every coordinate moves to its face
+    _close(project_l2_hyperplane(_dd([0.1, 0.2]), _dd([1.0, -1.0]), _dd(-2.0)), _dd([-0.1, 0.8]))
+
+
+def test_l1_hyperplane_projection_by_hand():
+    # the largest |w_i| moves first: c = 0.5 is covered by coordinate 0 alone (0.5 / 2)
+    _close(project_l1_hyperplane(_dd([0.5, 0.5]), _dd([2.0, 1.0]), _dd(1.0)), _dd([-0.25, 0.0]))
+    # c = 0.9: coordinate 0 to its face (0.25 * 2 = 0.5), coordinate 1 the remaining 0.4
+    _close(project_l1_hyperplane(_dd([0.25, 0.5]), _dd([2.0, 1.0]), _dd(0.1)), _dd([-0.25, -0.4]))
+    # negative weight: moving up lowers w.z; the larger |w| goes first
+    _close(project_l1_hyperplane(_dd([0.5, 0.5]), _dd([1.0, -4.0]), _dd(-3.5)), _dd([0.0, 0.5]))
+    _close(project_l1_hyperplane(_dd([0.5, 0.5]), _dd([1.0, -4.0]), _dd(-2.5)), _dd([0.0, 0.25]))
+    # unreachable: every coordinate to its face
+    _close(project_l1_hyperplane(_dd([0.5, 0.5]), _dd([1.0, 1.0]), _dd(-1.0)), _dd([-0.5, -0.5]))
+
+
+def test_fab_random_start_l2_l1_at_half_eps():
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4
+    for norm in ("l2", "l1"):
+        a = fab_random_start(x, 0.4, torch.Generator().manual_seed(1), norm)
+        assert torch.equal(a, fab_random_start(x, 0.4, torch.Generator().manual_seed(1), norm))
+        assert (lp_norms(a - x, norm) - 0.2).abs().max() < 1e-5

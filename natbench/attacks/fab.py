@@ -1,33 +1,37 @@
-"""FAB-T: the targeted L-inf Fast Adaptive Boundary attack, as AutoAttack runs it.
+"""FAB-T: the targeted Fast Adaptive Boundary attack in L-inf, L2 or L1, as AutoAttack runs it.
 
 Croce & Hein, "Minimally distorted Adversarial Examples with a Fast Adaptive Boundary Attack",
 ICML 2020 (Sec. 3, Alg. 1; the targeted version of "Reliable evaluation of adversarial robustness
 with an ensemble of diverse parameter-free attacks", ICML 2020). Implemented after
 ``fra31/auto-attack @ a392200 : autoattack/fab_base.py, fab_pt.py, fab_projections.py``
-(``FABAttack_PT``, ``targeted=True``) with AutoAttack's ``version='standard'`` settings:
+(``FABAttack_PT``, ``targeted=True``, ``norm='Linf'/'L2'/'L1'``) with AutoAttack's
+``version='standard'`` settings (the same for every norm):
 ``n_target_classes=9, n_iter=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9``.
 
-For target rank k = 2, ..., n_target_classes + 1 (target ``t`` = the class with the k-th largest
-clean logit) and every restart, on the images still robust (clean-correct and not yet fooled):
+The norm is the threat model's (``self.norm``, bound by ``_base.with_norm``); ``|.|`` below is that
+norm, computed as the original does (:func:`fab_dist`). For target rank k = 2, ...,
+n_target_classes + 1 (target ``t`` = the class with the k-th largest clean logit) and every
+restart, on the images still robust (clean-correct and not yet fooled):
 
 - f(x') = z_t(x') - z_y(x') and its input gradient g (``torch.autograd`` on the logits objective;
   the original's ``get_diff_logits_grads_batch_targeted``). The linearised boundary at the iterate
   x1 is the hyperplane ``{z : g.z = g.x1 - f(x1)}``;
-- d1, d2: the minimal L-inf steps from x1 and from the clean x0 onto that hyperplane inside the box
-  [0, 1]^d (:func:`project_linf_hyperplane`, Croce & Hein's Prop. 3.1 solved by sorting);
-- ``alpha = clamp(|d1|_inf / (|d1|_inf + |d2|_inf), 0, alpha_max)`` (norms floored at 1e-8);
+- d1, d2: the minimal steps in the norm from x1 and from the clean x0 onto that hyperplane inside
+  the box [0, 1]^d (Croce & Hein's Prop. 3.1: :func:`project_linf_hyperplane`, solved by sorting;
+  ``_fab_proj.project_l2_hyperplane`` / ``project_l1_hyperplane``, the original's projections);
+- ``alpha = clamp(|d1| / (|d1| + |d2|), 0, alpha_max)`` (norms floored at 1e-8);
   ``x1 <- clamp((1 - alpha)(x1 + eta d1) + alpha (x0 + eta d2), 0, 1)``;
-- if x1 is misclassified (any class != y): keep it when ``|x1 - x0|_inf`` is the smallest so far,
+- if x1 is misclassified (any class != y): keep it when ``|x1 - x0|`` is the smallest so far,
   then step back towards x0: ``x1 <- x0 + beta (x1 - x0)``.
 
-The first restart starts at x0; restart r > 0 at ``x0 + (eps/2) u / |u|_inf``, ``u ~ U(-1, 1)``
-(drawn from ``generator``), clamped to [0, 1]. With the standard single restart FAB-T is
-deterministic. Final check (as the original): the minimal point found counts, and is returned, only
-if it is misclassified and ``|x_adv - x|_inf <= eps``; every other image is returned unchanged.
-``n_target_classes`` is capped at ``num_classes - 1``.
+The first restart starts at x0; restart r > 0 at ``x0 + (eps/2) u / |u|``, ``u ~ U(-1, 1)`` (L-inf)
+or ``u ~ N(0, 1)`` (L2, L1) drawn from ``generator``, clamped to [0, 1]. With the standard single
+restart FAB-T is deterministic. Final check (as the original): the minimal point found counts, and
+is returned, only if it is misclassified and ``|x_adv - x| <= eps``; every other image is returned
+unchanged. ``n_target_classes`` is capped at ``num_classes - 1``.
 
 Objective kind ``"logits"``: the objective is called on sub-batches of rows (the still-robust
-ones), as the original calls the model. Threat model: ``||x_adv - x||_inf <= eps``, [0, 1].
+ones), as the original calls the model. Threat model: ``||x_adv - x||_p <= eps``, [0, 1].
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._base import NORMS, LinfAttack, check_eps
+from natbench.attacks._fab_proj import project_l1_hyperplane, project_l2_hyperplane
 from natbench.errors import ConfigError
 
 
@@ -79,6 +84,21 @@ def _linf(d: Tensor) -> Tensor:
     return d.flatten(1).abs().amax(dim=1)
 
 
+def fab_dist(d: Tensor, norm: str) -> Tensor:
+    """Per-row ``||d||_p`` in ``norm``, computed as the original does (L2: ``sqrt(sum d^2)``)."""
+    if norm == "linf":
+        return _linf(d)
+    if norm == "l2":
+        return (d.flatten(1) ** 2).sum(dim=1).sqrt()
+    if norm == "l1":
+        return d.flatten(1).abs().sum(dim=1)
+    raise ValueError(f"unknown norm {norm!r}; one of {', '.join(NORMS)}")
+
+
+#: the hyperplane-box projection of each norm
+PROJECTIONS = {"linf": project_linf_hyperplane, "l2": project_l2_hyperplane, "l1": project_l1_hyperplane}
+
+
 def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
@@ -94,20 +114,27 @@ def diff_logits_grad(objective, x: Tensor, y: Tensor, target: Tensor) -> tuple[T
     return f.detach(), g.detach()
 
 
-def fab_random_start(x0: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
-    """The start of restarts r > 0: ``clamp(x0 + (eps / 2) u / |u|_inf, 0, 1)``, ``u ~ U(-1, 1)`` per
-    pixel from ``generator`` (on its own device; the global RNG of ``x0``'s device when None)."""
+def fab_random_start(x0: Tensor, eps: float, generator: torch.Generator | None = None, norm: str = "linf") -> Tensor:
+    """The start of restarts r > 0: ``clamp(x0 + (eps / 2) u / |u|_p, 0, 1)`` per pixel from
+    ``generator`` (on its own device; the global RNG of ``x0``'s device when None), with the original's
+    draw per norm: ``u ~ U(-1, 1)`` for L-inf, ``u ~ N(0, 1)`` for L2 and L1."""
     dev = x0.device if generator is None else generator.device
-    u = (2 * torch.rand(x0.shape, generator=generator, device=dev) - 1).to(x0.device, x0.dtype)
-    return (x0 + eps * u / _view(_linf(u), u) * 0.5).clamp(0.0, 1.0)
+    if norm == "linf":
+        u = (2 * torch.rand(x0.shape, generator=generator, device=dev) - 1).to(x0.device, x0.dtype)
+        return (x0 + eps * u / _view(_linf(u), u) * 0.5).clamp(0.0, 1.0)
+    u = torch.randn(x0.shape, generator=generator, device=dev).to(x0.device, x0.dtype)
+    if norm == "l2":
+        return (x0 + eps * u / _view(fab_dist(u, "l2"), u) * 0.5).clamp(0.0, 1.0)
+    return (x0 + eps * u / _view(fab_dist(u, norm), u) / 2).clamp(0.0, 1.0)
 
 
 def fab_targeted_single_run(
     objective, x0: Tensor, y: Tensor, target: Tensor, *, n_iter: int, alpha_max: float, eta: float,
     beta: float, start: Tensor | None = None, stop_at: float | None = None, group: Tensor | None = None,
+    norm: str = "linf",
 ) -> tuple[Tensor, Tensor]:
-    """One targeted FAB run (L-inf): ``(adv, dist)``, the misclassified point of smallest L-inf
-    distance found per image (``dist = inf`` and ``adv = x0`` where none was found).
+    """One targeted FAB run in ``norm``: ``(adv, dist)``, the misclassified point of smallest
+    distance (:func:`fab_dist`) found per image (``dist = inf`` and ``adv = x0`` where none was found).
 
     ``stop_at`` (early stop; AutoAttack passes its eps): a row leaves the batch as soon as it has a
     misclassified point within ``stop_at``. Whether it ends fooled (misclassified within eps) is
@@ -118,6 +145,7 @@ def fab_targeted_single_run(
     evaluated on the rows still in the batch (rows are independent: the model is evaluated, not trained).
     """
     bs = x0.shape[0]
+    project = PROJECTIONS[norm]
     adv_out = x0.clone()
     dist_out = torch.full((bs,), float("inf"), device=x0.device, dtype=x0.dtype)
     rows = torch.arange(bs, device=x0.device)
@@ -132,8 +160,8 @@ def fab_targeted_single_run(
         w = g.flatten(1)
         b = (w * x1.flatten(1)).sum(1) - f
         n = xs.shape[0]
-        d = project_linf_hyperplane(torch.cat((x1.flatten(1), xs.flatten(1))), torch.cat((w, w)), torch.cat((b, b)))
-        a = _linf(d).clamp_min(1e-8)
+        d = project(torch.cat((x1.flatten(1), xs.flatten(1))), torch.cat((w, w)), torch.cat((b, b)))
+        a = fab_dist(d, norm).clamp_min(1e-8)
         a1, a2 = a[:n], a[n:]
         alpha = _view((a1 / (a1 + a2)).clamp(0.0, alpha_max), xs)
         d1, d2 = d[:n].view_as(xs), d[n:].view_as(xs)
@@ -141,7 +169,7 @@ def fab_targeted_single_run(
         with torch.no_grad():
             is_adv = objective(x1).argmax(1) != ys
         if bool(is_adv.any()):
-            t = _linf(x1 - xs)
+            t = fab_dist(x1 - xs, norm)
             better = is_adv & (t < dist)
             adv = torch.where(_view(better, xs), x1, adv)
             dist = torch.where(better, t, dist)
@@ -163,16 +191,17 @@ def fab_targeted_single_run(
 
 
 class FABT(LinfAttack):
-    """Targeted L-inf FAB (Croce & Hein, ICML 2020) with AutoAttack's standard FAB-T settings."""
+    """Targeted FAB (Croce & Hein, ICML 2020) in L-inf, L2 or L1, AutoAttack's standard FAB-T settings."""
 
     name = "fab-t"
     objective_kind = "logits"
+    norms = NORMS
 
     @dataclass(frozen=True)
     class Params:
         n_target_classes: int = 9  # targets: the classes with the 2nd..(n+1)-th largest clean logit
         n_iter: int = 100  # iterations per target and restart
-        restarts: int = 1  # per target; restart r > 0 starts at a random point at L-inf distance eps/2
+        restarts: int = 1  # per target; restart r > 0 starts at a random point at distance eps/2
         alpha_max: float = 0.1  # cap of the step's bias towards the clean image
         eta: float = 1.05  # overshoot of the projection step
         beta: float = 0.9  # backward step towards the clean image after a success
@@ -192,7 +221,7 @@ class FABT(LinfAttack):
 
     def __call__(self, objective, x: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         eps = check_eps(eps)
-        p = self.params
+        p, norm = self.params, self.norm
         x = x.detach()
         y = objective.y.to(x.device).long()
         out = x.clone()
@@ -205,27 +234,27 @@ class FABT(LinfAttack):
         stop_at = eps if p.early_stop else None
         stack = p.stack_targets == "on" or (p.stack_targets == "auto" and x.device.type == "cuda")
         if stack and p.restarts == 1:
-            return self._stacked(objective, x, y, out, robust, ranking, ranks, eps, stop_at)
+            return self._stacked(objective, x, y, out, robust, ranking, ranks, eps, stop_at, norm)
         for k in ranks:
             for r in range(p.restarts):
                 idx = robust.nonzero().flatten()
                 if idx.numel() == 0:
                     return out
                 x0, y0, t0 = x[idx], y[idx], ranking[idx, -k]
-                start = fab_random_start(x0, eps, generator) if r > 0 else None
+                start = fab_random_start(x0, eps, generator, norm) if r > 0 else None
                 adv, dist = fab_targeted_single_run(
                     objective, x0, y0, t0, n_iter=p.n_iter, alpha_max=p.alpha_max, eta=p.eta, beta=p.beta,
-                    start=start, stop_at=stop_at,
+                    start=start, stop_at=stop_at, norm=norm,
                 )
                 cand = (dist <= eps).nonzero().flatten()  # only these can be fooled; the rest is not re-evaluated
                 with torch.no_grad():
-                    ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (_linf(adv[cand] - x0[cand]) <= eps)
+                    ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (fab_dist(x0[cand] - adv[cand], norm) <= eps)
                 fooled = cand[ok]
                 out[idx[fooled]] = adv[fooled]
                 robust[idx[fooled]] = False
         return out
 
-    def _stacked(self, objective, x, y, out, robust, ranking, ranks, eps, stop_at) -> Tensor:
+    def _stacked(self, objective, x, y, out, robust, ranking, ranks, eps, stop_at, norm) -> Tensor:
         """Every target of every still-robust image in one batch (target-major rows): per image the
         result of the sequential cascade, i.e. of the first target (in rank order) that fools it.
         Exact: with one restart FAB-T draws nothing, and the rows are independent."""
@@ -239,10 +268,11 @@ class FABT(LinfAttack):
         t0 = torch.cat([ranking[idx, -k] for k in ranks])
         group = torch.arange(n, device=x.device).repeat(m)
         adv, dist = fab_targeted_single_run(objective, x0, y0, t0, n_iter=p.n_iter, alpha_max=p.alpha_max, eta=p.eta,
-                                            beta=p.beta, stop_at=stop_at, group=group if stop_at is not None else None)
+                                            beta=p.beta, stop_at=stop_at, group=group if stop_at is not None else None,
+                                            norm=norm)
         cand = (dist <= eps).nonzero().flatten()
         with torch.no_grad():
-            ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (_linf(adv[cand] - x0[cand]) <= eps)
+            ok = (objective(adv[cand]).argmax(1) != y0[cand]) & (fab_dist(x0[cand] - adv[cand], norm) <= eps)
         first = torch.full((n,), m * n, device=x.device, dtype=torch.long)
         first.scatter_reduce_(0, group[cand[ok]], cand[ok], "amin")  # the earliest target's row per image
         hit = first < m * n
