@@ -165,18 +165,24 @@ class ClassificationTask(TaskBase):
         ``objective`` is the kind the task builds for the attack, or a builder ``(model, batch) ->
         objective``. Every attacked batch is checked to lie in the eps-ball and [0, 1]. A batch that
         runs out of CUDA memory is evaluated in halves (recursively, per-sample results in order);
-        the size that fitted is kept for the following batches (``max_eval_batch``).
+        the size that fitted is kept for the following batches (``max_eval_batch``). A minimum-norm
+        attack (``minimum_norm``: cw-l2, fmn) adds ``accuracy@<e>`` per eps of its ``eps_grid`` and
+        ``median_norm`` from its per-sample minimal norms (:mod:`natbench.attacks._minnorm`).
         """
         eps = self.threat.eps if eps is None else eps
         build = objective if callable(objective) else (lambda m, b: self.objective(m, b, objective))
         correct, all_logits, all_y = [], [], []
+        min_norms = [] if getattr(attack, "minimum_norm", False) else None  # a minimum-norm attack's per-sample norms
 
         def run(batch: Batch) -> Tensor:
             x = batch.x
             if attack is not None:
                 x = self.attacked(attack, build, model, batch, eps, generator)
             with torch.no_grad():
-                return model(x)
+                z = model(x)
+            if min_norms is not None:
+                min_norms.append(attack.last_norms.cpu())
+            return z
 
         with eval_mode(model):
             for batch in loader:
@@ -192,4 +198,6 @@ class ClassificationTask(TaskBase):
         metrics = {"accuracy": flags.float().mean().item() if len(flags) else float("nan")}
         if with_sparsity and all_logits:
             metrics.update(sparsity.summary(torch.cat(all_logits), torch.cat(all_y)))
+        if min_norms:  # accuracy@<e> over the attack's eps_grid and median_norm (natbench.attacks._minnorm)
+            metrics.update(attack.metrics(torch.cat(min_norms), eps))
         return EvalOut(metrics, flags)
