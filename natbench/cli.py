@@ -204,9 +204,17 @@ def eval_(
     eval_bf16: bool = typer.Option(False, "--eval-bf16", help="Evaluate under bf16 autocast (CUDA only; recorded with every result)"),
     force: bool = typer.Option(False, "--force", help="A checkpoint that differs from the recorded one is evaluated as a new model, replacing all its results"),
     threads: Optional[int] = ThreadsOpt,
+    threat_model: Optional[str] = typer.Option(None, "--threat-model", help="NORM:EPS to evaluate under (l2:0.5, l1:5, linf:8/255; default: the run's own); stored apart, one leaderboard table per threat model"),
 ) -> None:
     """Evaluate a finished run again (another suite, or one checkpoint) and add the results; or, with
     --task and --model, an outside model (an external run; evaluating it again adds missing attacks)."""
+    if threat_model is not None:
+        from .threats import parse
+
+        parse(threat_model)  # a bad value: one line before anything else
+        if model is not None or task is not None:
+            raise ConfigError("--threat-model: applies to a finished run (natbench eval RUN_ID --threat-model l2:0.5), "
+                              "not to an outside model (--model)")
     if model is not None or task is not None:
         from .cli_eval import eval_external
 
@@ -216,7 +224,7 @@ def eval_(
         raise ConfigError("natbench eval: give a RUN_ID, or --task T --model SPEC for an outside model")
     from .cli_eval import eval_run
 
-    eval_run(run_id, suite, checkpoint, device, _root(root), db, data_root, eval_bf16, force, threads)
+    eval_run(run_id, suite, checkpoint, device, _root(root), db, data_root, eval_bf16, force, threads, threat_model)
 
 
 @app.command()
@@ -231,11 +239,13 @@ def leaderboard(
                                 "than the terminal) | headline (clean, headline attack, worst-case, flags) | all"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Published numbers (RobustBench model_info JSON: a file, "
                                              "a list, or a directory) shown as rows marked reported (docs/external.md)"),
+    threat_model: Optional[str] = typer.Option(None, "--threat-model", help="Only the table of this threat model, NORM:EPS "
+                                               "(l2:0.5, linf:8/255); default: one table per threat model evaluated"),
 ) -> None:
-    """Print the leaderboard: one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
+    """Print the leaderboard: one table per threat model, one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
     from .cli_output import leaderboard as print_leaderboards
 
-    print_leaderboards(task, fmt, write, _root(root), db, out_dir, columns, reference)
+    print_leaderboards(task, fmt, write, _root(root), db, out_dir, columns, reference, threat_model)
 
 
 @app.command()

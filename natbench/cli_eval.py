@@ -12,8 +12,10 @@ from .errors import ConfigError
 
 
 def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, root: Path, db: Optional[str],
-             data_root: Optional[str], eval_bf16: bool, force: bool, threads: Optional[int]) -> None:
-    """``natbench eval RUN_ID``: ``suite`` (default: the run's own) on ``checkpoint`` (best, last or both)."""
+             data_root: Optional[str], eval_bf16: bool, force: bool, threads: Optional[int],
+             threat_model: Optional[str] = None) -> None:
+    """``natbench eval RUN_ID``: ``suite`` (default: the run's own) on ``checkpoint`` (best, last or both),
+    under ``threat_model`` (``NORM:EPS``; default the run's own; :mod:`natbench.threats`)."""
     from .config import from_dict
     from .registry import get_registry
     from .resolve import check_suite, data_root as resolve_data_root, load_suite, task_kind_cls
@@ -24,11 +26,16 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
 
     if checkpoint not in (*CHECKPOINTS, "both"):
         raise ConfigError(f"--checkpoint {checkpoint!r}: expected best, last or both")
+    from .threats import parse
+
+    threat = parse(threat_model) if threat_model is not None else None
     reg = get_registry()
     apply(threads)
     r = run_from_dir(root, run_id, reg)
     s = load_suite(reg, suite) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
     check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
+    if threat is not None:
+        check_norm(reg, s, threat[0])
     setup_logging()
     from .distributed import Dist
 
@@ -41,9 +48,19 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
     cks = CHECKPOINTS if checkpoint == "both" else (checkpoint,)
     from .suite import add_suite
 
-    add_suite(runner, r, run_id, s, cks, force=force, note_numerics=True)  # every file verified before any compute
+    add_suite(runner, r, run_id, s, cks, force=force, note_numerics=True, threat=threat)  # files verified before compute
     if runner.dist.is_main:  # data-parallel: rank 0 records and prints
-        print_leaderboard(runner.store, r.task, "table")
+        own = (getattr(r.spec.threat_model, "norm", "linf"), float(r.spec.threat_model.eps))
+        print_leaderboard(runner.store, r.task, "table", threat_model=threat or own)
+
+
+def check_norm(reg, suite, norm: str) -> None:
+    """Every attack of ``suite`` supports ``norm`` (its class's ``norms``), before anything is computed."""
+    for a in suite.attacks:
+        supported = tuple(getattr(reg.load("attacks", a.attack), "norms", ("linf",)))
+        if norm not in supported:
+            raise ConfigError(f"--threat-model {norm}: attack '{a.attack}' (suite.{a.id}) supports {', '.join(supported)} only; "
+                              f"pick a suite for {norm} (natbench list attacks) or another --threat-model")
 
 
 def eval_external(run_id, task, model, weights, name, normalize, suite, device, root: Path, db, data_root) -> None:

@@ -31,8 +31,9 @@ def Table(*args, **kwargs):  # noqa: N802 - rich.table.Table, imported when a ta
 
 
 def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Optional[str], out_dir: Optional[Path],
-                columns: str, reference: Optional[Path]) -> None:
-    """``natbench leaderboard``: the tables of ``task`` (or every task) from the store of ``root``/``db``."""
+                columns: str, reference: Optional[Path], threat_model: Optional[str] = None) -> None:
+    """``natbench leaderboard``: the tables of ``task`` (or every task) from the store of ``root``/``db``,
+    one per threat model (or only ``threat_model``, ``NORM:EPS``)."""
     from . import leaderboard as lb
     from .errors import ConfigError
     from .store import Store, store_exists, store_url
@@ -41,6 +42,9 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
         raise ConfigError(f"--format {fmt!r}: expected one of table, {', '.join(lb.FORMATS)}")
     if columns not in ("auto", "headline", "all"):
         raise ConfigError(f"--columns {columns!r}: expected auto, headline or all")
+    from .threats import parse
+
+    threat = parse(threat_model) if threat_model is not None else None
     if not store_exists(root, db):
         from .errors import RunError
 
@@ -56,35 +60,55 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
     if write:
         for t in tasks:
             for p in lb.write(store, out_dir or root / "leaderboards", t,
-                              lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS):
+                              lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS, threat_model=threat):
                 print(f"wrote {p}", file=sys.stderr)
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
 
         from .reference import apply as with_reference
 
-        frames = [with_reference(lb.table(store, t), store, t, reference).assign(task=t) for t in tasks]
+        frames = [with_reference(df, store, t, reference if i == 0 else None).assign(task=t)
+                  for t in tasks for i, df in enumerate(lb.tables(store, t, threat_model=threat))]
         df = pd.concat(frames, ignore_index=True)
         df = df[["task", *[c for c in df.columns if c != "task"]]]
         sys.stdout.write(lb.render(df, fmt))
         return
     for t in tasks:
-        print_leaderboard(store, t, fmt, columns, reference)
+        print_leaderboard(store, t, fmt, columns, reference, threat_model=threat)
 
 
-def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None) -> None:
-    """One task's leaderboard: ``fmt`` "table" (rich; the headline view when too wide for the terminal
-    and ``columns`` is "auto"), or md/csv/json/html text on stdout."""
+def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None,
+                      threat_model: Optional[tuple] = None) -> None:
+    """One task's leaderboard, one table per threat model (or only ``threat_model`` ``(norm, eps)``):
+    ``fmt`` "table" (rich; the headline view when too wide for the terminal and ``columns`` is
+    "auto"), or md/csv/json/html text on stdout (csv/json: one frame, the ``norm``/``eps`` columns
+    naming each row's threat model; md: a titled table per threat model; html: the page)."""
     from . import leaderboard as lb
     from .reference import apply as with_reference
 
-    df = with_reference(lb.table(store, task), store, task, reference)
+    # published reference numbers (RobustBench, L-inf by default) go with the first table only
+    frames = [with_reference(df, store, task, reference if i == 0 else None)
+              for i, df in enumerate(lb.tables(store, task, threat_model=threat_model))]
     if fmt != "table":
-        text = lb.html_page(store, task, df) if fmt == "html" else lb.render(df, fmt)  # html: the page --write writes
+        if fmt == "html":  # the page --write writes
+            text = lb.html_page(store, task, frames)
+        elif fmt == "md" and len(frames) > 1:
+            text = "\n".join(f"## {task} — {df.attrs['threat_title']}\n\n{lb.render(df, fmt)}" for df in frames)
+        else:
+            text = lb.render(frames[0] if len(frames) == 1 else lb.concat(frames), fmt)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    for df in frames:
+        _print_table(df, task, columns)
+
+
+def _print_table(df, task: str, columns: str) -> None:
+    """One threat model's table on the terminal (rich)."""
+    from . import leaderboard as lb
+
     metrics = df.attrs.get("metric", "accuracy").split("/")
-    key_cols = [c for c in ("defense", "source", "profile", "variant", "checkpoint", "seeds", "reference") if c in df.columns]
+    key_cols = [c for c in ("defense", "source", "profile", "variant", "trained", "checkpoint", "seeds", "reference")
+                if c in df.columns]
     flagged = "flags" in df.columns and bool((df["flags"] != "").any())
     recs = df.to_dict("records")
 
@@ -107,7 +131,7 @@ def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", referen
         groups = grouped(lb.headline_columns(df))
     what = ("headline view: clean, headline attack, worst case; --columns all for every column" if headline
             else "± = 95 % interval; avg over " + (", ".join(df.attrs.get("avg_attacks", [])) or "no attack"))
-    table = Table(title=f"{task} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'}"
+    table = Table(title=f"{task} — {df.attrs.get('threat_title', '?')} — {'/'.join(metrics)} (%) on the test set, sorted by {df.attrs.get('sort_by') or 'defense'}"
                   f"{lb.suites_text(df, ', suite{s} {names}')} ({what})",
                   title_justify="left")
     for c in key_cols:  # names are never cut: pgd-at, pgd-at+nat and pgd-at+myreg must stay apart

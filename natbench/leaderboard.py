@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from natbench import threats
 from natbench.errors import RunError
 
 from .leaderboard_render import (FORMATS, WRITE_FORMATS_HTML, _WRITE_FORMATS, cell, headline_columns,  # noqa: F401
@@ -76,10 +77,16 @@ class _Context:
     group_of: dict[str, str]  # attack id -> worst-case column name ("worst-case" or "worst-case @8/255")
     autoattack: list[str]  # attack ids that are AutoAttack
     threat_eps: str = ""  # the runs' threat-model eps as text ("8/255") when they share one
+    threat: tuple = ()  # the table's threat model (norm, eps)
+    key_of: dict = None  # run id -> the threat-model key its rows of this table are stored under ('' = own)
+
+    def key(self, run_id: str) -> str:
+        return (self.key_of or {}).get(run_id, "")
 
 
-def _context(store, task: str, profile: str | None) -> _Context:
-    res = store.results(task)
+def _runs(store, task: str, profile: str | None):
+    """``(results under every threat model, the runs (one per config and numerics), their RunInfo)``."""
+    res = store.results(task, threat=None)
     if res.empty:
         raise RunError(f"No results for task '{task}' in {store.path}. "
                        f"Run: natbench run --task {task} --defense vanilla")
@@ -90,7 +97,7 @@ def _context(store, task: str, profile: str | None) -> _Context:
         if runs.empty:
             raise RunError(f"No results for task '{task}' with profile '{profile}' in {store.path}. "
                            f"Run: natbench run --task {task} --defense vanilla --profile {profile}")
-    from .provenance import numerics_label, with_numerics
+    from .provenance import numerics_label
 
     # re-runs of an identical config count once; a result computed under other numerics (a --force
     # rerun with other threads/device/torch: natbench.provenance) is its own row, "numerics=<tag>"
@@ -98,6 +105,46 @@ def _context(store, task: str, profile: str | None) -> _Context:
     runs = (runs.sort_values(["finished", "run_id"])
             .drop_duplicates(["config_hash", "_numerics"], keep="last"))
     info = run_info(store, runs)
+    res = res[res["run_id"].isin(runs["run_id"])]
+    res = res.assign(_threat=[_own(info[r]) if not k else threats.from_key(k) for r, k in zip(res["run_id"], res["threat"])])
+    return res, runs, info
+
+
+def _own(i: RunInfo) -> tuple[str, float]:
+    """The threat model a run was trained under (linf where its config predates the field)."""
+    return (i.norm or "linf", i.eps)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """The same threat model (an unknown eps, NaN, equal to another unknown one of the same norm)."""
+    return threats.same(a, b) or (a[0] == b[0] and a[1] != a[1] and b[1] != b[1])
+
+
+def threat_models(store, task: str, *, profile: str | None = None, _base=None) -> list[tuple[str, float]]:
+    """The threat models ``(norm, eps)`` the task's results were evaluated under, in table order
+    (:func:`natbench.threats.order`: L-inf, L2, L1, each by eps)."""
+    res = (_base or _runs(store, task, profile))[0]
+    found: list[tuple[str, float]] = []
+    for t in res["_threat"]:
+        if not any(_same(t, f) for f in found):
+            found.append(t)
+    return sorted(found, key=threats.order)
+
+
+def _context(store, task: str, profile: str | None, threat: tuple | None = None, base=None) -> _Context:
+    res, runs, info = base or _runs(store, task, profile)
+    if threat is None:
+        threat = threat_models(store, task, _base=(res, runs, info))[0]
+    everything = res
+    res = res[[_same(t, threat) for t in res["_threat"]]]
+    if res.empty:
+        have = ", ".join(f"{n}:{eps_text(e)}" for n, e in threat_models(store, task, _base=(everything, runs, info)))
+        raise RunError(f"No results for task '{task}' under {threats.describe(*threat)} in {store.path}. "
+                       f"Evaluated under: {have}. Run: natbench eval RUN --threat-model {threat[0]}:{eps_text(threat[1])}")
+    key_of = dict(zip(res["run_id"], res["threat"]))
+    runs = runs[runs["run_id"].isin(res["run_id"])]
+    from .provenance import with_numerics
+
     runs = runs.assign(variant=[with_numerics(info[r].variant, n) for r, n in zip(runs["run_id"], runs["_numerics"])],
                        _ident=[info[r].ident for r in runs["run_id"]])
     # two identities under one (defense, profile, variant) text (e.g. a spec file under a name that is
@@ -107,24 +154,31 @@ def _context(store, task: str, profile: str | None) -> _Context:
             for i in grp.index:
                 v = runs.at[i, "variant"]
                 runs.at[i, "variant"] = (f"{v} " if v else "") + f"[config {runs.at[i, '_ident'][:8]}]"
-    res = res[res["run_id"].isin(runs["run_id"])].drop(columns=["variant"])
+    res = res.drop(columns=["variant", "threat", "_threat"])
     res = res.merge(runs[["run_id", "variant", "_ident"]], on="run_id")
+    own_runs = [r for r in runs["run_id"] if not key_of.get(r)]  # rows under the run's own threat model
     # avg: the attacks of the suite most runs were configured with (real runs store it in their config),
-    # else the most common list of attack ids the store keeps per run; clean and escalations never
-    configured = Counter(info[r].suite for r in runs["run_id"] if info[r].suite)
-    if configured:
+    # else the most common list of attack ids the store keeps per run; clean and escalations never.
+    # A run evaluated under another threat model (natbench eval --threat-model) counts with what it was
+    # evaluated with there.
+    attack_list = lambda ids: tuple(a for a in ids if a != "clean" and not a.startswith(ESCALATED_PREFIX))  # noqa: E731
+    configured = Counter(info[r].suite for r in own_runs if info[r].suite)
+    foreign = Counter(attack_list(dict.fromkeys(res.loc[res["run_id"] == r, "attack"])) for r in runs["run_id"] if key_of.get(r))
+    if configured and sum(configured.values()) >= sum(foreign.values()):
         avg_attacks = list(configured.most_common(1)[0][0])
+    elif foreign:
+        avg_attacks = list(foreign.most_common(1)[0][0])
     else:
-        stored = Counter(tuple(a for a in s if a != "clean" and not a.startswith(ESCALATED_PREFIX)) for s in runs["suite"])
+        stored = Counter(attack_list(s) for r, s in zip(runs["run_id"], runs["suite"]) if r in own_runs)
         avg_attacks = list(stored.most_common(1)[0][0]) if stored else []
     # eps groups of the worst case: attacks with their own eps (re-id's 8/255 and 10/255) apart from
     # those at the run's threat-model eps (the rest, escalations included)
     own: dict[str, float] = {}
-    for r in runs["run_id"]:
+    for r in own_runs:
         for aid, e in info[r].attack_eps.items():
             if e == e and e != info[r].eps:
                 own.setdefault(aid, e)
-    threat_eps = {info[r].eps for r in runs["run_id"] if info[r].eps == info[r].eps}
+    threat_eps = {threat[1]} if threat[1] == threat[1] else set()
     groups = list(dict.fromkeys(own.values()))
     if not groups:
         group_of: dict[str, str] = {}
@@ -134,20 +188,36 @@ def _context(store, task: str, profile: str | None) -> _Context:
         group_of = {aid: f"worst-case @{eps_text(e)}" for aid, e in own.items()}
     attacks = set(res["attack"]) - {"clean"}
     group_of = {a: group_of.get(a, default) for a in attacks}
-    autoattack = list(dict.fromkeys(aid for r in runs["run_id"] for aid, name in info[r].suite_attacks.items()
-                                    if name in AUTOATTACK))
+    autoattack = list(dict.fromkeys([aid for r in own_runs for aid, name in info[r].suite_attacks.items() if name in AUTOATTACK]
+                                    + [a for a in attacks if a in AUTOATTACK and any(key_of.values())]))
     return _Context(store, task, res, runs, info, avg_attacks, group_of, autoattack,
-                    eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "")
+                    eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "", tuple(threat), key_of)
 
 
-def table(store, task: str, metric: str | None = None, *, profile: str | None = None) -> pd.DataFrame:
+def tables(store, task: str, metric: str | None = None, *, profile: str | None = None,
+           threat_model: tuple | None = None) -> list[pd.DataFrame]:
+    """One :func:`table` per threat model the task's results were evaluated under (L-inf, L2, L1, each
+    by eps), or only ``threat_model`` ``(norm, eps)``. A table never mixes threat models: its ``avg``
+    and ``worst-case`` are over attacks of its own threat model only; a run evaluated under another
+    threat model than it was trained under (``natbench eval --threat-model``) is a row of that
+    model's table, its ``trained`` column naming what it was trained under."""
+    base = _runs(store, task, profile)
+    chosen = [threat_model] if threat_model is not None else threat_models(store, task, _base=base)
+    return [table(store, task, metric, profile=profile, threat_model=t, _base=base) for t in chosen]
+
+
+def table(store, task: str, metric: str | None = None, *, profile: str | None = None,
+          threat_model: tuple | None = None, _base=None) -> pd.DataFrame:
     """The leaderboard of ``task`` for ``metric`` (default: :func:`task_metrics`). With several
     metrics (re-id's mAP and rank-1) every value column appears once per metric, named
     ``"<column> <metric>"`` (``clean mAP``, ``clean rank1``, ``sma-8 mAP``, ...) and the worst case
-    ``"worst-case <metric> @<eps>"``, attack by attack. ``profile`` keeps one recipe profile."""
+    ``"worst-case <metric> @<eps>"``, attack by attack. ``profile`` keeps one recipe profile.
+    ``threat_model`` ``(norm, eps)``: the table of that threat model; default the first of
+    :func:`threat_models` (``attrs["threat_models"]`` lists them all; :func:`tables` gives every one)."""
     all_metrics = task_metrics(store, task)
     metrics = (metric,) if metric else all_metrics
-    ctx = _context(store, task, profile)
+    base = _base or _runs(store, task, profile)
+    ctx = _context(store, task, profile, threat_model, base)
     # the worst case: per sample where the flags are what the metric counts, else (detection's mAP,
     # a metric that is not per sample) the minimum over attacks of the task's only metric
     per_sample = any(m in FLAG_METRICS for m in all_metrics)
@@ -155,11 +225,22 @@ def table(store, task: str, metric: str | None = None, *, profile: str | None = 
               for m in metrics]
     out = frames[0] if len(frames) == 1 else _merge_metrics(frames, metrics, ctx.threat_eps)
     out = _sort(out, ctx, metrics)
-    out.attrs.update(task=task, metric="/".join(metrics), avg_attacks=list(ctx.avg_attacks))
+    out.attrs.update(task=task, metric="/".join(metrics), avg_attacks=list(ctx.avg_attacks), threat=ctx.threat,
+                     threat_title=threats.describe(*ctx.threat), threat_models=threat_models(store, task, _base=base))
     _label_suites(out, ctx)
     from .reference import mark_sources  # outside models (natbench eval --model): source column, seeds "-"
 
     return mark_sources(out, set(ctx.runs.loc[ctx.runs["profile"] == "external", "run_id"]))
+
+
+def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several tables (of :func:`tables`) as one frame for csv/json: rows one after another, their
+    ``norm``/``eps`` columns naming each row's threat model, provenance columns last."""
+    out = pd.concat(frames, ignore_index=True)
+    tail = [c for c in ("flags", *META_COLS) if c in out.columns]
+    out = out[[c for c in out.columns if c not in tail] + tail]
+    out.attrs = dict(frames[0].attrs)
+    return out
 
 
 def _label_suites(out: pd.DataFrame, ctx: _Context) -> None:
@@ -247,8 +328,8 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
     for col in dict.fromkeys(ctx.group_of[a] for a in attacks if a != "clean"):
         group = [a for a in attacks if a != "clean" and ctx.group_of[a] == col]
         if worst == "sample" and "clean" in attacks and len(group) >= 2:
-            vals = [_worst_case(store, r["run_id"], r["checkpoint"], ["clean", *[a for a in group if r[a] == r[a]]])
-                    for r in wide.to_dict("records")]
+            vals = [_worst_case(store, r["run_id"], r["checkpoint"], ["clean", *[a for a in group if r[a] == r[a]]],
+                                ctx.key(r["run_id"])) for r in wide.to_dict("records")]
         elif worst == "min" and group:
             vals = [min((r[a] for a in group if r[a] == r[a]), default=np.nan) for r in wide.to_dict("records")]
         else:
@@ -256,7 +337,7 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
         if any(w == w for w in vals):  # per sample: only when flags were stored
             wide[col] = vals
             value_cols.append(col)
-    n_test = {(r, c): _n_test(store, r, c) for r, c in zip(wide["run_id"], wide["checkpoint"])}
+    n_test = {(r, c): _n_test(store, r, c, ctx.key(r)) for r, c in zip(wide["run_id"], wide["checkpoint"])}
     bf16 = set(ctx.res.loc[(ctx.res["metric"] == "bf16_autocast") & (ctx.res["value"] > 0), "run_id"])
     rows = []
     for keyvals, idx in wide.groupby(key, sort=False, dropna=False).groups.items():
@@ -273,14 +354,19 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
             proportion = metric in FLAG_METRICS and col != "avg"  # avg is a mean of correlated proportions
             row[f"{col}_lo"], row[f"{col}_hi"] = interval(have, n, proportion)
             row[f"{col}_std"] = float(np.std(have, ddof=1)) if len(have) > 1 else np.nan
-        row["flags"] = _failed_checks(store, wide, key, row, bf16)
+        row["flags"] = _failed_checks(store, wide, key, row, bf16, ctx.key)
         infos = [ctx.info[r] for r in run_ids]
-        row.update(norm=_one(i.norm for i in infos), eps=_one(i.eps for i in infos), epochs=_one(i.epochs for i in infos),
+        trained = [_own(i) for i in infos]  # the row's runs differ in seed only: one training threat model
+        row["trained"] = _one(threats.short(*t) for t in trained)
+        row["_other"] = any(not _same(t, ctx.threat) for t in trained)
+        # norm, eps: the threat model the row was evaluated under (the table's); trained: what it was trained under
+        row.update(norm=ctx.threat[0], eps=ctx.threat[1], epochs=_one(i.epochs for i in infos),
                    n_test=n if n is not None else np.nan, natbench=_one(i.version for i in infos), run_ids=" ".join(run_ids))
         rows.append(row)
     out = pd.DataFrame(rows)
     several = bool((out["seeds"] > 1).any())
-    cols = [c for c in KEY_COLS if c != "variant" or (out["variant"] != "").any()] + ["seeds"]
+    shown = {"variant": (out["variant"] != "").any(), "trained": out["_other"].any()}  # only when some row needs them
+    cols = [c for c in KEY_COLS if shown.get(c, True)] + ["seeds"]
     for col in value_cols:
         cols += [col, f"{col}_lo", f"{col}_hi"] + ([f"{col}_std"] if several else [])
     cols += (["flags"] if (out["flags"] != "").any() else []) + [c for c in META_COLS if c in out.columns]  # suite: added by _label_suites
@@ -305,10 +391,10 @@ def _one(values):
     return known[0] if len(known) == 1 else " ".join(map(str, known))
 
 
-def _n_test(store, run_id: str, checkpoint: str) -> int | None:
+def _n_test(store, run_id: str, checkpoint: str, threat: str = "") -> int | None:
     """Test points of one evaluation: the length of its stored clean flags (None without flags)."""
     try:
-        flags = store.flags(run_id, checkpoint)
+        flags = store.flags(run_id, checkpoint, threat)
     except Exception:  # noqa: BLE001 - an old store without flags
         return None
     clean = flags.get("clean")
@@ -318,24 +404,25 @@ def _n_test(store, run_id: str, checkpoint: str) -> int | None:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _worst_case(store, run_id: str, checkpoint: str, attacks: list[str]) -> float:
+def _worst_case(store, run_id: str, checkpoint: str, attacks: list[str], threat: str = "") -> float:
     """Percent of test samples correct on clean inputs AND under every one of ``attacks`` (the row's
     common suite attacks and the run's escalated ones; :meth:`Store.worst_case`); NaN without flags
     or with flags of different lengths."""
     try:
-        return 100.0 * store.worst_case(run_id, checkpoint, attacks)
+        return 100.0 * store.worst_case(run_id, checkpoint, attacks, threat)
     except (RunError, ValueError):
         return float("nan")
 
 
-def _failed_checks(store, wide: pd.DataFrame, key: list[str], row: dict, bf16: set[str] = frozenset()) -> str:
+def _failed_checks(store, wide: pd.DataFrame, key: list[str], row: dict, bf16: set[str] = frozenset(),
+                   threat_of=lambda run_id: "") -> str:
     """``"! name, name (docs/flags.md)"`` for the sanity checks any run of the row failed, plus
     ``bf16_eval`` when a run of the row was evaluated under bf16 autocast; else ''."""
     cols = {k: row[k] for k in key}
     runs = wide.loc[(wide[list(cols)] == pd.Series(cols)).all(axis=1), "run_id"].unique()
     failed: dict[str, None] = {}
     for run_id in runs:
-        chk = store.checks(run_id)
+        chk = store.checks(run_id, threat_of(run_id))
         chk = chk[(chk["checkpoint"] == cols["checkpoint"]) & ~chk["passed"]]
         failed.update(dict.fromkeys(chk["name"]))
     if bf16.intersection(runs):

@@ -147,41 +147,53 @@ def _meta(col: str, v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def html_page(store, task: str, df: pd.DataFrame | None = None) -> str:
-    """The self-contained leaderboard page of ``task``: the table (click a header to sort), a
-    clean-vs-robust scatter (one point per row, error bars over seeds), the cost of each row, the
-    estimated budget of each attack and the flags with their details. Images are embedded (base64
-    PNG), CSS and the few lines of sorting JS are inline: nothing is fetched."""
+def html_page(store, task: str, df: "pd.DataFrame | list[pd.DataFrame] | None" = None) -> str:
+    """The self-contained leaderboard page of ``task``: per threat model (one section each,
+    :func:`natbench.leaderboard.tables`) the table (click a header to sort), what each row was measured
+    on and a clean-vs-robust scatter (one point per row, error bars over seeds); then the cost of each
+    row, the estimated budget of each attack and the flags with their details. ``df``: one table frame
+    or a list of them (default: every threat model's). Images are embedded (base64 PNG), CSS and the
+    few lines of sorting JS are inline: nothing is fetched."""
     import tempfile as _tf
 
     from .analysis import html as H
     from .analysis.plots import clean_vs_robust_plot
 
-    df = L.table(store, task) if df is None else df
+    frames = L.tables(store, task) if df is None else (list(df) if isinstance(df, (list, tuple)) else [df])
+    df = frames[0] if len(frames) == 1 else L.concat(frames)
     metric = str(df.attrs.get("metric", "accuracy"))
-    header, rows, numeric = _cells(df)
     source = getattr(store, "path", None)
     source = Path(str(source)).name if source and "://" not in str(source) else "the results store"
     parts = [f"<p>Generated from {H.esc(source)} by <code>natbench leaderboard --format html --write</code>; "
              f"do not edit by hand. Values are test {H.esc(metric)} in percent, mean over seeds ± the larger half of the "
              f"cell's 95 % interval (Wilson over test points, widened by the spread over seeds; docs/leaderboard.md); "
-             f"<code>avg</code> is the mean over {H.esc(', '.join(df.attrs.get('avg_attacks', [])) or 'no attack')} only; rows are "
-             f"sorted by {H.esc(df.attrs.get('sort_by') or 'defense')}, descending; "
+             f"<code>avg</code> is the mean over the table's own attacks only; rows are "
+             f"sorted by the headline robustness, descending; "
              f"<b>best</b> = checkpoint selected on the validation split, <b>last</b> = final epoch. "
-             f"Click a column header to sort.</p>",
-             "<h2>Leaderboard</h2>", H.table(header, rows, numeric=numeric, sortable=True)]
-    meta = [c for c in ("defense", "profile", "variant", "checkpoint", *L.META_COLS) if c in df.columns]
-    if "run_ids" in df.columns:
-        mrows = [[_fmt(v) if c not in ("eps", "epochs", "n_test") else _meta(c, v) for c, v in zip(meta, rec)]
-                 for rec in df[meta].itertuples(index=False)]
-        parts += ["<h3>What each row was measured on</h3>", H.table(meta, mrows, sortable=True)]
-    points, xlabel, caption = scatter_points(df)
-    if points:
-        ylabel = "robust (%): " + ", ".join(dict.fromkeys(p["column"] for p in points))
-        with _tf.TemporaryDirectory() as tmp:
-            png = clean_vs_robust_plot(points, Path(tmp) / "scatter.png", f"{task}: clean against robust, one point per row",
-                                       xlabel, ylabel)
-            parts += ["<h2>Clean against robust</h2>", H.img(png, "clean against robust", caption)]
+             f"One table per threat model: no <code>avg</code> or worst case mixes two; <code>trained</code> names "
+             f"the threat model a row was trained under where it is not the table's. "
+             f"Click a column header to sort.</p>"]
+    for i, f in enumerate(frames):
+        title = f.attrs.get("threat_title", "")
+        header, rows, numeric = _cells(f)
+        parts += [f"<h2>Leaderboard{(' — ' + H.esc(title)) if title else ''}</h2>",
+                  f"<p><code>avg</code>: mean over {H.esc(', '.join(f.attrs.get('avg_attacks', [])) or 'no attack')}; "
+                  f"sorted by {H.esc(f.attrs.get('sort_by') or 'defense')}.</p>",
+                  H.table(header, rows, numeric=numeric, sortable=True)]
+        meta = [c for c in ("defense", "profile", "variant", "trained", "checkpoint", *L.META_COLS) if c in f.columns]
+        if "run_ids" in f.columns:
+            mrows = [[_fmt(v) if c not in ("eps", "epochs", "n_test") else _meta(c, v) for c, v in zip(meta, rec)]
+                     for rec in f[meta].itertuples(index=False)]
+            parts += ["<h3>What each row was measured on</h3>", H.table(meta, mrows, sortable=True)]
+        points, xlabel, caption = scatter_points(f)
+        if points:
+            ylabel = "robust (%): " + ", ".join(dict.fromkeys(p["column"] for p in points))
+            with _tf.TemporaryDirectory() as tmp:
+                png = clean_vs_robust_plot(points, Path(tmp) / f"scatter{i}.png",
+                                           f"{task}{(' — ' + title) if title else ''}: clean against robust, one point per row",
+                                           xlabel, ylabel)
+                parts += [f"<h3>Clean against robust{(' — ' + H.esc(title)) if title else ''}</h3>",
+                          H.img(png, "clean against robust", caption)]
     ch, cr, per_attack = cost_rows(store, task, df)
     if cr:
         parts += ["<h2>Cost of each row</h2>", H.table(ch, cr, numeric=[False] * (len(ch) - 6) + [True] * 4 + [False, False], sortable=True),

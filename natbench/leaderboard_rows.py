@@ -18,8 +18,9 @@ import math
 from dataclasses import dataclass, field
 
 #: the row key: runs of a row differ in seed only (the hidden ``_ident`` makes sure of it)
-KEY_COLS = ("defense", "profile", "variant", "checkpoint")
-#: per-row provenance columns (csv/json; the html page shows them in their own table)
+KEY_COLS = ("defense", "profile", "variant", "trained", "checkpoint")  # trained: only in a table of another threat model
+#: per-row provenance columns (csv/json; the html page shows them in their own table); ``norm``/``eps``:
+#: the threat model the row was evaluated under (its table's)
 META_COLS = ("norm", "eps", "epochs", "n_test", "natbench", "suite", "run_ids")  # suite: only when rows differ in it
 #: suffixes of a value column's companions: 95 % interval bounds and the std over seeds
 SUFFIXES = ("_lo", "_hi", "_std")

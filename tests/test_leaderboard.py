@@ -360,12 +360,17 @@ def test_a_spec_of_ones_own_under_a_builtin_name_is_a_variant_row(store, tmp_pat
     _record(store, builtin, {"clean": 0.85, "pgd-20": 0.60})
     _record(store, builtin1, {"clean": 0.83, "pgd-20": 0.58})
     _record(store, own, {"clean": 0.93, "pgd-20": 0.85})
-    df = leaderboard.table(store, "digits").set_index("variant")
+    # eps 0.1 is another threat model: its own table (issue 16: a table never mixes eps), in eps order
+    frames = leaderboard.tables(store, "digits")
+    assert [f.attrs["threat_title"] for f in frames] == ["L-inf eps 0.1", "L-inf eps 0.2"]
+    assert [f["variant"].tolist() if "variant" in f else [""] for f in frames] == [["threat_model.eps=0.1"], [""]]
+    df = pd.concat(frames).fillna({"variant": ""}).set_index("variant")
     assert sorted(df.index) == ["", "threat_model.eps=0.1"]
     assert df.loc["", "seeds"] == 2 and df.loc["threat_model.eps=0.1", "seeds"] == 1
     assert df.loc["threat_model.eps=0.1", "clean"] == 93.0 and df.loc["", "clean"] == 84.0
     # the exports say what each row was measured under (and which runs it holds)
     back = pd.read_csv(io.StringIO(leaderboard.render(df.reset_index(), "csv")), keep_default_na=False)
+    assert "trained" not in back.columns  # each run is in the table of the threat model it was trained under
     assert {"profile", "norm", "eps", "epochs", "n_test", "natbench", "run_ids"} <= set(back.columns)
     rows = back.set_index("variant")
     assert rows.loc["threat_model.eps=0.1", "eps"] == 0.1 and rows.loc["", "eps"] == 0.2
@@ -389,9 +394,9 @@ def test_two_specs_under_one_unregistered_name_are_never_averaged(store, tmp_pat
         runs.append(resolve(reg, str(path), "vanilla", profile="quick", seed=0))
     for r, acc in zip(runs, (0.9, 0.8)):
         _record(store, r, {"clean": acc})
-    df = leaderboard.table(store, "mytask")
-    assert df["seeds"].tolist() == [1, 1] and sorted(df["eps"]) == [0.1, 0.15]
-    assert df["variant"].str.startswith("[config ").all() and df["variant"].nunique() == 2
+    frames = leaderboard.tables(store, "mytask")  # two eps: two threat models, two tables (issue 16)
+    assert [f["seeds"].tolist() for f in frames] == [[1], [1]] and [f["eps"].tolist() for f in frames] == [[0.1], [0.15]]
+    assert [f["clean"].tolist() for f in frames] == [[90.0], [80.0]]
 
 
 def test_written_files_get_the_users_umask(store, tmp_path):
