@@ -106,8 +106,12 @@ def _runs(store, task: str, profile: str | None):
             .drop_duplicates(["config_hash", "_numerics"], keep="last"))
     info = run_info(store, runs)
     res = res[res["run_id"].isin(runs["run_id"])]
-    res = res.assign(_threat=[_own(info[r]) if not k else threats.from_key(k) for r, k in zip(res["run_id"], res["threat"])])
-    return res, runs, info
+    found = [_own(info[r]) if not k else threats.from_key(k) for r, k in zip(res["run_id"], res["threat"])]
+    # a run whose config does not say its eps (a hand-filled store) joins the most common known threat
+    # model of its norm, as it joined the one table before there were several
+    known = Counter(t for t in found if t[1] == t[1])
+    found = [t if t[1] == t[1] else next((k for k, _ in known.most_common() if k[0] == t[0]), t) for t in found]
+    return res.assign(_threat=found), runs, info
 
 
 def _own(i: RunInfo) -> tuple[str, float]:
@@ -358,7 +362,7 @@ def _table(ctx: _Context, metric: str = "accuracy", worst: str | None = "sample"
         infos = [ctx.info[r] for r in run_ids]
         trained = [_own(i) for i in infos]  # the row's runs differ in seed only: one training threat model
         row["trained"] = _one(threats.short(*t) for t in trained)
-        row["_other"] = any(not _same(t, ctx.threat) for t in trained)
+        row["_other"] = any(t[1] == t[1] and not _same(t, ctx.threat) for t in trained)  # an unknown eps: not "other"
         # norm, eps: the threat model the row was evaluated under (the table's); trained: what it was trained under
         row.update(norm=ctx.threat[0], eps=ctx.threat[1], epochs=_one(i.epochs for i in infos),
                    n_test=n if n is not None else np.nan, natbench=_one(i.version for i in infos), run_ids=" ".join(run_ids))
