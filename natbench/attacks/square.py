@@ -1,4 +1,6 @@
-"""Square Attack (L-inf): score-based random search over square-shaped updates.
+"""Square Attack: score-based random search over square-shaped updates (L-inf here; L2 and L1 in
+:mod:`natbench.attacks._square_lp`, the original's windowed updates, chosen by the bound ``self.norm``
+with the same schedule, query loop and acceptance rule).
 
 Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a query-efficient black-box adversarial
 attack via random search", ECCV 2020 (Alg. 1 with the L-inf sampling distribution of Alg. 2).
@@ -36,13 +38,14 @@ as the original calls the model.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._base import NORMS, LinfAttack, check_eps
 from natbench.errors import ConfigError
 
 #: Iterations after which p is halved (``p_selection`` of the original), in increasing order.
@@ -61,9 +64,13 @@ def p_selection(it: int, p_init: float = 0.8, n_queries: int = 5000, rescale: bo
     return p_init / 2**k
 
 
-def square_side(p: float, c: int, h: int, w: int) -> int:
-    """Side of the square for fraction ``p`` of an image with ``c`` channels of ``h x w`` pixels."""
-    s = max(int(round(math.sqrt(p * (c * h * w) / c))), 1)  # the original's float order
+def square_side(p: float, c: int, h: int, w: int, smallest: int = 1, odd: bool = False) -> int:
+    """Side of the square for fraction ``p`` of an image with ``c`` channels of ``h x w`` pixels: at
+    least ``smallest``, made odd (+1) when ``odd``, at most ``min(h, w)`` (L-inf: 1, not odd; the
+    original's L2/L1: 3, odd)."""
+    s = max(int(round(math.sqrt(p * (c * h * w) / c))), smallest)  # the original's float order
+    if odd and s % 2 == 0:
+        s += 1
     return min(s, min(h, w))
 
 
@@ -126,10 +133,11 @@ def square_linf_single_run(
 
 
 class Square(LinfAttack):
-    """L-inf Square Attack (Andriushchenko et al., ECCV 2020), AutoAttack-standard settings."""
+    """Square Attack (Andriushchenko et al., ECCV 2020) in L-inf, L2 or L1, AutoAttack-standard settings."""
 
     name = "square"
     objective_kind = "logits"
+    norms = NORMS
     black_box = True  # queries the model's outputs only, never its gradient
 
     @dataclass(frozen=True)
@@ -152,6 +160,11 @@ class Square(LinfAttack):
         p = self.params
         x = x.detach()
         y = objective.y.to(x.device).long()
+        run = square_linf_single_run
+        if self.norm != "linf":
+            from natbench.attacks._square_lp import square_lp_single_run
+
+            run = functools.partial(square_lp_single_run, norm=self.norm)
         if x.dim() != 4:
             raise ValueError(f"square attack needs images (B, C, H, W), got shape {tuple(x.shape)}")
         out = x.clone()
@@ -162,7 +175,7 @@ class Square(LinfAttack):
             idx = robust.nonzero().flatten()
             if idx.numel() == 0:
                 break
-            x_run, m_run = square_linf_single_run(
+            x_run, m_run = run(
                 objective, x[idx], y[idx], eps=eps, n_queries=p.n_queries, p_init=p.p_init,
                 rescale_schedule=p.rescale_schedule, generator=generator,
             )
