@@ -325,6 +325,22 @@ def test_every_attack_stays_in_the_ball_keeps_the_mode_and_is_reproducible(name,
         outs.append(out)
     if not training:  # in train mode BatchNorm batch statistics depend on the rows an attack queries
         assert torch.equal(outs[0], outs[1]), f"{name} is not reproducible under a fixed generator"
+    # norms (issue 16): a non-empty subset of NORMS; bound to each one it lists, the attack keeps that ball
+    from natbench.attacks._base import NORMS, lp_norms, with_norm
+
+    assert cls.norms and set(cls.norms) <= set(NORMS), f"{name}.norms {cls.norms!r} is not a non-empty subset of {NORMS}"
+    for norm, eps_n in (("l2", 0.5), ("l1", 2.0)):
+        if norm not in cls.norms or training:
+            continue
+        atk_n = with_norm(_fast(cls), norm, name)
+        for dep in getattr(atk_n, "dependencies", ()):
+            torch.manual_seed(1)
+            atk_n.bind(dep.role, task.build_model())
+        obj = composite.adaptive_objective(model, Batch(x, y), task) if composite is not None \
+            else task.objective(model, Batch(x, y), atk_n.objective_kind)
+        out = atk_n(obj, x, eps=eps_n, generator=torch.Generator().manual_seed(5))
+        assert lp_norms((out - x).double(), norm).max() <= eps_n * (1 + 1e-5), f"{name} left the {norm} ball"
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1, f"{name} in {norm} left [0, 1]"
 
 
 # --------------------------------------------------------------------------- Square, FAB-T, GAMA-PGD

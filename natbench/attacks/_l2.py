@@ -1,4 +1,4 @@
-"""PGD in the L2 ball: the pieces of issue 16's L2 threat model (not yet wired to `threat_model.norm`).
+"""PGD in the L2 ball: the pieces of the L2 threat model (used by ``pgd``, ``fgsm``, the L2 training attacks).
 
 Madry et al., ICLR 2018, with the L2 step of their robustness library and of ``torchattacks.PGDL2``
 (v3.5.1), which these functions follow step for step:
