@@ -156,3 +156,21 @@ def test_mart_recipe_follows_the_architecture():
     assert (p.epochs, p.lr, p.weight_decay, p.milestones, p.batch_size) == (90, 0.1, 7e-4, (74, 89), 128)
     assert resolve(reg, "cifar10", "mart+awp", profile="mart").params["mart"].beta == 5.0
     assert resolve(reg, "cifar10", "pgd-at", profile="mart").profile.lr == 0.01  # the schedule as a baseline
+
+
+def test_mart_inner_max_in_l2_is_pgd_l2_from_the_gaussian_start():
+    """norm l2 (issue 16; MART's reference is L-inf only): from x + init_std * N(0, I), each step adds
+    step * g / ||g||_2 and scales into the L2 ball, then [0, 1]; by hand on a linear loss w.x."""
+    from natbench.defenses._common import gaussian_start_ascent
+
+    w = torch.tensor([3.0, 0.0, -4.0, 0.0], dtype=torch.float64)
+    x = torch.full((2, 4), 0.5, dtype=torch.float64)
+    out = gaussian_start_ascent(lambda z: (z @ w).sum(), x, eps=0.3, steps=2, step_size=0.2, init_std=0.001,
+                                generator=torch.Generator().manual_seed(0), norm="l2")
+    n = 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).double()
+    d = n + 0.2 * w / 5
+    d = d * (0.3 / d.norm(dim=1, keepdim=True)).clamp(max=1.0)  # each step scaled back into the ball
+    d = d + 0.2 * w / 5
+    d = d * (0.3 / d.norm(dim=1, keepdim=True)).clamp(max=1.0)
+    assert torch.allclose(out, (x + d).clamp(0, 1), atol=1e-12)
+    assert (out - x).norm(dim=1).max() <= 0.3 + 1e-9

@@ -129,3 +129,59 @@ def test_trades_attack_increases_kl(batch):
         noise = (batch.x + 0.001 * torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
         kl_start = F.kl_div(F.log_softmax(model(noise), 1), F.softmax(z, 1), reduction="sum").item()
     assert kl_adv > 100 * kl_start
+
+
+# --------------------------------------------------------------------------- L2 (issue 16)
+def _authors_l2_loop(model, x_natural, delta0, epsilon, perturb_steps):
+    """A transcription of yaodongyu/TRADES trades.py's ``distance == 'l_2'`` branch (CPU, the start given)."""
+    criterion_kl = torch.nn.KLDivLoss(reduction="sum")
+    batch_size = len(x_natural)
+    delta = delta0.clone().requires_grad_(True)
+    optimizer_delta = torch.optim.SGD([delta], lr=epsilon / perturb_steps * 2)
+    for _ in range(perturb_steps):
+        adv = x_natural + delta
+        optimizer_delta.zero_grad()
+        with torch.enable_grad():
+            loss = (-1) * criterion_kl(F.log_softmax(model(adv), dim=1), F.softmax(model(x_natural), dim=1))
+        loss.backward()
+        grad_norms = delta.grad.view(batch_size, -1).norm(p=2, dim=1)
+        delta.grad.div_(grad_norms.view(-1, 1, 1, 1))
+        optimizer_delta.step()
+        delta.data.add_(x_natural)
+        delta.data.clamp_(0, 1).sub_(x_natural)
+        delta.data.renorm_(p=2, dim=0, maxnorm=epsilon)
+    return torch.clamp(x_natural + delta.detach(), 0.0, 1.0)
+
+
+def test_trades_l2_inner_max_is_the_authors_l2_branch():
+    from helpers import batch8, bn_net64
+
+    model, b = bn_net64(4).eval(), batch8(5, lo=0.0, hi=1.0)
+    eps, steps = 1.0, 5
+
+    class Task(_Task):
+        threat = ThreatModel(norm="l2", eps=eps, train_steps=steps, train_step_size=0.25)  # TRADES uses 2 eps / K
+
+    cache = {}
+    TRADES().prepare(model, b, Task(), cache, torch.Generator().manual_seed(7))
+    delta0 = 0.001 * torch.randn(b.x.shape, generator=torch.Generator().manual_seed(7)).double()
+    ref = _authors_l2_loop(model, b.x, delta0, eps, steps)
+    assert torch.allclose(cache["x_adv"], ref, atol=1e-12)
+    d = (cache["x_adv"] - b.x).flatten(1).norm(dim=1)
+    assert d.max() <= eps + 1e-6 and d.min() > 0.5  # it walked towards the boundary (5 steps of 0.4)
+    assert model.training is False  # prepare restores the mode it found
+
+
+def test_trades_l2_zero_gradient_rows_take_a_random_step():
+    """A constant model has a zero KL gradient: every row steps by -lr * N(0, I) from the generator (the
+    reference's randn_like replacement), then projects; by hand for one step."""
+    from natbench.defenses._common import trades_l2_ascent
+
+    x = torch.full((2, 1, 2, 2), 0.5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    out = trades_l2_ascent(lambda z: (z * 0).sum(), x, eps=0.1, steps=1, step_size=0.05, init_std=0.001, generator=g)
+    g = torch.Generator().manual_seed(3)
+    d0 = 0.001 * torch.randn(x.shape, generator=g).double()
+    r = torch.randn(x.shape, generator=g).double()
+    d = ((x + d0 - 0.05 * r).clamp(0, 1) - x).renorm(p=2, dim=0, maxnorm=0.1)
+    assert torch.allclose(out, x + d)

@@ -5,7 +5,8 @@
   parameter, never an accident of whatever mode the model was left in.
 - :func:`attack_budget`: a defense's ``steps``/``step_size`` params, None meaning the task's
   threat-model values (an explicit 0 is kept).
-- :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1).
+- :func:`gaussian_start_ascent`: the inner maximisation of TRADES and MART (notes Sec. 2.2, 4.1);
+  :func:`trades_l2_ascent`: TRADES' L2 branch.
 - :func:`adaptive_ce` / :func:`kl_per_sample` / :func:`nuclear_adaptive`: per-sample training-loss
   terms at the attacked input, for the ``adaptive`` attack (``adaptive_loss`` hooks).
 - :class:`AdvCE` / :class:`CleanCEPlusAdvTerm`: the declarations (``requires``, ``provides``,
@@ -69,20 +70,66 @@ def attack_budget(params, threat) -> tuple[int, float]:
 
 
 def gaussian_start_ascent(loss_sum: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float,
-                          steps: int, step_size: float, init_std: float, generator: torch.Generator) -> torch.Tensor:
+                          steps: int, step_size: float, init_std: float, generator: torch.Generator,
+                          norm: str = "linf") -> torch.Tensor:
     """Start at ``x + init_std * N(0, I)`` (no clamp before the first step, as in TRADES and MART),
     then ``steps`` times ``x' <- clip_[0,1](min(max(x' + step_size * sign(grad), x - eps), x + eps))``
     ascending ``loss_sum(x')`` (a scalar). Returns a detached tensor clamped to [0, 1].
+
+    ``norm="l2"``: the same start, then PGD-L2 steps (:mod:`natbench.attacks._l2`: ``x' + step_size *
+    g / (||g||_2 + 1e-10)`` per sample, scaled into the L2 ball, clamped to [0, 1]). MART's reference is
+    L-inf only; this is natbench's L2 reading of its inner maximisation (a deviation, said so in mart.py).
     """
+    from ..attacks._l2 import EPS_DIV, project_l2
+
     noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
     x_adv = (x + init_std * noise).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(loss_sum(x_adv), x_adv)
+        if norm == "l2":
+            g = grad.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (grad.dim() - 1)))
+            x_adv = project_l2(x_adv.detach() + step_size * grad / (g + EPS_DIV), x, eps)
+            continue
         x_adv = x_adv.detach() + step_size * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach().clamp(0.0, 1.0)
+
+
+def trades_l2_ascent(kl_sum: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float, steps: int,
+                     step_size: float, init_std: float, generator: torch.Generator) -> torch.Tensor:
+    """The L2 inner maximisation of TRADES, as yaodongyu/TRADES ``trades.py`` (``distance='l_2'``)::
+
+        delta = init_std * N(0, I)
+        K times:  g = d KL_sum(p(x) || p(x + delta)) / d delta
+                  g = g / ||g||_2 per sample; a row with ||g||_2 = 0 gets N(0, I) instead
+                  delta = delta + step_size * g        # SGD (lr = step_size, no momentum) on -KL
+                  (the reference normalises the gradient of -KL and subtracts; the random rows are subtracted)
+                  delta = clamp(x + delta, 0, 1) - x;  delta = renorm(delta, p=2, dim=0, maxnorm=eps)
+        x' = clamp(x + delta, 0, 1)
+
+    The reference's step is ``lr = 2 * eps / K`` (the caller's default). It descends ``-KL`` with
+    ``loss.backward()``; here only ``d/d delta`` is taken (the model's ``.grad`` stay untouched). Its
+    L2 branch draws the Gaussian start once more after the unused L-inf one; natbench draws it once.
+    """
+    view = (-1, *([1] * (x.dim() - 1)))
+    noise = torch.randn(x.shape, generator=generator, device=generator.device).to(device=x.device, dtype=x.dtype)
+    delta = (init_std * noise).detach()
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(kl_sum(x + delta), delta)
+        grad = -grad  # the reference's gradient of its loss, -KL
+        norms = grad.flatten(1).norm(p=2, dim=1)
+        grad = grad / norms.view(view)
+        zero = norms == 0
+        if zero.any():  # "avoid nan or inf if gradient is 0": a random direction (not normalised, as the reference)
+            grad[zero] = torch.randn(grad[zero].shape, generator=generator, device=generator.device).to(x.device, x.dtype)
+        delta = delta.detach() - step_size * grad  # optimizer_delta.step(): SGD, no momentum
+        delta = (x + delta).clamp(0, 1) - x
+        delta = delta.renorm(p=2, dim=0, maxnorm=eps)
+    return (x + delta).detach().clamp(0.0, 1.0)
 
 
 def adaptive_ce(inp) -> torch.Tensor:

@@ -29,6 +29,12 @@ uses 5.0 with lr 0.01 and weight decay 3.5e-3. The two recipes are the cifar10 p
 ``model.arch=wrn34_10``; beta 6), so a recipe never runs on the other script's architecture unless
 ``--set model.arch`` says so. Other profiles (NAT's ``paper``) keep beta 6. ``steps``/``step_size``
 default to the task's threat model (the reference's CIFAR values are 10 steps of 0.007 at eps 0.031).
+
+**L2** (deviation: MART's reference, YisenWang/MART, is L-inf only). In an L2 threat model the inner
+maximisation is PGD-L2 from the same Gaussian start: ``steps`` normalised-gradient steps
+``x' + step_size * g / ||g||_2`` on the CE, each scaled into the L2 ball and clamped to [0, 1]
+(:func:`natbench.defenses._common.gaussian_start_ascent` with ``norm="l2"``), with the task's L2
+``train_step_size``; the outer MART loss is unchanged. L1: refused at resolve time.
 """
 from __future__ import annotations
 
@@ -64,6 +70,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 
 class MART:
     name = "mart"
+    norms = ("linf", "l2")  # L2: natbench's PGD-L2 reading of the inner max (the reference is L-inf only)
     requires = frozenset({"logits"})
     provides = frozenset({"x_adv", "logits_clean", "logits_adv"})
     ce_on = frozenset({"adv"})  # the BCE contains CE(f(x'), y); there is no clean CE term
@@ -86,7 +93,8 @@ class MART:
             objective = task.objective(model, batch, "ce")  # per-sample CE(f(x'), y)
             steps, step_size = attack_budget(p, tm)
             cache["x_adv"] = gaussian_start_ascent(lambda z: objective(z).sum(), batch.x, eps=tm.eps, steps=steps,
-                                                   step_size=step_size, init_std=p.init_std, generator=generator)
+                                                   step_size=step_size, init_std=p.init_std, generator=generator,
+                                                   norm=tm.norm)
 
     def adaptive_loss(self, inp) -> torch.Tensor:
         """Its training loss per sample with the attacked input as x' (the batch means of

@@ -23,6 +23,12 @@ pass is made only when TRADES computed the clean logits itself: when another com
 pass. Deviation: trades_AWP/train_trades_cifar.py (TRADES-AWP) orders its passes x', x (KL target), x
 (CE); ``trades+awp`` keeps TRADES' order x, x', x (same values, the running statistics weight the
 clean batch by 0.181 and the adversarial by 0.09 instead of 0.19 and 0.081 for one step).
+
+**L2** (``threat_model.norm: l2``): the authors' ``distance='l_2'`` branch of ``trades_loss``
+(:func:`natbench.defenses._common.trades_l2_ascent`): SGD on delta with lr ``2 * eps / K``, the per-sample
+L2-normalised gradient of the KL (zero-norm gradients replaced by random ones), projection onto [0, 1]
+and ``renorm`` to the eps-ball. Its step is the authors' ``2 * eps / K``, not the task's
+``train_step_size`` (an explicit ``trades.step_size`` wins). L1: refused at resolve time.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import torch.nn.functional as F
 
 from ..contracts import Batch, LossOut, cached_logits
 from ..errors import ConfigError
-from ._common import CleanCEPlusAdvTerm, attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample
+from ._common import CleanCEPlusAdvTerm, attack_budget, bn_mode, gaussian_start_ascent, kl_per_sample, trades_l2_ascent
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -44,6 +50,7 @@ def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Ten
 
 class TRADES(CleanCEPlusAdvTerm):
     name = "trades"
+    norms = ("linf", "l2")  # the training attack's norms: trades.py's distance 'l_inf' and 'l_2'
 
     @dataclass(frozen=True)
     class Params:
@@ -73,6 +80,11 @@ class TRADES(CleanCEPlusAdvTerm):
                 return trades_kl(z_ref, task.logits(model, batch, x_adv))
 
             steps, step_size = attack_budget(p, tm)
+            if tm.norm == "l2":  # the authors' L2 branch; its step 2 * eps / K unless trades.step_size is set
+                step_size = 2 * tm.eps / steps if p.step_size is None else p.step_size
+                cache["x_adv"] = trades_l2_ascent(kl_sum, batch.x, eps=tm.eps, steps=steps, step_size=step_size,
+                                                  init_std=p.init_std, generator=generator)
+                return
             cache["x_adv"] = gaussian_start_ascent(kl_sum, batch.x, eps=tm.eps, steps=steps, step_size=step_size,
                                                    init_std=p.init_std, generator=generator)
 

@@ -20,6 +20,7 @@ class Vanilla:
     provides = frozenset({"logits_clean"})
     ce_on = frozenset({"clean"})
     select_on = "clean"  # robust validation accuracy is ~0 for every epoch of an undefended model
+    norms = ("linf", "l2", "l1")  # no training attack: trains for a threat model of any norm
 
     @dataclass(frozen=True)
     class Params:
