@@ -122,16 +122,25 @@ _NEEDS = {"square": "logits", "pgd": "ce", "transfer": "labels", "autoattack-ran
 
 
 def escalations(failed: set[str], suite: dict[str, str], steps: dict[str, int],
-                objectives: tuple[str, ...] | list[str]) -> list[tuple[str, str, dict]]:
+                objectives: tuple[str, ...] | list[str], norm: str = "linf",
+                registry=None) -> list[tuple[str, str, dict]]:
     """The escalated evaluations ``(id, attack, params)`` that the ``failed`` checks call for
     (:data:`ESCALATIONS`), each once, skipping an attack the suite (``id -> attack name``) already
-    runs and those whose objective the task (``objectives``) does not offer. The restarts PGD
-    takes the largest step count among the suite's PGD attacks (``steps``; 20 without any)."""
+    runs, those whose objective the task (``objectives``) does not offer and those whose class does
+    not list the threat model's ``norm`` in ``norms`` (looked up in ``registry``, default the built-in
+    one). The restarts PGD takes the largest step count among the suite's PGD attacks (``steps``; 20
+    without any)."""
     out: dict[str, tuple[str, str, dict]] = {}
     in_suite = set(suite.values())
+    if norm != "linf" and registry is None:
+        from .registry import get_registry
+
+        registry = get_registry()
     for name in sorted(failed):
         for aid, attack, params in ESCALATIONS.get(name, ()):
             if aid in out or _NEEDS[attack] not in objectives:
+                continue
+            if norm != "linf" and norm not in getattr(registry.load("attacks", attack), "norms", ("linf",)):
                 continue
             if attack == "pgd":
                 params = {**params, "steps": max(steps.values(), default=20)}
@@ -141,22 +150,37 @@ def escalations(failed: set[str], suite: dict[str, str], steps: dict[str, int],
     return list(out.values())
 
 
+def reach_eps(norm: str, x: torch.Tensor | None) -> float:
+    """An eps at which any image of ``x``'s shape is reachable from any other in ``norm``: L-inf 1,
+    L2 ``sqrt(d)``, L1 ``d`` for ``d`` values per sample (the diameter of [0, 1]^d)."""
+    if norm == "linf":
+        return 1.0
+    d = x[0].numel() if x is not None else 1
+    return {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[norm]
+
+
 def model_checks(task, model, loader, *, device, generator: torch.Generator | None = None,
-                 large_eps: float = 1.0, max_large_eps_acc: float = 0.05, min_nonzero_grad: float = 0.5) -> list[Check]:
+                 large_eps: float | None = None, max_large_eps_acc: float = 0.05, min_nonzero_grad: float = 0.5,
+                 registry=None) -> list[Check]:
     """Checks that need the model itself (Athalye et al. 2018, Sec. 3.1; Carlini et al. 2019, Sec. 5):
 
     - ``deterministic``: two eval-mode forward passes give the same logits (else the defense is
       randomized: evaluate it with EOT, ``autoattack-rand``);
     - ``gradient_nonzero``: the input gradient of the CE objective is non-zero for at least
       ``min_nonzero_grad`` of the test samples;
-    - ``large_eps_reaches_zero``: PGD-20 at ``large_eps`` (1.0 = any image is reachable) leaves at
-      most ``max_large_eps_acc`` accuracy.
+    - ``large_eps_reaches_zero``: PGD-20 (step eps/4) in the task's threat-model norm at ``large_eps``
+      (default :func:`reach_eps` of the norm: any image reachable) leaves at most ``max_large_eps_acc``
+      accuracy. L1 has no PGD in natbench: there the check runs APGD-CE (20 iterations) in L1 when the
+      ``apgd-ce`` attack of ``registry`` lists ``l1`` in its norms; otherwise it is skipped, and the
+      recorded check says so (passed, with the reason).
     """
+    from .attacks._base import with_norm
     from .attacks.pgd import PGD
 
+    norm = getattr(getattr(task, "threat", None), "norm", "linf")
     was = model.training
     model.eval()
-    max_diff, nonzero, total = 0.0, 0, 0
+    max_diff, nonzero, total, shape = 0.0, 0, 0, None
     try:
         for batch in loader:
             batch = batch.to(device)
@@ -169,14 +193,30 @@ def model_checks(task, model, loader, *, device, generator: torch.Generator | No
                 (g,) = torch.autograd.grad(task.objective(model, batch, "ce")(x).sum(), x)
             nonzero += int((g.flatten(1).abs().amax(1) > 0).sum())
             total += len(x)
+            shape = shape if shape is not None or not len(x) else batch.x[:1]
     finally:
         model.train(was)
     out = [Check("deterministic", max_diff == 0.0, f"max |logit difference| between two passes {max_diff:.3g}")]
     frac = nonzero / max(total, 1)
     out.append(Check("gradient_nonzero", frac >= min_nonzero_grad,
                      f"input gradient non-zero for {nonzero}/{total} samples"))
-    attack = PGD(PGD.Params(steps=20, step_size=large_eps / 4))
-    acc = task.evaluate(model, loader, attack, eps=large_eps, generator=generator, device=device).metrics["accuracy"]
+    eps = reach_eps(norm, shape) if large_eps is None else large_eps
+    label = {"linf": "", "l2": " L2", "l1": " L1"}[norm]
+    if norm == "l1":
+        if registry is None:
+            from .registry import get_registry
+
+            registry = get_registry()
+        cls = registry.load("attacks", "apgd-ce")
+        if "l1" not in getattr(cls, "norms", ("linf",)):
+            out.append(Check("large_eps_reaches_zero", True, "skipped: no L1 attack in natbench can run it "
+                                                             "(apgd-ce lists no l1), and L1 has no PGD"))
+            return out
+        attack, what = cls(cls.Params(steps=20)), "APGD-CE-20"
+    else:
+        attack, what = PGD(PGD.Params(steps=20, step_size=eps / 4)), "PGD-20"
+    with_norm(attack, norm, "check large_eps_reaches_zero")
+    acc = task.evaluate(model, loader, attack, eps=eps, generator=generator, device=device).metrics["accuracy"]
     out.append(Check("large_eps_reaches_zero", acc <= max_large_eps_acc,
-                     f"accuracy {100 * acc:.2f}% under PGD-20 at eps {large_eps:g}"))
+                     f"accuracy {100 * acc:.2f}% under{label} {what} at eps {eps:g}"))
     return out

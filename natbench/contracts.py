@@ -127,10 +127,17 @@ class LossOut:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """The perturbation set: ``norm`` ball of radius ``eps`` around inputs in [0, 1]."""
+    """The perturbation set: ``norm`` ball of radius ``eps`` around inputs in [0, 1].
 
-    norm: str = "linf"  # only "linf" for now
-    eps: float = 8 / 255  # radius, in [0,1] pixel units
+    ``norm``: ``linf`` (``max_i |delta_i| <= eps``), ``l2`` (``||delta||_2 <= eps``) or ``l1``
+    (``sum_i |delta_i| <= eps``), over all pixels and channels of one input, in [0, 1] pixel units
+    (RobustBench: CIFAR-10 L-inf 8/255, L2 0.5). L-inf eps lies in [0, 1]; L2/L1 radii grow with the
+    input dimension. Every attack states the norms it implements (``norms``); the evaluation binds this
+    one (:func:`natbench.attacks._base.with_norm`), and a defense's training attack runs in it.
+    """
+
+    norm: str = "linf"  # "linf" | "l2" | "l1" (natbench.attacks._base.NORMS)
+    eps: float = 8 / 255  # radius in `norm`, in [0,1] pixel units
     train_steps: int = 10  # steps of the training-time attack (defenses use it unless overridden)
     train_step_size: float = 2 / 255  # step of the training-time attack
 

@@ -63,7 +63,8 @@ def _escalations(task: Any, suite: Any, ran: set, registry: Any) -> dict[str, di
     attacks = {a.id: a.attack for a in suite.attacks}
     steps = {a.id: from_dict(reg.load("attacks", a.attack).Params, a.params, f"suite.{a.id}.params").steps
              for a in suite.attacks if a.attack == "pgd"}
-    planned = escalations(set(ESCALATIONS), attacks, steps, getattr(task, "OBJECTIVES", ()))
+    norm = getattr(getattr(task, "threat", None), "norm", "linf")  # escalations run in the run's norm only
+    planned = escalations(set(ESCALATIONS), attacks, steps, getattr(task, "OBJECTIVES", ()), norm, reg)
     return {aid: {"attack": name, "params": params} for aid, name, params in planned if aid in ran}
 
 

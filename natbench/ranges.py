@@ -29,6 +29,8 @@ STEP = "[0, 1]"  # a step size or radius in [0, 1] pixel units
 STEPS = f"[0, {BIG}]"
 RESTARTS = f"[1, {BIG}]"
 FRACTION = "[0, 1]"
+LP_EPS = "[0, 10000]"  # a threat model's radius in any norm (L-inf: [0, 1], checked by ThreatCfg.validate)
+LP_STEP = "(0, 10000]"
 
 _DEF = "natbench.defenses"
 _ATT = "natbench.attacks"
@@ -42,9 +44,11 @@ RANGES: dict[str, dict[str, str]] = {
                                      "momentum": "[0, 1)", "weight_decay": "[0, 1]", "milestones": STEPS, "gamma": "[0, 10]",
                                      "eval_batch_size": "[1, 1000000]", "lr_points": f"[0, {BIG}]",
                                      "cycle_momentum": "[0, 1)"},
-    "natbench.taskspec.SelectionCfg": {"steps": STEPS, "step_size": STEP},
-    "natbench.taskspec.ThreatCfg": {"eps": STEP, "train_steps": f"[1, {BIG}]", "train_step_size": "(0, 1]"},
-    "natbench.contracts.ThreatModel": {"eps": STEP, "train_steps": f"[1, {BIG}]", "train_step_size": "(0, 1]"},
+    "natbench.taskspec.SelectionCfg": {"steps": STEPS, "step_size": LP_EPS},
+    # L2/L1 radii grow with the input dimension: up to taskspec.MAX_LP_EPS (ThreatCfg.validate keeps L-inf in [0, 1])
+    "natbench.taskspec.ThreatCfg": {"eps": LP_EPS, "train_steps": f"[1, {BIG}]", "train_step_size": LP_STEP},
+    "natbench.taskspec.NormDefaults": {"eps": LP_EPS, "train_steps": f"[1, {BIG}]", "train_step_size": LP_STEP},
+    "natbench.contracts.ThreatModel": {"eps": LP_EPS, "train_steps": f"[1, {BIG}]", "train_step_size": LP_STEP},
     # ---- task kinds
     "natbench.tasks.reid.task.ReIDTask.Params": {"height": "[8, 4096]", "width": "[8, 4096]", "num_instances": "[1, 1000]",
                                                  "label_smooth": "[0, 1)", "triplet_margin": "[0, 100]", "weight_ce": LOSS_WEIGHT,
@@ -93,7 +97,7 @@ RANGES: dict[str, dict[str, str]] = {
     f"{_ATT}.gama.GAMAPGD.Params": {"steps": STEPS, "step_size": STEP, "milestones": STEPS, "drop": "(0, 1000]",
                                     "w_reg": LOSS_WEIGHT, "lambda_steps": STEPS, "restarts": RESTARTS},
     f"{_ATT}.ifgsm.IFGSM.Params": {"steps": STEPS, "step_size": STEP, "eps": STEP},
-    f"{_ATT}.pgd.PGD.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
+    f"{_ATT}.pgd.PGD.Params": {"steps": STEPS, "step_size": LP_EPS, "restarts": RESTARTS},  # L2 steps may exceed 1
     f"{_ATT}.rap.RAP.Params": {"steps": STEPS, "step_size": STEP, "objectness_thresh": FRACTION, "shape_weight": LOSS_WEIGHT,
                                "shape_target": "[-100, 100]"},
     f"{_ATT}.sma.SMA.Params": {"steps": STEPS, "step_size": STEP, "eps": STEP},

@@ -109,7 +109,8 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
     pname = profile or spec.default_profile
     if pname not in spec.profiles:
         raise ConfigError(f"--profile '{pname}': task {spec.task} has no such profile.{suggest(pname, spec.profiles)} Available: {', '.join(spec.profiles)}")
-    suite = load_suite(reg, suite or spec.profiles[pname].suite or spec.suite)
+    named_suite = suite or spec.profiles[pname].suite  # --suite, else the profile's (they win over a norm's suite)
+    suite = load_suite(reg, named_suite or spec.suite)
     cfg = {
         "task": to_dict(spec),
         "profile": pname,
@@ -119,13 +120,37 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         "seed": seed,
     }
     del cfg["task"]["profiles"]  # only the selected profile is part of the run (as `training`)
+    cfg["task"].pop("threat_models", None)  # per-norm defaults: applied below, not part of the run
     _apply_sets(reg, cfg, _profile_sets(reg, spec.profiles[pname].sets, cfg), plan)  # the profile's own overrides (not a variant)
     pristine = _typed(reg, cfg, plan, kind_cls)
     if not sets:
         return Resolved.of(pristine, pristine)
     cfg = copy.deepcopy(cfg)  # the typed pristine may share nested values of type Any with cfg
     _apply_sets(reg, cfg, sets, plan)
-    return Resolved.of(_typed(reg, cfg, plan, kind_cls, suite=pristine.suite), pristine)  # --set cannot change the suite
+    norm_suite = _norm_defaults(spec, cfg, sets)
+    if cfg["task"]["threat_model"]["norm"] == pristine.spec.threat_model.norm:
+        return Resolved.of(_typed(reg, cfg, plan, kind_cls, suite=pristine.suite), pristine)  # --set cannot change the suite
+    if not named_suite and norm_suite:  # another norm: its own suite, unless --suite or the profile names one
+        cfg["suite"] = to_dict(load_suite(reg, norm_suite))
+    return Resolved.of(_typed(reg, cfg, plan, kind_cls), pristine)  # the suite checked in the run's norm
+
+
+def _norm_defaults(spec: TaskSpec, cfg: dict, sets) -> str:
+    """Apply the spec's ``threat_models.<norm>`` defaults when ``--set threat_model.norm`` chose a norm other
+    than the spec's own: each field not given by an explicit ``--set threat_model.<field>`` (which wins).
+    Returns that norm's default suite ("" when none)."""
+    tm = cfg["task"]["threat_model"]
+    norm = tm.get("norm")
+    if norm == spec.threat_model.norm or norm not in spec.threat_models:
+        return ""
+    explicit = {tuple(path[-1:]) for path, _ in parse_set(sets)
+                if list(path[:-1]) in (["threat_model"], ["task", "threat_model"])}
+    d = spec.threat_models[norm]
+    for name in ("eps", "train_steps", "train_step_size"):
+        value = getattr(d, name)
+        if value is not None and (name,) not in explicit:
+            tm[name] = value
+    return d.suite
 
 
 def _profile_sets(reg: Registry, sets, cfg: dict, components_only: bool = False) -> list[str]:
@@ -177,6 +202,7 @@ def _typed(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type, suite: 
         check_model_cfg(spec.model, "task.model")  # the architecture exists and fits its settings: no run folder otherwise
     profile = from_dict(ProfileCfg, cfg["training"], "training")
     params = compose.check_params(plan, cfg["defense"]["params"])
+    check_defense_norm(plan, spec.threat_model.norm)
     if suite is None:
         suite = from_dict(SuiteSpec, cfg["suite"], "suite")
         check_suite(reg, suite, plan, kind_cls, spec)
@@ -186,11 +212,15 @@ def _typed(reg: Registry, cfg: dict, plan: compose.Plan, kind_cls: type, suite: 
 
 
 def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: type, spec: TaskSpec) -> None:
-    """Every attack of ``suite`` exists, takes its params, gets an objective the task (or, for kind
-    ``"defense"``, the run's composition) offers, and names dependency defenses that exist."""
+    """Every attack of ``suite`` exists, takes its params, supports the threat model's norm, gets an
+    objective the task (or, for kind ``"defense"``, the run's composition) offers, and names dependency
+    defenses that exist."""
+    from .attacks._base import with_norm
+
     for a in suite.attacks:
         cls = reg.load("attacks", a.attack)
         attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
+        with_norm(attack, spec.threat_model.norm, f"suite.{a.id}")
         obj = a.objective or cls.objective_kind
         if obj == DEFENSE_OBJECTIVE:  # built by the runner from the composition, not by the task
             if "logits" not in getattr(kind_cls, "OBJECTIVES", ("logits",)):
@@ -208,6 +238,31 @@ def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: t
         for dep in getattr(attack, "dependencies", ()):  # a bad surrogate name fails now, not after training
             if not dep.run:
                 compose.plan(dep.defense, reg, frozenset(kind_cls.capabilities), spec.kind)
+
+
+#: why a base defense trains in no L1 ball (the message of the refusal)
+L1_TRAINING = ("L1 adversarial training has no reference recipe in natbench; train in linf or l2 and evaluate in l1 "
+               "with `natbench eval RUN --threat-model l1:EPS`")
+
+
+def check_defense_norm(plan: compose.Plan, norm: str) -> None:
+    """Every component that attacks during training runs its attack in the threat model's ``norm``: a
+    component's class lists the norms it trains in as ``norms``; a base defense without the attribute
+    trains in L-inf only, the other components (regularizers, weight perturbations, averagers) use the
+    base's x' and train in any norm unless they say otherwise."""
+    from .attacks._base import NORMS
+
+    for c in plan.components:
+        norms = tuple(getattr(c.cls, "norms", ("linf",) if c.kind == "defenses" else NORMS))
+        if norm in norms:
+            continue
+        if norm == "l1" and c.kind == "defenses":
+            raise ConfigError(f"threat_model.norm: {c.name} trains in {', '.join(norms)}; {L1_TRAINING}")
+        others = [n for n in ("pgd-at", "trades", "mart") if n != c.name]
+        fix = f"pick a base that trains in {norm} (e.g. {', '.join(others)})" if norm == "l2" and c.kind == "defenses" \
+            else "drop it from --defense"
+        raise ConfigError(f"threat_model.norm: {c.name}'s training attack supports the norms {', '.join(norms)}, not "
+                          f"'{norm}'; train with --set threat_model.norm={norms[0]} or {fix}")
 
 
 def with_defense(reg: Registry, r: Resolved, defense: str, sets: tuple[str, ...] | list[str] = ()) -> Resolved:

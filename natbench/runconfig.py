@@ -29,7 +29,7 @@ NOT_HASHED = (("task", "data", "num_workers"), ("training", "gpu_resident"), ("t
 #: fields added after runs were stored: absent from the hash when empty, so old hashes hold
 ABSENT_WHEN_EMPTY = (("task", "params"), ("training", "sets"), ("training", "cycle_momentum"))
 #: TaskSpec fields that are not part of a run's task (only the selected profile is, as ``training``)
-_SPEC_ONLY = ("profiles", "default_profile")
+_SPEC_ONLY = ("profiles", "default_profile", "threat_models")
 
 
 @dataclass(frozen=True)

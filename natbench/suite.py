@@ -129,11 +129,11 @@ class SuiteEvaluator:
         found = suite_checks(acc, steps, black_box)
         found += attack_checks(j.attack for j in jobs)  # AutoAttack's Square check (the original's warning)
         if "ce" in getattr(task, "OBJECTIVES", ()):
-            found += model_checks(task, self.model, self.test_loader, device=self.device,
+            found += model_checks(task, self.model, self.test_loader, device=self.device, registry=self.registry,
                                   generator=torch.Generator().manual_seed(derive_seed(r.seed, "check", ckpt)))
         failed = {c.name for c in found if not c.passed}
         extra = [self.job(*e) for e in escalations(failed, {j.id: j.name for j in jobs}, steps,
-                                                   getattr(task, "OBJECTIVES", ()))]
+                                                   getattr(task, "OBJECTIVES", ()), task.threat.norm, self.registry)]
         if extra:
             # a gradient-masking symptom: run the stronger attack it calls for (docs/flags.md)
             self.reporter.message(f"{r.run_id} [{ckpt}]: {', '.join(sorted(failed))} failed; running "
@@ -198,8 +198,10 @@ class SuiteEvaluator:
 
     def job(self, aid: str, name: str, params: dict, objective: str | None = None) -> Job:
         """One attack of a suite (or an escalation), instantiated, its dependencies bound."""
+        from .attacks._base import with_norm
+
         cls = self.registry.load("attacks", name)
-        attack = cls(from_dict(cls.Params, params, f"suite.{aid}.params"))
+        attack = with_norm(cls(from_dict(cls.Params, params, f"suite.{aid}.params")), self.task.threat.norm, f"suite.{aid}")
         for dep in getattr(attack, "dependencies", ()):
             attack.bind(dep.role, self.dependency_model(self.r, dep, evaluated=self.run_dir.name))
         return Job(aid, name, attack, objective or cls.objective_kind, bool(getattr(cls, "black_box", False)))

@@ -98,17 +98,43 @@ class SelectionCfg:
     step_size: float | None = None  # None: eps/4 ... rounded as the PGD attack does
 
 
+#: the largest eps (and training step) accepted in L2 and L1, where the radius grows with the input
+#: dimension (an 8x8 image reaches any other at L2 8, L1 64; a 224x224 RGB one at L2 388, L1 150528):
+#: a sanity bound against typos, not a recommendation (natbench.ranges declares the same)
+MAX_LP_EPS = 10_000.0
+
+
 @dataclass(frozen=True)
 class ThreatCfg(ThreatModel):
     def validate(self, where: str) -> None:
-        if self.norm != "linf":
-            raise ConfigError(f"{where}.norm: only 'linf' is supported, got '{self.norm}'")
+        from .attacks._base import NORMS
+
+        if self.norm not in NORMS:
+            raise ConfigError(f"{where}.norm: unknown norm '{self.norm}'; use one of {', '.join(NORMS)}, "
+                              f"e.g. --set threat_model.norm=l2")
         if self.eps < 0:
             raise ConfigError(f"{where}.eps: must be >= 0, got {self.eps}; e.g. --set threat_model.eps=8/255")
-        if self.eps > 1:
+        if self.norm == "linf" and self.eps > 1:
             raise ConfigError(f"{where}.eps: {self.eps} exceeds the [0,1] pixel range; write e.g. 8/255")
+        if self.eps > MAX_LP_EPS:
+            raise ConfigError(f"{where}.eps: {self.eps} exceeds {MAX_LP_EPS:g}, far beyond any {self.norm} distance "
+                              f"between two images of a task natbench runs; write e.g. 0.5")
         if self.train_steps < 1 or self.train_step_size <= 0:
             raise ConfigError(f"{where}: train_steps must be >= 1 and train_step_size > 0")
+        if self.norm == "linf" and self.train_step_size > 1:
+            raise ConfigError(f"{where}.train_step_size: {self.train_step_size} exceeds the [0,1] pixel range; write e.g. 2/255")
+
+
+@dataclass(frozen=True)
+class NormDefaults:
+    """A task's defaults for one threat-model norm (``threat_models: {l2: {...}}`` in a task spec), used when
+    ``--set threat_model.norm=<norm>`` names a norm other than the spec's own; an explicit
+    ``--set threat_model.<field>`` wins over them, and ``--suite`` over ``suite``."""
+
+    eps: float | None = None  # radius in this norm ([0,1] pixel units); None: keep the spec's (rarely meaningful)
+    train_steps: int | None = None  # steps of the training-time attack; None: the spec's
+    train_step_size: float | None = None  # its step; None: the spec's
+    suite: str = ""  # the suite evaluated in this norm unless --suite is given ("": the profile's or task's)
 
 
 @dataclass(frozen=True)
@@ -125,12 +151,18 @@ class TaskSpec:
     suite: str = "digits"  # attack suite (registry section suites)
     defense_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-component param defaults for this task
     params: dict[str, Any] = field(default_factory=dict)  # task-kind parameters, checked against the kind's own Params dataclass (reid: height, width, num_instances, distance, ...)
+    threat_models: dict[str, NormDefaults] = field(default_factory=dict)  # per-norm defaults (norm -> NormDefaults), applied by --set threat_model.norm=...; not part of a run's config
 
     def validate(self, where: str) -> None:
         if not self.task:
             raise ConfigError(f"{where}: missing 'task' (the task's name)")
         if self.default_profile not in self.profiles:
             raise ConfigError(f"{where}.default_profile: '{self.default_profile}' is not among profiles {sorted(self.profiles)}")
+        from .attacks._base import NORMS
+
+        for norm in self.threat_models:
+            if norm not in NORMS:
+                raise ConfigError(f"{where}.threat_models.{norm}: unknown norm; use one of {', '.join(NORMS)}")
 
 
 @dataclass(frozen=True)

@@ -121,13 +121,27 @@ def fast_path(profile, task: Any, device: torch.device) -> dict[str, Any]:
 
 
 def validate(r: Any, task: Any, model: torch.nn.Module, loader: Any, epoch: int, device: torch.device) -> dict[str, float]:
-    """Clean and robust (the spec's cheap selection PGD) headline metric on the validation split."""
+    """Clean and robust (the spec's cheap selection PGD, in the threat model's norm) headline metric on the
+    validation split. L1 has no PGD: the selection attack is then APGD-CE in L1 with the same steps when
+    the ``apgd-ce`` attack lists ``l1``, else ``val_robust`` is NaN (only ``vanilla`` trains in an L1 threat
+    model, and it selects on clean accuracy)."""
+    from .attacks._base import with_norm
     from .attacks.pgd import PGD
 
-    attack = PGD(PGD.Params(steps=r.spec.selection.steps, step_size=r.spec.selection.step_size))
+    norm = r.spec.threat_model.norm
     gen = torch.Generator().manual_seed(derive_seed(r.seed, "val", epoch))
     metric = getattr(task, "headline_metric", "accuracy")  # re-id: mAP (its PGD runs on the embedding)
     clean = task.evaluate(model, loader, None, device=device).metrics[metric]
+    if norm == "l1":
+        from .registry import get_registry
+
+        cls = get_registry().load("attacks", "apgd-ce")
+        if "l1" not in getattr(cls, "norms", ("linf",)):
+            return {"val_clean": clean, "val_robust": float("nan")}
+        attack = cls(cls.Params(steps=r.spec.selection.steps))
+    else:
+        attack = PGD(PGD.Params(steps=r.spec.selection.steps, step_size=r.spec.selection.step_size))
+    with_norm(attack, norm, "selection")
     robust = task.evaluate(model, loader, attack, generator=gen, device=device).metrics[metric]
     return {"val_clean": clean, "val_robust": robust}
 

@@ -233,3 +233,32 @@ def test_with_norm_binds_a_supported_norm_and_refuses_the_others():
     assert lp_norms(t, "linf").tolist() == [4.0, 0.0]
     assert lp_norms(t, "l2").tolist() == [5.0, 0.0]
     assert lp_norms(t, "l1").tolist() == [7.0, 0.0]
+
+
+def test_escalations_and_the_large_eps_check_run_in_the_threat_models_norm():
+    """Issue 16: an escalation is only scheduled when its attack lists the run's norm; the large-eps check
+    uses an eps at which any image is reachable in that norm (L2 sqrt(d), L1 d) with PGD in that norm."""
+    from types import SimpleNamespace
+
+    from natbench.checks import reach_eps
+
+    class Reg:
+        norms = {"square": ("linf",), "pgd": ("linf", "l2"), "transfer": ("linf",), "autoattack-rand": ("linf", "l2")}
+
+        def load(self, kind, name):
+            return SimpleNamespace(norms=self.norms[name])
+
+    obj, steps, suite = ("ce", "cw", "logits", "labels"), {"pgd-10": 10}, {"pgd-10": "pgd"}
+    failed = {"more_steps_not_weaker", "gradient_nonzero", "deterministic", "whitebox_not_above_blackbox"}
+    l2 = [e[0] for e in escalations(failed, suite, steps, obj, "l2", Reg())]
+    assert l2 == ["escalated-eot", "escalated-restarts"]  # no Square, no transfer: L-inf only in this registry
+    assert len(escalations(failed, suite, steps, obj)) == 4  # L-inf: as before
+    x = torch.zeros(3, 1, 8, 8)
+    assert (reach_eps("linf", x), reach_eps("l2", x), reach_eps("l1", x)) == (1.0, 8.0, 64.0)
+    r, task = digits_task("pgd-at", sets=["threat_model.norm=l2"])
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    _, _, test = task.loaders(64, torch.Generator().manual_seed(0), 64)
+    few = [next(iter(test))]
+    found = {c.name: c for c in model_checks(task, model, few, device="cpu", generator=torch.Generator().manual_seed(0))}
+    assert "under L2 PGD-20 at eps 8" in found["large_eps_reaches_zero"].detail  # 8 = sqrt(64): the 8x8 box's diameter

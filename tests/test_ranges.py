@@ -13,7 +13,8 @@ from natbench.errors import ConfigError
 from natbench.registry import get_registry
 from natbench.resolve import resolve
 
-SCHEMAS = [taskspec.DataCfg, taskspec.ModelCfg, taskspec.ProfileCfg, taskspec.SelectionCfg, taskspec.ThreatCfg, ThreatModel]
+SCHEMAS = [taskspec.DataCfg, taskspec.ModelCfg, taskspec.ProfileCfg, taskspec.SelectionCfg, taskspec.ThreatCfg, ThreatModel,
+           taskspec.NormDefaults]
 
 
 def _plugin_params():

@@ -42,8 +42,12 @@ def collect(task: Any, model: nn.Module, loader: Any, attack: Any | None = None,
             max_samples: int | None = None, on_batch: Callable[[], None] | None = None) -> Outputs:
     """Run ``model`` (eval mode; its mode is restored) over ``loader``; with ``attack``, also on the
     adversarial inputs ``attack(task.objective(model, batch, objective), x, eps=eps)`` (eps: the
-    task's). At most ``max_samples`` rows (the first ones)."""
+    task's; the attack bound to the task's norm). At most ``max_samples`` rows (the first ones)."""
     eps = task.threat.eps if eps is None else eps
+    if attack is not None:  # the attack runs in the task's threat-model norm, as in the suite evaluation
+        from ..attacks._base import with_norm
+
+        with_norm(attack, task.threat.norm, f"analysis attack {getattr(attack, 'name', attack)}")
     was = model.training
     model.eval()
     ys, zs, hs, azs, ahs = [], [], [], [], []
@@ -62,7 +66,8 @@ def collect(task: Any, model: nn.Module, loader: Any, attack: Any | None = None,
             hs.append(h.float().cpu())
             if attack is not None:
                 x_adv = attack(task.objective(model, batch, objective), batch.x, eps=eps, generator=generator)
-                assert_in_ball(batch.x, x_adv, eps, f"analysis attack {getattr(attack, 'name', attack)}")
+                assert_in_ball(batch.x, x_adv, eps, f"analysis attack {getattr(attack, 'name', attack)}",
+                               norm=getattr(attack, "norm", "linf"))
                 with torch.no_grad():
                     ah, az = penultimate(model, x_adv)
                 azs.append(az.float().cpu())

@@ -119,9 +119,10 @@ class TaskBase:
     @staticmethod
     def attacked(attack: Any, build: Callable, model: nn.Module, batch: Batch, eps: float,
                  generator: torch.Generator | None) -> Tensor:
-        """``attack``'s adversarial images of ``batch``, checked to lie in the eps-ball and [0, 1]."""
+        """``attack``'s adversarial images of ``batch``, checked to lie in the eps-ball of the attack's bound
+        norm (``attack.norm``, :func:`natbench.attacks._base.with_norm`; L-inf when unbound) and [0, 1]."""
         x = attack(build(model, batch), batch.x, eps=eps, generator=generator)
-        assert_in_ball(batch.x, x, eps, f"attack {getattr(attack, 'name', attack)}")
+        assert_in_ball(batch.x, x, eps, f"attack {getattr(attack, 'name', attack)}", norm=getattr(attack, "norm", "linf"))
         return x
 
     #: largest evaluation chunk that fitted in memory after an out-of-memory split (None: no split yet)
