@@ -230,7 +230,7 @@ CASES: dict[str, Case] = {
     "eval-threat-model-eps-text": Case(lambda c: ["eval", c.run_id, "--threat-model", "l1:five"], "not a number", needs_run=True),
     "eval-threat-model-linf-above-1": Case(lambda c: ["eval", c.run_id, "--threat-model", "linf:8"], "pixel range", needs_run=True),
     "eval-threat-model-attack-lacks-norm": Case(lambda c: ["eval", c.run_id, "--threat-model", "l1:5", "--device", "cpu"],
-                                                "supports linf only", needs_run=True),
+                                                "(suite.fgsm) supports linf, l2 only", needs_run=True),
     "eval-threat-model-outside-model": Case(["eval", "--task", "digits", "--model", "m.py:f", "--threat-model", "l2:0.5"],
                                             "outside model"),
     "leaderboard-threat-model-bad": Case(["leaderboard", "--threat-model", "l2:"], "NORM:EPS", needs_run=True),
