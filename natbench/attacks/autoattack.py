@@ -1,13 +1,20 @@
 """AutoAttack: the parameter-free ensemble APGD-CE, APGD-T, FAB-T, Square, each on the points still robust.
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020 (Sec. 5). Mirrors the authors' ``version='standard'`` (L-inf) of
+parameter-free attacks", ICML 2020 (Sec. 5). Mirrors the authors' ``version='standard'`` of
 ``fra31/auto-attack @ a392200 : autoattack/autoattack.py`` (``set_version`` and
-``run_standard_evaluation``; notes Sec. 8.1):
+``run_standard_evaluation``; notes Sec. 8.1), for the norms of ``pyautoattack`` 0.2.0:
 
 - components, in order: APGD-CE (100 iterations, 1 restart, rho 0.75), APGD-T (100 iterations,
   9 target classes, 1 restart each), FAB-T (9 targets, 100 iterations, 1 restart; alpha_max 0.1,
   eta 1.05, beta 0.9), Square (5000 queries, p_init 0.8, 1 restart, the p schedule not rescaled);
+- the threat model's norm (bound by :func:`natbench.attacks._base.with_norm`) is passed to every
+  component (:meth:`AutoAttack.set_norm`); a component that does not implement it is a ConfigError
+  naming it. L-inf and L2 use the settings above. L1 is the original's L1 standard version: APGD-CE
+  with ``use_largereps`` (each run in three stages at 3, 2, 1 x eps) and 5 restarts, APGD-T with
+  ``use_largereps`` and 5 target classes (at most ``n_target_classes``), FAB-T with 9 (``n_target_classes``),
+  Square (L1-APGD: Croce & Hein, "Mind the box", ICML 2021; :mod:`natbench.attacks._apgd_norms`).
+  The ``rand`` version keeps its settings in every norm, as the original;
 - the cascade: the clean-correct points are the robust set; each component runs only on the points
   still robust, in chunks of ``bs`` (250) of them, and any point it flips gets its adversarial example
   and leaves the set. The output is the adversarial example where some component succeeded and the
@@ -52,7 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._base import NORMS, LinfAttack, check_eps, with_norm
 from natbench.attacks.apgd import logits_parts
 from natbench.contracts import LogitsObjective
 from natbench.errors import ConfigError, suggest
@@ -103,6 +110,11 @@ class AutoAttack(LinfAttack):
 
     name = "autoattack"
     objective_kind = "logits"
+    norms = NORMS
+    #: the original's ``version`` these settings follow (L1's settings differ only for ``standard``)
+    version = "standard"
+    #: APGD-CE's restarts and APGD-T's target classes in the L1 standard version (the original's set_version)
+    L1_APGD_RESTARTS, L1_APGD_T_TARGETS = 5, 5
 
     @dataclass(frozen=True)
     class Params:
@@ -127,11 +139,25 @@ class AutoAttack(LinfAttack):
         self.components = [(a, self._component(a)) for a in p.attacks]
         self._points, self._fooled = 0, {a: 0 for a in p.attacks}  # since the last take_checks()
 
+    def set_norm(self, norm: str) -> None:
+        """Bind ``norm`` and rebuild the components for it, each bound to it with :func:`with_norm` (a
+        component without that norm is a ConfigError naming it)."""
+        self.norm = norm
+        self.components = [(a, with_norm(self._component(a), norm, f"attack '{self.name}', component '{a}'"))
+                           for a in self.params.attacks]
+
     def _component(self, name: str) -> Any:
         p = self.params
+        l1 = self.norm == "l1" and self.version == "standard"  # the original's L1 standard settings
         if name in ("apgd-ce", "apgd-dlr"):  # the original's self.apgd: eot_iter applies to it only
+            if l1:
+                return _make(name, steps=p.n_iter, restarts=self.L1_APGD_RESTARTS, rho=0.75, eot_iter=p.eot_iter,
+                             early_stop=p.early_stop, use_largereps=True)
             return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=p.eot_iter, early_stop=p.early_stop)
         if name == "apgd-t":
+            if l1:
+                return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=1, early_stop=p.early_stop,
+                             n_target_classes=min(self.L1_APGD_T_TARGETS, p.n_target_classes), use_largereps=True)
             return _make(name, steps=p.n_iter, restarts=1, rho=0.75, eot_iter=1, n_target_classes=p.n_target_classes,
                          early_stop=p.early_stop)
         if name == "fab-t":
@@ -193,6 +219,7 @@ class AutoAttackRand(AutoAttack):
 
     name = "autoattack-rand"
     objective_kind = "logits"
+    version = "rand"
 
     @dataclass(frozen=True)
     class Params(AutoAttack.Params):

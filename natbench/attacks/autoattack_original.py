@@ -1,8 +1,9 @@
 """``autoattack-original``: the original AutoAttack package, called as is, to audit natbench's ``autoattack``.
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020. Runs ``pyautoattack.AutoAttack(model, norm="Linf", eps=eps,
-seed=seed, version=version, device=...)`` and its ``run_standard_evaluation(x, y, batch_size=bs)``
+parameter-free attacks", ICML 2020. Runs ``pyautoattack.AutoAttack(model, norm=NORM, eps=eps,
+seed=seed, version=version, device=...)`` (``NORM``: the threat model's norm in the package's spelling,
+``Linf``, ``L2`` or ``L1``) and its ``run_standard_evaluation(x, y, batch_size=bs)``
 (PyPI ``pyautoattack``, by the authors; ``pip install pyautoattack`` or ``natbench[test]``). Nothing of
 natbench's attack code is involved: the model is the task's logits objective wrapped as a module.
 
@@ -23,11 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._base import NORMS, LinfAttack, check_eps
 from natbench.attacks.apgd import logits_parts
 from natbench.errors import ConfigError
 
 LOGGER = "auto-attack"  # the logger name pyautoattack writes its messages to
+
+#: natbench's norm spelling -> the package's
+PACKAGE_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
 class _Module(nn.Module):
@@ -55,6 +59,7 @@ class AutoAttackOriginal(LinfAttack):
 
     name = "autoattack-original"
     objective_kind = "logits"
+    norms = NORMS
 
     @dataclass(frozen=True)
     class Params:
@@ -84,7 +89,7 @@ class AutoAttackOriginal(LinfAttack):
         log.propagate = False
         try:
             with torch.random.fork_rng(devices=devices):
-                aa = AutoAttack(_Module(forward), norm="Linf", eps=eps, seed=seed, version=self.params.version,
+                aa = AutoAttack(_Module(forward), norm=PACKAGE_NORM[self.norm], eps=eps, seed=seed, version=self.params.version,
                                 device=x.device)
                 x_adv, _ = aa.run_standard_evaluation(x, y.to(x.device).long(), batch_size=self.params.bs)
         finally:
