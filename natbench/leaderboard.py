@@ -84,9 +84,28 @@ class _Context:
         return (self.key_of or {}).get(run_id, "")
 
 
+#: filters of the result rows every threat-model table reads, ``"module:function"`` (frame -> frame),
+#: applied in order: e.g. ``"natbench.leaderboard_corruptions:adversarial_only"`` keeps corruption
+#: results (their own table, :data:`EXTRA_TABLES`) out of every threat-model table, its avg and worst case
+RESULT_FILTERS: tuple[str, ...] = ()
+#: builders of the tables shown after the threat-model ones, ``"module:function"`` with
+#: ``function(store, task) -> list of frames`` (``attrs["threat_title"]`` names each, e.g. "corruptions";
+#: an empty list where the task has no such results); :func:`tables` appends them when no threat model
+#: is chosen
+EXTRA_TABLES: tuple[str, ...] = ()
+
+
+def _load(path: str):
+    from .registry import load_target
+
+    return load_target(path)
+
+
 def _runs(store, task: str, profile: str | None):
     """``(results under every threat model, the runs (one per config and numerics), their RunInfo)``."""
     res = store.results(task, threat=None)
+    for path in RESULT_FILTERS:  # e.g. corruptions: their own table
+        res = _load(path)(res)
     if res.empty:
         raise RunError(f"No results for task '{task}' in {store.path}. "
                        f"Run: natbench run --task {task} --defense vanilla")
@@ -199,15 +218,20 @@ def _context(store, task: str, profile: str | None, threat: tuple | None = None,
 
 
 def tables(store, task: str, metric: str | None = None, *, profile: str | None = None,
-           threat_model: tuple | None = None) -> list[pd.DataFrame]:
+           threat_model: tuple | None = None, extra: bool = False) -> list[pd.DataFrame]:
     """One :func:`table` per threat model the task's results were evaluated under (L-inf, L2, L1, each
     by eps), or only ``threat_model`` ``(norm, eps)``. A table never mixes threat models: its ``avg``
     and ``worst-case`` are over attacks of its own threat model only; a run evaluated under another
     threat model than it was trained under (``natbench eval --threat-model``) is a row of that
-    model's table, its ``trained`` column naming what it was trained under."""
+    model's table, its ``trained`` column naming what it was trained under. ``extra``: append the
+    tables of :data:`EXTRA_TABLES` (e.g. corruptions)."""
     base = _runs(store, task, profile)
     chosen = [threat_model] if threat_model is not None else threat_models(store, task, _base=base)
-    return [table(store, task, metric, profile=profile, threat_model=t, _base=base) for t in chosen]
+    out = [table(store, task, metric, profile=profile, threat_model=t, _base=base) for t in chosen]
+    if threat_model is None and extra:
+        for path in EXTRA_TABLES:  # e.g. the corruptions table
+            out += _load(path)(store, task)
+    return out
 
 
 def table(store, task: str, metric: str | None = None, *, profile: str | None = None,

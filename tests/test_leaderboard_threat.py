@@ -93,3 +93,24 @@ def test_cli_bad_threat_model_is_one_line(root, capsys, value, needle):
     assert main(["leaderboard", "--task", "toy", "--threat-model", value, "--root", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def drop_fgsm(res):
+    return res[res["attack"] != "fgsm"]
+
+
+def extra_table(store, task):
+    df = pd.DataFrame({"defense": ["x"], "mean": [1.0]})
+    df.attrs["threat_title"] = "corruptions"
+    return [df]
+
+
+def test_hooks_for_other_tables(root, monkeypatch):
+    """RESULT_FILTERS keep results (e.g. corruptions) out of every threat-model table; EXTRA_TABLES add tables."""
+    monkeypatch.setattr(leaderboard, "RESULT_FILTERS", ("tests.test_leaderboard_threat:drop_fgsm",))
+    monkeypatch.setattr(leaderboard, "EXTRA_TABLES", ("tests.test_leaderboard_threat:extra_table",))
+    store = Store(root / "natbench.sqlite", readonly=True)
+    frames = leaderboard.tables(store, "toy", extra=True)
+    assert [f.attrs["threat_title"] for f in frames] == ["L-inf eps 0.3", "L2 eps 0.5", "corruptions"]
+    assert "fgsm" not in frames[0].columns and frames[0].loc[0, "avg"] == 37.5
+    assert len(leaderboard.tables(store, "toy")) == 2
