@@ -216,7 +216,8 @@ def model_checks(task, model, loader, *, device, generator: torch.Generator | No
     else:
         attack, what = PGD(PGD.Params(steps=20, step_size=eps / 4)), "PGD-20"
     with_norm(attack, norm, "check large_eps_reaches_zero")
-    acc = task.evaluate(model, loader, attack, eps=eps, generator=generator, device=device).metrics["accuracy"]
+    acc = task.evaluate(model, loader, attack, objective=getattr(attack, "objective_kind", "ce"),  # APGD: logits
+                        eps=eps, generator=generator, device=device).metrics["accuracy"]
     out.append(Check("large_eps_reaches_zero", acc <= max_large_eps_acc,
                      f"accuracy {100 * acc:.2f}% under{label} {what} at eps {eps:g}"))
     return out
