@@ -142,7 +142,8 @@ def validate(r: Any, task: Any, model: torch.nn.Module, loader: Any, epoch: int,
     else:
         attack = PGD(PGD.Params(steps=r.spec.selection.steps, step_size=r.spec.selection.step_size))
     with_norm(attack, norm, "selection")
-    robust = task.evaluate(model, loader, attack, generator=gen, device=device).metrics[metric]
+    kw = {} if norm != "l1" else {"objective": attack.objective_kind}  # APGD-CE reads the logits
+    robust = task.evaluate(model, loader, attack, generator=gen, device=device, **kw).metrics[metric]
     return {"val_clean": clean, "val_robust": robust}
 
 

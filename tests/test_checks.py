@@ -262,3 +262,21 @@ def test_escalations_and_the_large_eps_check_run_in_the_threat_models_norm():
     few = [next(iter(test))]
     found = {c.name: c for c in model_checks(task, model, few, device="cpu", generator=torch.Generator().manual_seed(0))}
     assert "under L2 PGD-20 at eps 8" in found["large_eps_reaches_zero"].detail  # 8 = sqrt(64): the 8x8 box's diameter
+
+
+def test_the_large_eps_check_in_l1_runs_apgd_ce_in_l1_or_says_why_not():
+    import dataclasses
+    from types import SimpleNamespace
+
+    r, task = digits_task("vanilla")
+    task.threat = dataclasses.replace(task.threat, norm="l1", eps=2.0)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    _, _, test = task.loaders(16, torch.Generator().manual_seed(0), 16)
+    few = [next(iter(test))]
+    found = {c.name: c for c in model_checks(task, model, few, device="cpu", generator=torch.Generator().manual_seed(0))}
+    if "l1" in getattr(REG.load("attacks", "apgd-ce"), "norms", ()):
+        assert "under L1 APGD-CE-20 at eps 64" in found["large_eps_reaches_zero"].detail  # 64 = d: the 8x8 box's L1 diameter
+    none = SimpleNamespace(load=lambda kind, name: SimpleNamespace(norms=("linf",)))
+    found = {c.name: c for c in model_checks(task, model, few, device="cpu", registry=none)}
+    assert found["large_eps_reaches_zero"].passed and found["large_eps_reaches_zero"].detail.startswith("skipped")
