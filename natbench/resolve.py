@@ -127,7 +127,7 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
         return Resolved.of(pristine, pristine)
     cfg = copy.deepcopy(cfg)  # the typed pristine may share nested values of type Any with cfg
     _apply_sets(reg, cfg, sets, plan)
-    norm_suite = _norm_defaults(spec, cfg, sets)
+    norm_suite = _norm_defaults(spec, cfg, sets, plan)
     if cfg["task"]["threat_model"]["norm"] == pristine.spec.threat_model.norm:
         return Resolved.of(_typed(reg, cfg, plan, kind_cls, suite=pristine.suite), pristine)  # --set cannot change the suite
     if not named_suite and norm_suite:  # another norm: its own suite, unless --suite or the profile names one
@@ -135,16 +135,24 @@ def resolve(reg: Registry, task: str, defense: str, *, profile: str | None = Non
     return Resolved.of(_typed(reg, cfg, plan, kind_cls), pristine)  # the suite checked in the run's norm
 
 
-def _norm_defaults(spec: TaskSpec, cfg: dict, sets) -> str:
+def _norm_defaults(spec: TaskSpec, cfg: dict, sets, plan: compose.Plan) -> str:
     """Apply the spec's ``threat_models.<norm>`` defaults when ``--set threat_model.norm`` chose a norm other
     than the spec's own: each field not given by an explicit ``--set threat_model.<field>`` (which wins).
     Returns that norm's default suite ("" when none)."""
     tm = cfg["task"]["threat_model"]
     norm = tm.get("norm")
-    if norm == spec.threat_model.norm or norm not in spec.threat_models:
+    if norm == spec.threat_model.norm:
         return ""
     explicit = {tuple(path[-1:]) for path, _ in parse_set(sets)
                 if list(path[:-1]) in (["threat_model"], ["task", "threat_model"])}
+    if norm not in spec.threat_models:
+        if norm in ("linf", "l2", "l1"):
+            check_defense_norm(plan, norm)  # a defense that cannot train in it says so first
+        if ("eps",) not in explicit and norm in ("linf", "l2", "l1"):  # the spec's eps is a radius in another norm
+            raise ConfigError(f"--set threat_model.norm={norm}: task {spec.task} states no {norm} defaults "
+                              f"(threat_models.{norm} in its spec), and its eps {tm.get('eps'):g} is an "
+                              f"{spec.threat_model.norm} radius; give one, e.g. --set threat_model.eps=0.5")
+        return ""
     d = spec.threat_models[norm]
     for name in ("eps", "train_steps", "train_step_size"):
         value = getattr(d, name)

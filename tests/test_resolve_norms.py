@@ -39,8 +39,9 @@ def test_linf_runs_keep_their_identity():
     ("trades", ["threat_model.norm=l1"], None, "natbench eval RUN --threat-model l1:EPS"),
     ("fast-at", ["threat_model.norm=l2"], None, "fast-at's training attack supports the norms linf, not 'l2'"),
     ("nuat+ema", ["threat_model.norm=l2"], None, "nuat's training attack"),
-    ("vanilla", ["threat_model.norm=l1"], None, "suite.fgsm: attack 'fgsm' supports the norms linf, l2, not .*'l1'"),
+    ("vanilla", ["threat_model.norm=l1", "threat_model.eps=5"], None, "suite.fgsm: attack 'fgsm' supports the norms linf, l2, not .*'l1'"),
     ("vanilla", ["threat_model.norm=l2", "threat_model.eps=20000"], None, "exceeds 10000"),
+    ("vanilla", ["threat_model.norm=l1"], "smoke", "states no l1 defaults .* give one, e.g. --set threat_model.eps"),
 ])
 def test_a_norm_nothing_supports_is_one_config_error(defense, sets, suite, match):
     with pytest.raises(ConfigError, match=match):
