@@ -52,6 +52,9 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
     if runner.dist.is_main:  # data-parallel: rank 0 records and prints
         own = (getattr(r.spec.threat_model, "norm", "linf"), float(r.spec.threat_model.eps))
         print_leaderboard(runner.store, r.task, "table", threat_model=threat or own)
+        from .leaderboard_corruptions import print_tables
+
+        print_tables(runner.store, r.task)  # the corruptions table when the task has corruption results
 
 
 def check_norm(reg, suite, norm: str) -> None:

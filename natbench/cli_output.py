@@ -75,6 +75,10 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
         return
     for t in tasks:
         print_leaderboard(store, t, fmt, columns, reference, threat_model=threat)
+        if fmt != "html":  # the corruptions table (natbench.leaderboard_corruptions), when the task has such results
+            from .leaderboard_corruptions import print_tables
+
+            print_tables(store, t, fmt)
 
 
 def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None,

@@ -28,6 +28,7 @@ import pandas as pd
 from natbench import threats
 from natbench.errors import RunError
 
+from .leaderboard_corruptions import is_corruption_id  # corruptions: their own table, never in avg/worst-case
 from .leaderboard_render import (FORMATS, WRITE_FORMATS_HTML, _WRITE_FORMATS, cell, headline_columns,  # noqa: F401
                                  md_preamble, render, suites_text, value_columns, write)
 from .leaderboard_rows import (ESCALATED_PREFIX, KEY_COLS, META_COLS, SUFFIXES, RunInfo, eps_text,  # noqa: F401
@@ -87,7 +88,7 @@ class _Context:
 #: filters of the result rows every threat-model table reads, ``"module:function"`` (frame -> frame),
 #: applied in order: e.g. ``"natbench.leaderboard_corruptions:adversarial_only"`` keeps corruption
 #: results (their own table, :data:`EXTRA_TABLES`) out of every threat-model table, its avg and worst case
-RESULT_FILTERS: tuple[str, ...] = ()
+RESULT_FILTERS: tuple[str, ...] = ("natbench.leaderboard_corruptions:adversarial_only",)
 #: builders of the tables shown after the threat-model ones, ``"module:function"`` with
 #: ``function(store, task) -> list of frames`` (``attrs["threat_title"]`` names each, e.g. "corruptions";
 #: an empty list where the task has no such results); :func:`tables` appends them when no threat model
@@ -184,11 +185,12 @@ def _context(store, task: str, profile: str | None, threat: tuple | None = None,
     # else the most common list of attack ids the store keeps per run; clean and escalations never.
     # A run evaluated under another threat model (natbench eval --threat-model) counts with what it was
     # evaluated with there.
-    attack_list = lambda ids: tuple(a for a in ids if a != "clean" and not a.startswith(ESCALATED_PREFIX))  # noqa: E731
+    attack_list = lambda ids: tuple(a for a in ids if a != "clean" and not a.startswith(ESCALATED_PREFIX)  # noqa: E731
+                                    and not is_corruption_id(a))  # corruptions: natbench.leaderboard_corruptions
     configured = Counter(info[r].suite for r in own_runs if info[r].suite)
     foreign = Counter(attack_list(dict.fromkeys(res.loc[res["run_id"] == r, "attack"])) for r in runs["run_id"] if key_of.get(r))
     if configured and sum(configured.values()) >= sum(foreign.values()):
-        avg_attacks = list(configured.most_common(1)[0][0])
+        avg_attacks = list(attack_list(configured.most_common(1)[0][0]))
     elif foreign:
         avg_attacks = list(foreign.most_common(1)[0][0])
     else:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from . import provenance
+from .attacks.corruption import is_corruption
 from .checks import SUITE_CHECKS, attack_checks, escalations, model_checks, suite_checks
 from .compose import Composite
 from .config import from_dict, to_dict
@@ -128,7 +129,8 @@ class SuiteEvaluator:
         self._run_jobs(f"eval {r.defense} [{ckpt}]", [Job("clean", "clean", None, "ce"), *jobs], ckpt, sha, rows, acc)
         found = suite_checks(acc, steps, black_box)
         found += attack_checks(j.attack for j in jobs)  # AutoAttack's Square check (the original's warning)
-        if "ce" in getattr(task, "OBJECTIVES", ()):
+        corruptions_only = bool(jobs) and all(is_corruption(j.attack) for j in jobs)  # no eps-ball: no model checks
+        if "ce" in getattr(task, "OBJECTIVES", ()) and not corruptions_only:
             found += model_checks(task, self.model, self.test_loader, device=self.device, registry=self.registry,
                                   generator=torch.Generator().manual_seed(derive_seed(r.seed, "check", ckpt)))
         failed = {c.name for c in found if not c.passed}
@@ -169,7 +171,8 @@ class SuiteEvaluator:
                                       f"with another configuration; evaluating again")
             metrics, correct = self._attack(job, bar)
             self.partial.put(ckpt, job.id, key, metrics, correct)
-        acc[job.id] = correct
+        if not is_corruption(job.attack):  # the gradient-masking checks compare adversarial evaluations only
+            acc[job.id] = correct
         rows[0].extend(ResultRow(ckpt, job.id, m, v) for m, v in metrics.items())
         rows[1].append(FlagRow(ckpt, job.id, correct.numpy()))
 
@@ -186,7 +189,7 @@ class SuiteEvaluator:
             out = task.evaluate(self.model, loader, job.attack, objective=objective, generator=gen,
                                 device=self.device, on_batch=lambda: self.reporter.advance(bar, dist.world if shard else 1),
                                 with_sparsity=job.attack is None)
-        metrics, correct = dict(out.metrics), out.correct
+        metrics, correct = {**out.metrics, **getattr(job.attack, "result_metrics", {})}, out.correct
         if shard:  # every rank's per-sample flags, back in loader order; means weighted by samples
             sizes = loader.sizes
             correct = dist.gather_flags(list(zip(loader.indices, torch.split(correct, sizes))))

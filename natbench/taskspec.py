@@ -239,4 +239,6 @@ def load_task_spec(path: Path) -> TaskSpec:
 
 
 def load_suite_spec(path: Path) -> SuiteSpec:
-    return _load(SuiteSpec, path, "suites")
+    from .corruption_suite import expand  # a corruption grid entry -> one entry per (corruption, severity)
+
+    return expand(_load(SuiteSpec, path, "suites"))

@@ -125,8 +125,13 @@ def _write_cifar_c(out_dir, dataset: str, n_per_severity: int, seed: int) -> Pat
     base = Path(out_dir) / sub
     base.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n_per_severity) % n_classes)
-    clean = synthetic_images(labels, rng).astype(np.float32)
+    test = _clean_test_set(out_dir, dataset)
+    if test is not None:  # as the real archive: the clean test set's images, in order, with its labels
+        clean, labels = test
+        log.info("%s fixture: from the clean test set in %s (%d images)", sub, out_dir, len(labels))
+    else:
+        labels = rng.permutation(np.arange(n_per_severity) % n_classes)
+        clean = synthetic_images(labels, rng).astype(np.float32)
     np.save(base / "labels.npy", np.tile(labels, 5).astype(np.uint8))
     for corruption in (*_names(), *EXTRA):  # severity s: the clean images with noise of std 8 s
         sev = [np.clip(clean + rng.normal(0, 8.0 * s, clean.shape), 0, 255).astype(np.uint8) for s in range(1, 6)]
@@ -135,8 +140,24 @@ def _write_cifar_c(out_dir, dataset: str, n_per_severity: int, seed: int) -> Pat
     return Path(out_dir)
 
 
+def _clean_test_set(out_dir, dataset: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(float32 (N, 32, 32, 3) images, labels)`` of the clean CIFAR test set in ``out_dir``, if one is there."""
+    from . import cifar
+
+    reader = cifar.read_cifar10 if dataset == "cifar10-c" else cifar.read_cifar100
+    sub = cifar.CIFAR10.folder if dataset == "cifar10-c" else cifar.CIFAR100.folder
+    if not (Path(out_dir) / sub).is_dir():
+        return None
+    splits = reader(out_dir)
+    x = splits.test_x
+    x = (x * 255).round().to(torch.uint8) if x.is_floating_point() else x
+    return x.permute(0, 2, 3, 1).numpy().astype(np.float32), splits.test_y.numpy()
+
+
 def write_cifar10_c_fixture(out_dir, n_per_severity: int = 20, seed: int = 0) -> Path:
-    """``<out_dir>/CIFAR-10-C/{<19 corruptions>,labels}.npy``, ``n_per_severity`` images per severity."""
+    """``<out_dir>/CIFAR-10-C/{<19 corruptions>,labels}.npy``, ``n_per_severity`` images per severity;
+    when ``out_dir`` holds a CIFAR-10 (fixture), its test set in order, as the real archive is made
+    (then ``n_per_severity`` is its size)."""
     return _write_cifar_c(out_dir, "cifar10-c", n_per_severity, seed)
 
 

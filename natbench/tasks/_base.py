@@ -116,11 +116,13 @@ class TaskBase:
         raise ConfigError(f"objective '{kind}' cannot be used in {self.EVAL_NAME} evaluation.{suggest(str(kind), self.OBJECTIVES)} "
                           f"Available: {', '.join(self.OBJECTIVES)}")
 
-    @staticmethod
-    def attacked(attack: Any, build: Callable, model: nn.Module, batch: Batch, eps: float,
+    def attacked(self, attack: Any, build: Callable, model: nn.Module, batch: Batch, eps: float,
                  generator: torch.Generator | None) -> Tensor:
         """``attack``'s adversarial images of ``batch``, checked to lie in the eps-ball of the attack's bound
-        norm (``attack.norm``, :func:`natbench.attacks._base.with_norm`; L-inf when unbound) and [0, 1]."""
+        norm (``attack.norm``, :func:`natbench.attacks._base.with_norm`; L-inf when unbound) and [0, 1]; a
+        corruption (``threat = "corruption"``, not in an eps-ball) gives its corrupted images instead."""
+        if getattr(attack, "threat", None) == "corruption":  # natbench.attacks.corruption
+            return attack.corrupt(batch, self)
         x = attack(build(model, batch), batch.x, eps=eps, generator=generator)
         assert_in_ball(batch.x, x, eps, f"attack {getattr(attack, 'name', attack)}", norm=getattr(attack, "norm", "linf"))
         return x
