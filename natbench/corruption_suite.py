@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attacks.corruption import PREFIX, entry_id, parse_id
-from .errors import ConfigError
+from .errors import ConfigError, NatbenchError
 
 ATTACK = "corruption"
 _GRID_KEYS = ("corruptions", "severities")
@@ -67,7 +67,10 @@ def expand(suite: Any) -> Any:
                               f"e.g. corruptions: [gaussian_noise, fog], severities: [1, 3]")
         for c in names:
             for s in sevs:
-                check(c, s)
+                try:
+                    check(c, s)
+                except NatbenchError as e:
+                    raise ConfigError(f"{where}: {e}") from None
                 out.append(SuiteAttack(entry_id(c, s), ATTACK, {**params, "corruption": c, "severity": int(s)}, a.objective))
     expanded = dataclasses.replace(suite, attacks=tuple(out))
     expanded.validate(f"suite {suite.suite}")
