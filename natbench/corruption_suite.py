@@ -27,10 +27,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .attacks.corruption import PREFIX, entry_id, parse_id
+import re
+
 from .errors import ConfigError, NatbenchError
 
 ATTACK = "corruption"
+#: result ids of corruption entries: ``corr-<corruption>-<severity>`` (torch-free: the leaderboard reads them)
+PREFIX = "corr"
+_ID = re.compile(rf"^{PREFIX}-([a-z_]+)-([1-5])$")
+
+
+def entry_id(corruption: str, severity: int) -> str:
+    return f"{PREFIX}-{corruption}-{int(severity)}"
+
+
+def parse_id(aid: str) -> tuple[str, int] | None:
+    """``(corruption, severity)`` of a corruption result id, None for any other id."""
+    m = _ID.match(str(aid))
+    return (m.group(1), int(m.group(2))) if m else None
 _GRID_KEYS = ("corruptions", "severities")
 
 

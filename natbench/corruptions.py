@@ -41,7 +41,6 @@ from functools import lru_cache
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
 
@@ -182,10 +181,12 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, *, seed: int, ind
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def corrupt_batch(x: torch.Tensor, name: str, severity: int, *, seed: int, indices: Sequence[int],
-                  upscale: bool = False) -> torch.Tensor:
+def corrupt_batch(x: "torch.Tensor", name: str, severity: int, *, seed: int, indices: Sequence[int],
+                  upscale: bool = False) -> "torch.Tensor":
     """A float batch ``(N, C, H, W)`` in [0, 1] corrupted image by image; ``indices[i]`` identifies image
     i in its dataset (the per-image seed), so a batch's split does not change the pixels."""
+    import torch  # not at import: the suite's expansion and the leaderboard read this module without torch
+
     if x.ndim != 4 or len(indices) != x.shape[0]:
         raise ValueError(f"corrupt_batch: expected (N, C, H, W) and N indices, got {tuple(x.shape)} and {len(indices)}")
     images = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -21,8 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from .attacks.corruption import parse_id
-from .corruption_suite import summary, values_of
+from .corruption_suite import parse_id, summary, values_of
 
 KEY = ["defense", "profile", "variant", "checkpoint"]
 

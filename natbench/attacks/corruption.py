@@ -39,25 +39,13 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import NORMS
+from natbench.corruption_suite import PREFIX, entry_id, parse_id  # noqa: F401 (the result ids)
 from natbench.contracts import Batch, Objective
 from natbench.errors import ConfigError, DataError
 
-#: result ids of corruption entries: ``corr-<corruption>-<severity>``
-PREFIX = "corr"
-_ID = re.compile(rf"^{PREFIX}-([a-z_]+)-([1-5])$")
 #: datasets with a published corrupted set readable here: dataset -> (reader name, folder)
 PUBLISHED = {"cifar10": ("cifar10-c", "CIFAR-10-C"), "cifar100": ("cifar100-c", "CIFAR-100-C")}
 SOURCES = ("auto", "published", "generated")
-
-
-def entry_id(corruption: str, severity: int) -> str:
-    return f"{PREFIX}-{corruption}-{int(severity)}"
-
-
-def parse_id(aid: str) -> tuple[str, int] | None:
-    """``(corruption, severity)`` of a corruption result id, None for any other id."""
-    m = _ID.match(str(aid))
-    return (m.group(1), int(m.group(2))) if m else None
 
 
 def is_corruption(attack: Any) -> bool:
