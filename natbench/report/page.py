@@ -102,45 +102,63 @@ def _training_section(runs: list[ReportRun], out_dir: Path, store: Any) -> str:
 
 
 def _results_section(runs: list[ReportRun], store) -> str:
+    """The store's results of every run, one table per threat model it was evaluated under: its own
+    (``task.threat_model``) first, then those of ``natbench eval --threat-model`` (never mixed)."""
+    from .. import threats
+
     parts = ["<h2>Suite results and sanity checks (from the store)</h2>"]
+    every = store.results(threat=None)
     for r in runs:
-        res = store.results()
-        res = res[res["run_id"] == r.run_id]
-        order = list(dict.fromkeys([*r.record.suite, *res["attack"]]))
-        metrics = [m for m in dict.fromkeys(res["metric"])]
-        cks = [c for c in ("best", "last") if c in set(res["checkpoint"])] + sorted(set(res["checkpoint"]) - {"best", "last"})
-        header = ["attack"] + [f"{ck} {m}" for ck in cks for m in metrics]
-        rows = []
-        for a in order:
-            sub = res[res["attack"] == a]
-            if sub.empty:
-                continue
-            row = [a]
-            for ck in cks:
-                for m in metrics:
-                    v = sub[(sub["checkpoint"] == ck) & (sub["metric"] == m)]["value"]
-                    x = float(v.iloc[0]) if len(v) else float("nan")
-                    row.append("" if x != x else (f"{100 * x:.2f}" if m in ("accuracy", "mAP", "rank1", "rank5", "rank10") else f"{x:.4f}"))
-            rows.append(row)
-        wc = []
-        for ck in cks:
-            try:
-                wc.append(f"{ck}: {100 * store.worst_case(r.run_id, ck):.2f}%")
-            except (RunError, ValueError):
-                pass
-        chk = store.checks(r.run_id)
-        crow = [[c.checkpoint, c.name, "pass" if c.passed else "FAIL", c.detail] for c in chk.itertuples()]
-        classes = ["" if c.passed else "fail" for c in chk.itertuples()]
-        failed = sorted({c.name for c in chk.itertuples() if not c.passed})
-        parts.append(f"<h3>{H.esc(r.label)} <small>({H.esc(r.run_id)})</small></h3>"
-                     + H.table(header, rows, numeric=[False] + [True] * (len(header) - 1))
-                     + (f"<p>Per-sample worst case over every stored evaluation: {H.esc('; '.join(wc))}.</p>" if wc else "")
-                     + (f'<p class="fail">Flags (failed sanity checks, see docs/flags.md): {H.esc(", ".join(failed))}</p>'
-                        if failed else '<p class="pass">No sanity check failed.</p>')
-                     + H.table(["checkpoint", "check", "result", "detail"], crow, row_classes=classes))
+        own = threats.own(r.record.config)
+        keys = ["", *sorted({k for k in every.loc[every["run_id"] == r.run_id, "threat"] if k},
+                            key=lambda k: threats.order(threats.from_key(k)))]
+        for i, key in enumerate(keys):
+            label = (f"threat model {threats.describe(*own)} (trained under)" if not key else
+                     f"threat model {threats.describe(*threats.from_key(key))} (natbench eval --threat-model; "
+                     f"trained under {threats.describe(*own)})")
+            res = every[(every["run_id"] == r.run_id) & (every["threat"] == key)]
+            parts.append(_results_table(r, res, store, key, label, heading=i == 0))
     parts.append('<p class="note">Accuracy-type metrics in percent; entropy, non-target entropy and Hoyer are the '
                  "clean evaluation's sparsity means.</p>")
     return "\n".join(parts)
+
+
+def _results_table(r: ReportRun, res, store, threat: str, label: str, heading: bool) -> str:
+    """One run's results, worst case and checks under one threat model (``threat``: its store key)."""
+    order = list(dict.fromkeys([*(r.record.suite if not threat else []), *res["attack"]]))
+    metrics = [m for m in dict.fromkeys(res["metric"])]
+    cks = [c for c in ("best", "last") if c in set(res["checkpoint"])] + sorted(set(res["checkpoint"]) - {"best", "last"})
+    header = ["attack"] + [f"{ck} {m}" for ck in cks for m in metrics]
+    rows = []
+    for a in order:
+        sub = res[res["attack"] == a]
+        if sub.empty:
+            continue
+        row = [a]
+        for ck in cks:
+            for m in metrics:
+                v = sub[(sub["checkpoint"] == ck) & (sub["metric"] == m)]["value"]
+                x = float(v.iloc[0]) if len(v) else float("nan")
+                row.append("" if x != x else (f"{100 * x:.2f}" if m in ("accuracy", "mAP", "rank1", "rank5", "rank10") else f"{x:.4f}"))
+        rows.append(row)
+    wc = []
+    for ck in cks:
+        try:
+            wc.append(f"{ck}: {100 * store.worst_case(r.run_id, ck, threat=threat):.2f}%")
+        except (RunError, ValueError):
+            pass
+    chk = store.checks(r.run_id, threat)
+    crow = [[c.checkpoint, c.name, "pass" if c.passed else "FAIL", c.detail] for c in chk.itertuples()]
+    classes = ["" if c.passed else "fail" for c in chk.itertuples()]
+    failed = sorted({c.name for c in chk.itertuples() if not c.passed})
+    return ((f"<h3>{H.esc(r.label)} <small>({H.esc(r.run_id)})</small></h3>" if heading else "")
+            + f"<p><b>{H.esc(label[0].upper() + label[1:])}</b></p>"
+            + H.table(header, rows, numeric=[False] + [True] * (len(header) - 1))
+            + (f"<p>Per-sample worst case over every stored evaluation under this threat model: {H.esc('; '.join(wc))}.</p>"
+               if wc else "")
+            + (f'<p class="fail">Flags (failed sanity checks, see docs/flags.md): {H.esc(", ".join(failed))}</p>'
+               if failed else '<p class="pass">No sanity check failed.</p>')
+            + H.table(["checkpoint", "check", "result", "detail"], crow, row_classes=classes))
 
 
 def _provenance_section(runs: list[ReportRun]) -> str:
