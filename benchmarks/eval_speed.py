@@ -119,7 +119,7 @@ def measure(attack, model: nn.Module, x, y, eps: float, num_classes: int, seed: 
     fwd, bwd = counted.fwd, counted.bwd
     with torch.no_grad():
         robust = model(adv).argmax(1) == y
-    return {"robust": robust, "cpu": cpu, "wall": wall, "fwd": fwd, "bwd": bwd}
+    return {"robust": robust, "cpu": cpu, "wall": wall, "fwd": fwd, "bwd": bwd, "adv": adv}
 
 
 def main() -> None:
