@@ -277,7 +277,8 @@ def _label_suites(out: pd.DataFrame, ctx: _Context) -> None:
     """Say which suite the rows were evaluated with: ``attrs["suites"]`` (the titles name it) and, when
     the rows differ in it (e.g. cifar10's quick profile defaults to the light ``smoke`` suite, ``fast`` is
     MALT alone), a ``suite`` column naming each row's, so a light evaluation is never read as a full one."""
-    of_run = {r: ctx.info[r].suite_name for r in ctx.runs["run_id"]}
+    # a run's configured suite names its own evaluations, not those under another threat model (eval --threat-model)
+    of_run = {r: ctx.info[r].suite_name if not ctx.key(r) else "" for r in ctx.runs["run_id"]}
     names = sorted({s for s in of_run.values() if s})
     out.attrs["suites"] = names
     if len(names) > 1 and "run_ids" in out.columns:
