@@ -241,3 +241,23 @@ def test_corruptions_table_mce_against_the_vanilla_row_or_a_named_run():
     assert named.loc["pgd-at", "mCE"] == pytest.approx(100 * 0.4 / 0.7) and named.loc["pgd-at", "baseline"] == "v1"
     no_vanilla = table(_Store([r for r in rows if r[2] != "vanilla"]), "t", "accuracy")
     assert math.isnan(no_vanilla.loc[0, "mCE"]) and "no vanilla quick row" in no_vanilla.loc[0, "mCE note"]
+
+
+# ----------------------------------------------------------------------------- the report's heat map
+def test_report_section_draws_the_heat_map_with_missing_cells_blank(tmp_path):
+    from types import SimpleNamespace
+
+    from natbench.report.corruptions import corruptions_section, grid
+
+    rows = [("r1", "digits", "vanilla", "quick", "", 0, "best", entry_id(c, s), "accuracy", 0.1 * s)
+            for c in ("fog", "snow") for s in (1, 3)] + [("r1", "digits", "vanilla", "quick", "", 0, "best", "fgsm", "accuracy", 0.2)]
+    store = _Store(rows)
+    g = grid(store.results(), "accuracy")
+    assert g.shape == (15, 5) and g[C.CORRUPTIONS.index("fog"), 2] == pytest.approx(30.0)
+    assert np.isnan(g[C.CORRUPTIONS.index("fog"), 1]) and np.isnan(g[0]).all()  # not run: missing, never 0
+    spec = resolve(REG, "digits", "vanilla").spec
+    run = SimpleNamespace(run_id="r1", label="A", resolved=SimpleNamespace(spec=spec))
+    html = corruptions_section([run], store, tmp_path, "best")
+    png = tmp_path / "corruptions_r1.png"
+    assert png.is_file() and png.stat().st_size > 10_000 and "Common corruptions" in html and "20.00" in html
+    assert corruptions_section([run], store, tmp_path, "last") == ""  # no corruption results: no section

@@ -25,6 +25,7 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
     from ..runner import Reporter
     from ..store import open_store, store_exists, store_url
     from .analyses import analysis_sections
+    from .corruptions import corruptions_section
 
     opts = options or ReportOptions()
     if opts.checkpoint not in ("best", "last"):
@@ -53,6 +54,7 @@ def build_report(root: Path, run_id: str, compare: Sequence[str] = (), *, data_r
         sections.append(_training_section(runs, out_dir, store))
         sections.append(analysis_sections(runs, env, out_dir, opts))
         sections.append(_results_section(runs, store))
+        sections.append(corruptions_section(runs, store, out_dir, opts.checkpoint))  # heat map when corruption results exist
         sections.append(_provenance_section(runs))
         title = f"natbench report: {run_id}"
         page = H.page(title, "\n".join(sections))
@@ -125,7 +127,9 @@ def _results_section(runs: list[ReportRun], store) -> str:
 
 def _results_table(r: ReportRun, res, store, threat: str, label: str, heading: bool) -> str:
     """One run's results, worst case and checks under one threat model (``threat``: its store key)."""
-    order = list(dict.fromkeys([*(r.record.suite if not threat else []), *res["attack"]]))
+    from ..leaderboard_corruptions import is_corruption_id  # corruptions: their own section (report/corruptions.py)
+
+    order = [a for a in dict.fromkeys([*(r.record.suite if not threat else []), *res["attack"]]) if not is_corruption_id(a)]
     metrics = [m for m in dict.fromkeys(res["metric"])]
     cks = [c for c in ("best", "last") if c in set(res["checkpoint"])] + sorted(set(res["checkpoint"]) - {"best", "last"})
     header = ["attack"] + [f"{ck} {m}" for ck in cks for m in metrics]
@@ -144,7 +148,8 @@ def _results_table(r: ReportRun, res, store, threat: str, label: str, heading: b
     wc = []
     for ck in cks:
         try:
-            wc.append(f"{ck}: {100 * store.worst_case(r.run_id, ck, threat=threat):.2f}%")
+            adversarial = [a for a in store.flags(r.run_id, ck, threat) if not is_corruption_id(a)]
+            wc.append(f"{ck}: {100 * store.worst_case(r.run_id, ck, adversarial, threat=threat):.2f}%")
         except (RunError, ValueError):
             pass
     chk = store.checks(r.run_id, threat)
@@ -154,7 +159,7 @@ def _results_table(r: ReportRun, res, store, threat: str, label: str, heading: b
     return ((f"<h3>{H.esc(r.label)} <small>({H.esc(r.run_id)})</small></h3>" if heading else "")
             + f"<p><b>{H.esc(label[0].upper() + label[1:])}</b></p>"
             + H.table(header, rows, numeric=[False] + [True] * (len(header) - 1))
-            + (f"<p>Per-sample worst case over every stored evaluation under this threat model: {H.esc('; '.join(wc))}.</p>"
+            + (f"<p>Per-sample worst case over every stored evaluation under this threat model (corruptions apart): {H.esc('; '.join(wc))}.</p>"
                if wc else "")
             + (f'<p class="fail">Flags (failed sanity checks, see docs/flags.md): {H.esc(", ".join(failed))}</p>'
                if failed else '<p class="pass">No sanity check failed.</p>')
