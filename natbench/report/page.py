@@ -121,7 +121,8 @@ def _results_section(runs: list[ReportRun], store) -> str:
             res = every[(every["run_id"] == r.run_id) & (every["threat"] == key)]
             parts.append(_results_table(r, res, store, key, label, heading=i == 0))
     parts.append('<p class="note">Accuracy-type metrics in percent; entropy, non-target entropy and Hoyer are the '
-                 "clean evaluation's sparsity means.</p>")
+                 "clean evaluation's sparsity means; accuracy@e and median_norm come from a minimum-norm attack's "
+                 "per-sample minimal norms (robust at e: clean-correct and minimal norm &gt; e).</p>")
     return "\n".join(parts)
 
 
@@ -143,7 +144,8 @@ def _results_table(r: ReportRun, res, store, threat: str, label: str, heading: b
             for m in metrics:
                 v = sub[(sub["checkpoint"] == ck) & (sub["metric"] == m)]["value"]
                 x = float(v.iloc[0]) if len(v) else float("nan")
-                row.append("" if x != x else (f"{100 * x:.2f}" if m in ("accuracy", "mAP", "rank1", "rank5", "rank10") else f"{x:.4f}"))
+                row.append("" if x != x else (f"{100 * x:.2f}" if m in ("accuracy", "mAP", "rank1", "rank5", "rank10")
+                                              or m.startswith("accuracy@") else f"{x:.4f}"))
         rows.append(row)
     wc = []
     for ck in cks:
