@@ -241,11 +241,13 @@ def leaderboard(
                                              "a list, or a directory) shown as rows marked reported (docs/external.md)"),
     threat_model: Optional[str] = typer.Option(None, "--threat-model", help="Only the table of this threat model, NORM:EPS "
                                                "(l2:0.5, linf:8/255); default: one table per threat model evaluated"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Corruptions table: mCE relative to this run "
+                                           "(default: the task's vanilla row of the same profile; docs/corruptions.md)"),
 ) -> None:
     """Print the leaderboard: one table per threat model, one row per (task, defense, profile, variant, checkpoint), mean over seeds ± 95 % interval."""
     from .cli_output import leaderboard as print_leaderboards
 
-    print_leaderboards(task, fmt, write, _root(root), db, out_dir, columns, reference, threat_model)
+    print_leaderboards(task, fmt, write, _root(root), db, out_dir, columns, reference, threat_model, baseline)
 
 
 @app.command()

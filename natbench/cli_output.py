@@ -31,7 +31,8 @@ def Table(*args, **kwargs):  # noqa: N802 - rich.table.Table, imported when a ta
 
 
 def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Optional[str], out_dir: Optional[Path],
-                columns: str, reference: Optional[Path], threat_model: Optional[str] = None) -> None:
+                columns: str, reference: Optional[Path], threat_model: Optional[str] = None,
+                baseline: Optional[str] = None) -> None:
     """``natbench leaderboard``: the tables of ``task`` (or every task) from the store of ``root``/``db``,
     one per threat model (or only ``threat_model``, ``NORM:EPS``)."""
     from . import leaderboard as lb
@@ -52,6 +53,8 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
                        f"e.g. natbench run --task digits --defense vanilla")
     store = Store(store_url(root, db), readonly=True)  # a reading command never writes the store
     tasks = [task] if task else lb.tasks(store)
+    if baseline is not None and store.get_run(baseline) is None:
+        raise ConfigError(f"--baseline {baseline}: no complete run of that id in {store.path}; give the id of a finished run (a directory under --root)")
     if write:  # task names become file names under --out
         from .safety import check_name
 
@@ -75,10 +78,10 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
         return
     for t in tasks:
         print_leaderboard(store, t, fmt, columns, reference, threat_model=threat)
-        if fmt != "html":  # the corruptions table (natbench.leaderboard_corruptions), when the task has such results
+        if fmt != "html" and threat is None:  # the corruptions table (natbench.leaderboard_corruptions), when the task has such results
             from .leaderboard_corruptions import print_tables
 
-            print_tables(store, t, fmt)
+            print_tables(store, t, fmt, baseline)
 
 
 def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None,

@@ -211,6 +211,10 @@ def test_eval_stores_corruption_entries_per_sample_and_the_checks_skip_them(tmp_
         df = lc.table(store, "digits")
         assert len(df) == 1 and df.loc[0, "entries"] == 1 and df.loc[0, "gaussian_noise"] == pytest.approx(100 * flags.mean())
         assert math.isnan(df.loc[0, "mCE"]) and "all 5 severities" in df.loc[0, "mCE note"]
+    from natbench.cli import main
+
+    assert main(["leaderboard", "--root", str(tmp_path), "--baseline", run_id, "--format", "csv"]) == 0
+    assert main(["leaderboard", "--root", str(tmp_path), "--baseline", "nope"]) == 2  # one line, exit 2
 
 
 class _Store:
