@@ -80,6 +80,7 @@ class _Context:
     threat_eps: str = ""  # the runs' threat-model eps as text ("8/255") when they share one
     threat: tuple = ()  # the table's threat model (norm, eps)
     key_of: dict = None  # run id -> the threat-model key its rows of this table are stored under ('' = own)
+    foreign_suite: dict = None  # run id -> the suite name of its evaluation under this (not its own) threat model
 
     def key(self, run_id: str) -> str:
         return (self.key_of or {}).get(run_id, "")
@@ -213,10 +214,17 @@ def _context(store, task: str, profile: str | None, threat: tuple | None = None,
         group_of = {aid: f"worst-case @{eps_text(e)}" for aid, e in own.items()}
     attacks = set(res["attack"]) - {"clean"}
     group_of = {a: group_of.get(a, default) for a in attacks}
+    from .leaderboard_facts import get as get_facts
+
+    # the suite of an evaluation under another threat model: recorded with it (natbench.leaderboard_facts)
+    foreign = {r: get_facts(store, r).get("threats", {}).get(key_of[r], {}) for r in runs["run_id"] if key_of.get(r)}
     autoattack = list(dict.fromkeys([aid for r in own_runs for aid, name in info[r].suite_attacks.items() if name in AUTOATTACK]
-                                    + [a for a in attacks if a in AUTOATTACK and any(key_of.values())]))
+                                    + [aid for f in foreign.values() for aid, name in (f.get("attacks") or {}).items()
+                                       if name in AUTOATTACK]
+                                    + [a for a in attacks if a in AUTOATTACK and foreign]))
     return _Context(store, task, res, runs, info, avg_attacks, group_of, autoattack,
-                    eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "", tuple(threat), key_of)
+                    eps_text(next(iter(threat_eps))) if len(threat_eps) == 1 else "", tuple(threat), key_of,
+                    {r: str(f.get("suite", "")) for r, f in foreign.items()})
 
 
 def tables(store, task: str, metric: str | None = None, *, profile: str | None = None,
@@ -278,7 +286,7 @@ def _label_suites(out: pd.DataFrame, ctx: _Context) -> None:
     the rows differ in it (e.g. cifar10's quick profile defaults to the light ``smoke`` suite, ``fast`` is
     MALT alone), a ``suite`` column naming each row's, so a light evaluation is never read as a full one."""
     # a run's configured suite names its own evaluations, not those under another threat model (eval --threat-model)
-    of_run = {r: ctx.info[r].suite_name if not ctx.key(r) else "" for r in ctx.runs["run_id"]}
+    of_run = {r: ctx.info[r].suite_name if not ctx.key(r) else (ctx.foreign_suite or {}).get(r, "") for r in ctx.runs["run_id"]}
     names = sorted({s for s in of_run.values() if s})
     out.attrs["suites"] = names
     if len(names) > 1 and "run_ids" in out.columns:

@@ -11,7 +11,11 @@ merges new escalations in, :meth:`~natbench.store.Store.delete_run` drops them):
     {"metrics": ["mAP", "rank1"], "headline_metric": "mAP",
      "escalations": {"escalated-restarts": {"attack": "pgd", "params": {"restarts": 10, "steps": 50}}}}
 
-Nothing else in the store changes: no table, column, schema version, hash or run id is new.
+An evaluation under another threat model than the run's own (``natbench eval --threat-model``) adds
+``"threats": {"<threat key>": {"suite": "autoattack", "attacks": {"aa": "autoattack"}}}`` (merged
+key by key): the suite it was evaluated with there, which the run's config does not hold.
+
+Nothing else in the store changes: no table, column, hash or run id is new.
 
 Legacy runs (recorded before the facts were) have none; the readers fall back to what they did
 before: the metrics from the run's task kind class (``LEADERBOARD_METRICS``, else ``headline_metric``,
@@ -81,14 +85,22 @@ def put(conn: Any, run_id: str, new: dict | None, *, replace: bool) -> None:
     merged = dict(new or {})
     if old is not None:
         prev = json.loads(old)
-        merged = {**prev, **merged, "escalations": {**prev.get("escalations", {}), **merged.get("escalations", {})}}
-        if not merged["escalations"]:
-            del merged["escalations"]
+        merged = {**prev, **merged, "escalations": {**prev.get("escalations", {}), **merged.get("escalations", {})},
+                  "threats": {**prev.get("threats", {}), **merged.get("threats", {})}}
+        for k in ("escalations", "threats"):
+            if not merged[k]:
+                del merged[k]
     if old is not None or replace:
         conn.execute(text("DELETE FROM natbench_meta WHERE key = :k"), {"k": key})
     if merged:
         conn.execute(text("INSERT INTO natbench_meta (key, value) VALUES (:k, :v)"),
                      {"k": key, "v": json.dumps(merged, sort_keys=True)})
+
+
+def threat_suite(suite: Any, key: str) -> dict:
+    """The facts entry of an evaluation of ``suite`` (a SuiteSpec) under the threat-model key ``key``."""
+    return {"threats": {key: {"suite": str(getattr(suite, "suite", "") or ""),
+                              "attacks": {a.id: a.attack for a in getattr(suite, "attacks", ())}}}}
 
 
 def get(store: Any, run_id: str) -> dict:

@@ -260,13 +260,13 @@ def add_suite(runner: Any, r: Resolved, run_id: str, suite: Any = None, checkpoi
                                 f"{threats.describe(getattr(own, 'norm', 'linf'), float(own.eps))}); stored apart")
     results, flags, checks = runner.evaluate(r, task, run_dir, checkpoints, suite)
     if dist.is_main:
-        from .leaderboard_facts import facts as run_facts
+        from .leaderboard_facts import facts as run_facts, threat_suite
         from .resolve import task_kind_cls
 
+        facts = run_facts(task_kind_cls(runner.registry, r.spec), suite, results, runner.registry)
         record_suite(store, run_id, results, flags, checks, ["clean", *(a.id for a in suite.attacks)],
-                     checkpoints=ok.sha256, replace=ok.replace,
-                     facts=run_facts(task_kind_cls(runner.registry, r.spec), suite, results, runner.registry),
-                     threat=key)
+                     checkpoints=ok.sha256, replace=ok.replace, threat=key,
+                     facts={**facts, **threat_suite(suite, key)} if key else facts)
         (run_dir / PARTIAL).unlink(missing_ok=True)
     dist.barrier()
     return True

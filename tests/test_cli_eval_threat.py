@@ -39,4 +39,5 @@ def test_eval_under_l1_is_stored_apart(tmp_path, monkeypatch):
         assert [f.attrs["threat_title"] for f in frames] == ["L-inf eps 0.2", "L1 eps 5"]
         assert frames[1]["trained"].tolist() == ["linf 0.2"] and "apgd-ce" in frames[1].columns
         assert "apgd-ce" not in frames[0].columns
-        assert frames[0].attrs["suites"] == ["digits"] and frames[1].attrs["suites"] == []  # not the run's own suite
+        assert frames[0].attrs["suites"] == ["digits"] and frames[1].attrs["suites"] == ["l1-tiny"]  # not the run's own
+        assert s.get_run(run_id).suite == ["clean"]

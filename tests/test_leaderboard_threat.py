@@ -44,7 +44,8 @@ def root(tmp_path):
         _run(s, "a", "linf", 0.3, "pgd-at", ["pgd", "fgsm"], started="2024-01-01T00:00:00Z")
         _run(s, "b", "l2", 0.5, "trades", ["apgd-l2", "square-l2"], started="2024-01-01T00:00:01Z")
         s.add_results("a", [ResultRow("best", x, "accuracy", float(np.mean(f))) for x, f in A_L2.items()],
-                      [FlagRow("best", x, np.array(f, bool)) for x, f in A_L2.items()], [], suite=list(A_L2), threat=L2)
+                      [FlagRow("best", x, np.array(f, bool)) for x, f in A_L2.items()], [], suite=list(A_L2), threat=L2,
+                      facts={"threats": {L2: {"suite": "l2-suite", "attacks": {"apgd-l2": "autoattack"}}}})
     return tmp_path
 
 
@@ -64,6 +65,9 @@ def test_one_table_per_threat_model(root):
     assert l2.loc["pgd-at", "avg"] == pytest.approx(25.0) and l2.loc["pgd-at", "apgd-l2"] == 25.0
     assert l2.loc["trades", "worst-case"] == 25.0 and l2.loc["pgd-at", "worst-case"] == 12.5  # samples 0, 2 / sample 0
     assert list(l2.index) == ["trades", "pgd-at"] and l2.loc["pgd-at", "n_test"] == 8
+    # the suite of a's L2 evaluation, as recorded with it: the table sorts by its AutoAttack and names it
+    assert frames[1].attrs["sort_by"] == "apgd-l2" and frames[1].attrs["suites"] == ["l2-suite"]
+    assert linf.attrs["sort_by"] == "worst-case"
     # one table chosen
     only = leaderboard.table(store, "toy", threat_model=("l2", 0.5))
     assert set(only["defense"]) == {"pgd-at", "trades"}

@@ -122,3 +122,21 @@ def test_keys():
     assert threats.stored_key(("l1", 5.0), own) == "l1:5.0"
     assert threats.own({}) == ("linf", pytest.approx(float("nan"), nan_ok=True))
     assert threats.describe("l2", 0.5) == "L2 eps 0.5" and threats.describe("linf", 8 / 255) == "L-inf eps 8/255"
+
+
+def test_facts_keep_the_suite_of_every_threat_model(tmp_path):
+    """natbench.leaderboard_facts: the suite of each eval --threat-model is kept, merged key by key."""
+    from types import SimpleNamespace
+
+    from natbench.leaderboard_facts import get, threat_suite
+
+    suite = lambda name, aid: SimpleNamespace(suite=name, attacks=[SimpleNamespace(id=aid, attack="autoattack")])  # noqa: E731
+    with Store(tmp_path / "natbench.sqlite") as s:
+        s.record_run(make_run(), RESULTS, FLAGS, CHECKS, facts={"metrics": ["accuracy"]})
+        for key, name in (("l1:5.0", "aa-l1"), ("l2:0.5", "aa-l2")):
+            s.add_results("r1", [ResultRow("best", "aa", "accuracy", 0.1)], [], [], suite=["aa"], threat=key,
+                          facts={"metrics": ["accuracy"], **threat_suite(suite(name, "aa"), key)})
+        got = get(s, "r1")
+        assert got["threats"] == {"l1:5.0": {"suite": "aa-l1", "attacks": {"aa": "autoattack"}},
+                                  "l2:0.5": {"suite": "aa-l2", "attacks": {"aa": "autoattack"}}}
+        assert got["metrics"] == ["accuracy"]
