@@ -70,8 +70,8 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
 
         from .reference import apply as with_reference
 
-        frames = [with_reference(df, store, t, reference if i == 0 else None).assign(task=t)
-                  for t in tasks for i, df in enumerate(lb.tables(store, t, threat_model=threat))]
+        frames = [with_reference(df, store, t, reference).assign(task=t) for t in tasks
+                  for df in lb.tables(store, t, threat_model=threat)]
         df = pd.concat(frames, ignore_index=True)
         df = df[["task", *[c for c in df.columns if c != "task"]]]
         sys.stdout.write(lb.render(df, fmt))
@@ -93,9 +93,8 @@ def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", referen
     from . import leaderboard as lb
     from .reference import apply as with_reference
 
-    # published reference numbers (RobustBench, L-inf by default) go with the first table only
-    frames = [with_reference(df, store, task, reference if i == 0 else None)
-              for i, df in enumerate(lb.tables(store, task, threat_model=threat_model))]
+    # published reference numbers go into the table of their threat model (natbench.reference)
+    frames = [with_reference(df, store, task, reference) for df in lb.tables(store, task, threat_model=threat_model)]
     if fmt != "table":
         if fmt == "html":  # the page --write writes
             text = lb.html_page(store, task, frames)

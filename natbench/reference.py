@@ -111,7 +111,7 @@ def with_reference(df: pd.DataFrame, store: Any, records: list[dict], dataset: s
     ``dataset`` where a record names one), after the measured row of the same model or at the end.
     The claimed AutoAttack accuracy goes into the table's AutoAttack column (the one it is sorted by),
     else into a column ``autoattack``; intervals, avg and worst-case stay empty."""
-    recs = [r for r in records if not dataset or not r["dataset"] or r["dataset"] == dataset]
+    recs = [r for r in records if (not dataset or not r["dataset"] or r["dataset"] == dataset) and _same_threat(r, df)]
     if not recs:
         return df
     sort_by = df.attrs.get("sort_by", "")
@@ -142,6 +142,20 @@ def with_reference(df: pd.DataFrame, store: Any, records: list[dict], dataset: s
     res = pd.DataFrame(merged, columns=out.columns)
     res.attrs.update(df.attrs)
     return res
+
+
+def _same_threat(rec: dict, df: pd.DataFrame) -> bool:
+    """A record goes into the table of its threat model (``df.attrs["threat"]``, one table per threat
+    model): its ``threat_model`` (RobustBench's ``Linf``/``L2``; L-inf when it names none) and its eps
+    (where both are known)."""
+    table = df.attrs.get("threat")
+    if not table:
+        return True
+    norm = {"linf": "linf", "l2": "l2", "l1": "l1"}.get(rec.get("threat_model", "").lower().replace("-", ""), "?")
+    if not rec.get("threat_model"):
+        norm = "linf"
+    eps, t_eps = rec.get("eps", float("nan")), float(table[1])
+    return norm == table[0] and (eps != eps or t_eps != t_eps or abs(eps - t_eps) <= 1e-9 * max(1.0, t_eps))
 
 
 def apply(df: pd.DataFrame, store: Any, task: str, path: str | Path | None) -> pd.DataFrame:

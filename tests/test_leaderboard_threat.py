@@ -118,3 +118,20 @@ def test_hooks_for_other_tables(root, monkeypatch):
     assert [f.attrs["threat_title"] for f in frames] == ["L-inf eps 0.3", "L2 eps 0.5", "corruptions"]
     assert "fgsm" not in frames[0].columns and frames[0].loc[0, "avg"] == 37.5
     assert len(leaderboard.tables(store, "toy")) == 2
+
+
+def test_reference_rows_go_into_the_table_of_their_threat_model(root, tmp_path):
+    import json
+
+    from natbench.reference import load, with_reference
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "L2Model.json").write_text(json.dumps({"name": "L2 paper", "clean_acc": 90, "autoattack_acc": 70, "eps": "0.5",
+                                                  "threat_model": "L2"}))
+    (ref / "LinfModel.json").write_text(json.dumps({"name": "Linf paper", "clean_acc": 80, "autoattack_acc": 40, "eps": "0.3"}))
+    (ref / "Linf8.json").write_text(json.dumps({"name": "other eps", "clean_acc": 80, "autoattack_acc": 40, "eps": "8/255"}))
+    store = Store(root / "natbench.sqlite", readonly=True)
+    linf, l2 = (with_reference(f, store, load(ref)) for f in leaderboard.tables(store, "toy"))
+    assert linf.loc[linf["source"] == "reported", "defense"].tolist() == ["LinfModel"]
+    assert l2.loc[l2["source"] == "reported", "defense"].tolist() == ["L2Model"]
