@@ -65,6 +65,10 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
             for p in lb.write(store, out_dir or root / "leaderboards", t,
                               lb.WRITE_FORMATS_HTML if fmt == "html" else lb._WRITE_FORMATS, threat_model=threat):
                 print(f"wrote {p}", file=sys.stderr)
+            from .leaderboard_corruptions import write as write_corruptions
+
+            for p in write_corruptions(store, out_dir or root / "leaderboards", t, baseline):  # <task>-corruptions.*
+                print(f"wrote {p}", file=sys.stderr)
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
 

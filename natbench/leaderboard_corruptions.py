@@ -194,3 +194,22 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in df.to_dict("records")]
     return f"{df.attrs.get('metric', 'accuracy')} (%), corruptions\n\n" + "\n".join(lines) + "\n"
+
+
+def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> list:
+    """``<out_dir>/<task>-corruptions.{md,csv,json}`` (one metric: the task's first; re-id: mAP) when the
+    task has corruption results, each file written atomically; the paths written."""
+    from pathlib import Path
+
+    from .safety import atomic_write
+
+    df = table(store, task, baseline=baseline)
+    if df.empty:
+        return []
+    texts = {fmt: render(df, fmt) for fmt in ("md", "csv", "json")}  # all rendered before the first file
+    out = []
+    for fmt, text in texts.items():
+        path = Path(out_dir) / f"{task}-corruptions.{fmt}"
+        atomic_write(path, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
+        out.append(path)
+    return out

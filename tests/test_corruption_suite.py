@@ -213,7 +213,10 @@ def test_eval_stores_corruption_entries_per_sample_and_the_checks_skip_them(tmp_
         assert math.isnan(df.loc[0, "mCE"]) and "all 5 severities" in df.loc[0, "mCE note"]
     from natbench.cli import main
 
-    assert main(["leaderboard", "--root", str(tmp_path), "--baseline", run_id, "--format", "csv"]) == 0
+    assert main(["leaderboard", "--root", str(tmp_path), "--baseline", run_id, "--format", "csv", "--write",
+                 "--out", str(tmp_path / "lb")]) == 0
+    assert "corr" not in (tmp_path / "lb" / "digits.csv").read_text()
+    assert "gaussian_noise" in (tmp_path / "lb" / "digits-corruptions.csv").read_text()
     assert main(["leaderboard", "--root", str(tmp_path), "--baseline", "nope"]) == 2  # one line, exit 2
 
 
