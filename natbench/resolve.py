@@ -230,6 +230,8 @@ def check_suite(reg: Registry, suite: SuiteSpec, plan: compose.Plan, kind_cls: t
         attack = cls(from_dict(cls.Params, a.params, f"suite.{a.id}.params"))
         with_norm(attack, spec.threat_model.norm, f"suite.{a.id}")
         obj = a.objective or cls.objective_kind
+        if getattr(cls, "threat", None) == "corruption":  # natbench.attacks.corruption: no objective, any task kind
+            continue
         if obj == DEFENSE_OBJECTIVE:  # built by the runner from the composition, not by the task
             if "logits" not in getattr(kind_cls, "OBJECTIVES", ("logits",)):
                 raise ConfigError(f"suite.{a.id}: the adaptive attack (objective 'defense') needs a classification "

@@ -18,7 +18,7 @@ from natbench.contracts import Batch
 from natbench.corruption_suite import expand, summary
 from natbench.errors import ConfigError, DataError
 from natbench.registry import get_registry
-from natbench.resolve import load_suite, resolve, task_kind_cls
+from natbench.resolve import check_suite, load_suite, resolve, task_kind_cls
 from natbench.taskspec import SuiteAttack, SuiteSpec
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -139,7 +139,8 @@ def test_reid_entry_corrupts_query_and_gallery_with_different_draws(tmp_path, mo
         return real(self, x, index, split)
 
     monkeypatch.setattr(Corruption, "_generate", spy)
-    out = task.evaluate(model, test, corr("impulse_noise", 2))
+    check_suite(REG, load_suite(REG, "corruptions"), r.plan, type(task), r.spec)  # a corruption needs no objective
+    out = task.evaluate(model, test, corr("impulse_noise", 2), objective=Corruption.objective_kind)  # as the suite calls it
     assert set(seen) == {"query", "gallery"} and set(out.metrics) >= {"mAP", "rank1"}
     assert len(out.correct) == len(test.query.items)
     seen.clear()
@@ -160,7 +161,8 @@ def test_detection_entry_keeps_the_boxes_and_scores_map(tmp_path):
     boxes = [np.array(it.boxes, copy=True) for it in test.items]
     torch.manual_seed(0)
     model = task.build_model()
-    out = task.evaluate(model, test, corr("brightness", 3))
+    check_suite(REG, load_suite(REG, "corruptions"), r.plan, type(task), r.spec)
+    out = task.evaluate(model, test, corr("brightness", 3), objective=Corruption.objective_kind)
     assert "mAP" in out.metrics and len(out.correct) == 3
     assert all(np.array_equal(b, it.boxes) for b, it in zip(boxes, test.items))
 

@@ -105,7 +105,7 @@ class TaskBase:
         """The builder ``(model, batch) -> objective`` for ``attack`` in evaluation (None without an attack):
         ``objective`` (a kind or a builder) when given, else the attack's ``objective_kind``, both mapped by
         :meth:`_eval_kind`; a kind outside :attr:`OBJECTIVES` is a :class:`ConfigError`."""
-        if attack is None:
+        if attack is None or getattr(attack, "threat", None) == "corruption":  # a corruption builds no objective
             return None
         named = objective is not None
         kind = self._eval_kind(objective if named else getattr(attack, "objective_kind", self.SELECTION_OBJECTIVE), named)
