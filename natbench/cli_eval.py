@@ -33,9 +33,13 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
     apply(threads)
     r = run_from_dir(root, run_id, reg)
     s = load_suite(reg, suite) if suite else from_dict(SuiteSpec, r.config["suite"], "suite")
-    check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), r.spec)
+    spec = r.spec  # the suite is checked in the norm it will run in: --threat-model's, else the run's
     if threat is not None:
+        import dataclasses
+
         check_norm(reg, s, threat[0])
+        spec = dataclasses.replace(spec, threat_model=dataclasses.replace(spec.threat_model, norm=threat[0]))
+    check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), spec)
     setup_logging()
     from .distributed import Dist
 

@@ -231,6 +231,10 @@ CASES: dict[str, Case] = {
     "eval-threat-model-linf-above-1": Case(lambda c: ["eval", c.run_id, "--threat-model", "linf:8"], "pixel range", needs_run=True),
     "eval-threat-model-attack-lacks-norm": Case(lambda c: ["eval", c.run_id, "--threat-model", "l1:5", "--device", "cpu"],
                                                 "(suite.fgsm) supports linf, l2 only", needs_run=True),
+    # an L2-only attack under --threat-model l2 on an L-inf run passes the suite checks (it reaches the store's)
+    "eval-threat-model-l2-only-attack": Case(lambda c: ["eval", c.run_id, "--suite", "minnorm-l2", "--threat-model", "l2:1",
+                                                        "--device", "cpu"], "not complete", needs_run=True,
+                                             setup=lambda c: _drop_run_row(c)),
     "eval-threat-model-outside-model": Case(["eval", "--task", "digits", "--model", "m.py:f", "--threat-model", "l2:0.5"],
                                             "outside model"),
     "leaderboard-threat-model-bad": Case(["leaderboard", "--threat-model", "l2:"], "NORM:EPS", needs_run=True),
