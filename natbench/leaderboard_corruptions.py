@@ -181,11 +181,11 @@ def print_tables(store: Any, task: str, fmt: str = "table", baseline: str | None
             for line in notes(df):
                 console.print(f"  {line}")
         elif fmt in ("md", "csv", "json"):
-            sys.stdout.write(render(df, fmt))
+            sys.stdout.write(render(df, fmt, task))
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """``df`` as md (percent, one decimal), csv or json (records) text."""
+def render(df: pd.DataFrame, fmt: str, task: str = "") -> str:
+    """``df`` as md (percent, one decimal; titled with ``task``), csv or json (records) text."""
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":
@@ -193,7 +193,8 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in df.to_dict("records")]
-    return f"{df.attrs.get('metric', 'accuracy')} (%), corruptions\n\n" + "\n".join(lines) + "\n"
+    title = f"## {task + ' — ' if task else ''}corruptions: {df.attrs.get('metric', 'accuracy')} (%)"
+    return f"\n{title}\n\n" + "\n".join(lines) + "\n"
 
 
 def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> list:
@@ -206,7 +207,7 @@ def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> l
     df = table(store, task, baseline=baseline)
     if df.empty:
         return []
-    texts = {fmt: render(df, fmt) for fmt in ("md", "csv", "json")}  # all rendered before the first file
+    texts = {fmt: render(df, fmt, task) for fmt in ("md", "csv", "json")}  # all rendered before the first file
     out = []
     for fmt, text in texts.items():
         path = Path(out_dir) / f"{task}-corruptions.{fmt}"
