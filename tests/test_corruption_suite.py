@@ -270,3 +270,29 @@ def test_report_section_draws_the_heat_map_with_missing_cells_blank(tmp_path):
     png = tmp_path / "corruptions_r1.png"
     assert png.is_file() and png.stat().st_size > 10_000 and "Common corruptions" in html and "20.00" in html
     assert corruptions_section([run], store, tmp_path, "last") == ""  # no corruption results: no section
+
+
+def test_imagenet100_entry_reads_imagenet_c_copies_of_the_test_files(tmp_path):
+    from natbench.data.corrupted import write_imagenet_c_fixture
+    from natbench.data.imagenet100 import write_imagenet100_fixture
+
+    write_imagenet100_fixture(tmp_path, n_classes=100, per_class=1, size=40)
+    write_imagenet_c_fixture(tmp_path, size=32, corruptions=("fog",))
+    r = resolve(REG, "imagenet100", "vanilla", profile="quick", sets=["data.image_size=32"])
+    task = task_kind_cls(REG, r.spec)(r.spec, tmp_path)
+    _, _, test = task.loaders(2, torch.Generator().manual_seed(0), 2)
+    files = task._data()["test"][0]
+    batch = next(iter(test))
+    atk = corr("fog", 2)
+    x = atk.corrupt(batch, task)
+    from PIL import Image
+
+    def copy(f):  # ImageNet-C's file of the same wnid folder and name, already 32 x 32 (no resize)
+        with Image.open(tmp_path / "ImageNet-C" / "fog" / "2" / f.parent.name / f.name) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+
+    want = torch.stack([copy(files[i]) for i in batch.index.tolist()]).float() / 255
+    assert x.shape == batch.x.shape and torch.equal(x, want) and atk.result_metrics == {"published_set": 1.0}
+    assert not torch.equal(corr("fog", 2, source="generated").corrupt(batch, task), x)
+    with pytest.raises(DataError, match="folder not found"):
+        corr("snow", 2, source="published").corrupt(batch, task)

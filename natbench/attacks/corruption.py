@@ -12,6 +12,8 @@ Where the images come from (``source``):
   (``<data root>/CIFAR-10-C`` for ``cifar10``, ``<data root>/CIFAR-100-C`` for ``cifar100``, the
   layouts of :mod:`natbench.data.corrupted`): image ``i`` of the test set is row ``i`` of the slice,
   whose label must equal the test label (else the set belongs to another test set: an error);
+  ``<data root>/ImageNet-C/<corruption>/<severity>/<wnid>/<file>`` for ``imagenet100``: the copy of each
+  test file (same wnid folder and file name), 224 x 224, resized to ``data.image_size`` when that differs;
 - ``generated``: the test images corrupted on the fly by ``imagecorruptions``
   (:mod:`natbench.corruptions`, deterministic per image index and ``seed``; ``upscale`` for images
   under 32 px such as the 8x8 digits);
@@ -44,7 +46,8 @@ from natbench.contracts import Batch, Objective
 from natbench.errors import ConfigError, DataError
 
 #: datasets with a published corrupted set readable here: dataset -> (reader name, folder)
-PUBLISHED = {"cifar10": ("cifar10-c", "CIFAR-10-C"), "cifar100": ("cifar100-c", "CIFAR-100-C")}
+PUBLISHED = {"cifar10": ("cifar10-c", "CIFAR-10-C"), "cifar100": ("cifar100-c", "CIFAR-100-C"),
+             "imagenet100": ("imagenet-c", "ImageNet-C")}
 SOURCES = ("auto", "published", "generated")
 
 
@@ -101,6 +104,8 @@ class Corruption:
         published = self._published_set(task)
         if published is None:
             return self._generate(batch.x, index, str(batch.extra.get("split", "")))
+        if isinstance(published, Path):  # ImageNet-C: the corrupted copy of each test file
+            return self._imagenet_c(batch, index, task, published)
         x, y = published
         idx = index.cpu()
         if len(idx) and int(idx.max()) >= len(y):
@@ -121,24 +126,61 @@ class Corruption:
         return corruptions.corrupt_batch(x, p.corruption, p.severity, seed=seed, indices=index.tolist(),
                                          upscale=p.upscale)
 
-    def _published_set(self, task: Any) -> tuple[Tensor, Tensor] | None:
+    def _published_set(self, task: Any) -> tuple[Tensor, Tensor] | Path | None:
+        """None: generate; CIFAR-C: the slice ``(x uint8, y)``; ImageNet-C: the slice's folder."""
         p = self.params
         dataset = getattr(getattr(getattr(task, "spec", None), "data", None), "dataset", None)
         root = getattr(task, "data_root", None)
         known = PUBLISHED.get(dataset)
-        found = known is not None and root is not None and (Path(root).expanduser() / known[1] / "labels.npy").is_file()
+        folder = None if known is None or root is None else Path(root).expanduser() / known[1]
+        found = folder is not None and ((folder / p.corruption / str(p.severity)).is_dir() if known[0] == "imagenet-c"
+                                        else (folder / "labels.npy").is_file())
         if p.source == "generated" or (p.source == "auto" and not found):
             return None
         if known is None:
             raise ConfigError(f"corruption source 'published': dataset {dataset} has no published corrupted set natbench "
                               f"reads ({', '.join(PUBLISHED)}); use source auto or generated")
+        if folder is None:
+            raise DataError(f"corruption source 'published': no data root given for {known[1]}; pass --data-root")
+        self.result_metrics = {"published_set": 1.0}
+        if known[0] == "imagenet-c":
+            if not found:
+                raise DataError(f"ImageNet-C {folder / p.corruption / str(p.severity)}: folder not found. Fix: extract the "
+                                f"archive next to imagenet100 in the data root, or: natbench data fixture imagenet-c --out DIR")
+            return folder / p.corruption / str(p.severity)
         key = (str(root), known[0])
         if key not in self._published:
             from natbench.data.corrupted import read_cifar_c
 
             self._published[key] = read_cifar_c(root, known[0], p.corruption, p.severity)
-        self.result_metrics = {"published_set": 1.0}
         return self._published[key]
+
+    def _imagenet_c(self, batch: Batch, index: Tensor, task: Any, folder: Path) -> Tensor:
+        """ImageNet-C's copies (``<folder>/<wnid>/<file name>``, 224 x 224 centre crops) of the test files at
+        ``index``, resized to the task's ``image_size`` when it is not 224 (ImageNet-C is defined at 224)."""
+        import numpy as np
+        from PIL import Image
+
+        from natbench.tasks._base import decode_image
+        from natbench.tasks.classification.data import data_option
+
+        files = task._data()["test"][0]  # the classification task's test file list, in loader order
+        size = data_option(task.spec.data, "image_size")
+
+        def load(im):
+            im = im.convert("RGB")
+            return np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+        out = []
+        for i in index.tolist():
+            f = Path(files[i])
+            path = folder / f.parent.name / f.name
+            if not path.is_file():
+                raise DataError(f"ImageNet-C {path}: no corrupted copy of test image {f.parent.name}/{f.name}; the set "
+                                f"belongs to another val set (or is incomplete)")
+            out.append(decode_image(path, load, "Fix: extract the ImageNet-C archive, or natbench data fixture imagenet-c"))
+        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        return x.to(device=batch.x.device, dtype=batch.x.dtype) / 255.0
 
     def _where(self, task: Any) -> str:
         name = PUBLISHED[task.spec.data.dataset][1]

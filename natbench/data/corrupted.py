@@ -170,14 +170,19 @@ def write_imagenet_c_fixture(out_dir, class_list: str = "cmc", per_class: int = 
                              seed: int = 0, corruptions: tuple[str, ...] | None = None) -> Path:
     """``<out_dir>/ImageNet-C/<15 corruptions>/<1-5>/<wnid>/<name>.JPEG`` for the 100 wnids of ``class_list``,
     ``per_class`` images each (``size`` px, not the real 224: 7500 small files); ``corruptions``: a subset
-    (default all 15)."""
+    (default all 15). When ``out_dir`` holds an ImageNet-100 (fixture), one copy of each of its val images
+    instead (its Resize + CenterCrop at ``size``, noisier per severity, same wnid folder and file name)."""
     from PIL import Image
 
     from .cifar import synthetic_images
     from .imagenet100 import classes
 
-    wnids = list(classes(class_list))
     rng = np.random.default_rng(seed)
+    val = Path(out_dir) / "imagenet100" / "val"
+    if val.is_dir():  # as the real set: a copy of each clean val image (its eval crop at ``size``), same names
+        _imagenet_c_from_val(out_dir, val, size, rng, corruptions or _names())
+        return Path(out_dir)
+    wnids = list(classes(class_list))
     clean = synthetic_images(np.repeat(np.arange(len(wnids)), per_class), rng, size).astype(np.float32)
     for corruption in corruptions or _names():
         for s in range(1, 6):
@@ -190,3 +195,24 @@ def write_imagenet_c_fixture(out_dir, class_list: str = "cmc", per_class: int = 
                                                                    format="JPEG", quality=90)
     log.info("wrote a synthetic ImageNet-C fixture (%d classes) to %s", len(wnids), Path(out_dir) / IMAGENET_C)
     return Path(out_dir)
+
+
+def _imagenet_c_from_val(out_dir, val: Path, size: int, rng: np.random.Generator, corruptions) -> None:
+    from PIL import Image
+
+    from ..tasks.classification.data import ImageTransform
+
+    crop = ImageTransform("eval", size, round(size * 256 / 224))
+    files = sorted(p for p in val.glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    clean = []
+    for f in files:
+        with Image.open(f) as im:
+            clean.append(np.asarray(crop.apply(im), dtype=np.float32))
+    for corruption in corruptions:
+        for s in range(1, 6):
+            for f, img in zip(files, clean):
+                d = Path(out_dir) / IMAGENET_C / corruption / str(s) / f.parent.name
+                d.mkdir(parents=True, exist_ok=True)
+                noisy = np.clip(img + rng.normal(0, 8.0 * s, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(noisy).save(d / f.name, format="JPEG", quality=90)
+    log.info("wrote a synthetic ImageNet-C fixture from %d val images of %s", len(files), val)
