@@ -66,7 +66,7 @@ class Corruption:
     """One ImageNet-C corruption at one severity (module docstring)."""
 
     name = "corruption"
-    objective_kind = "ce"  # never built into an objective: a corruption uses no gradient
+    objective_kind = "none"  # no objective is built (TaskBase.attack_objective): a corruption uses no gradient
     threat: ClassVar[str] = "corruption"  # not in an eps-ball: no ball check, no gradient-masking checks
     norms: ClassVar[tuple[str, ...]] = NORMS  # independent of the threat model: allowed beside any norm
     black_box = False
