@@ -14,11 +14,11 @@ REG = get_registry()
 def test_norm_l2_takes_the_specs_l2_defaults_and_suite():
     r = resolve(REG, "digits", "trades+nat", sets=["threat_model.norm=l2"])
     tm = r.spec.threat_model
-    assert (tm.norm, tm.eps, tm.train_steps, tm.train_step_size) == ("l2", 1.0, 10, 0.25)
+    assert (tm.norm, tm.eps, tm.train_steps, tm.train_step_size) == ("l2", 0.75, 10, 0.1875)
     assert r.suite.suite == "digits-l2" and "threat_model.norm=l2" in r.variant
     assert "threat_models" not in r.config["task"]  # per-norm defaults are not part of a run
     explicit = resolve(REG, "digits", "trades+nat", sets=["threat_model.norm=l2", "threat_model.eps=1.5"])
-    assert explicit.spec.threat_model.eps == 1.5 and explicit.spec.threat_model.train_step_size == 0.25
+    assert explicit.spec.threat_model.eps == 1.5 and explicit.spec.threat_model.train_step_size == 0.1875
     assert explicit.run_id != r.run_id
     assert resolve(REG, "digits", "pgd-at", sets=["threat_model.norm=l2"], suite="smoke").suite.suite == "smoke"  # --suite wins
     c = resolve(REG, "cifar10", "pgd-at", sets=["threat_model.norm=l2"])
