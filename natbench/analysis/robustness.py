@@ -2,7 +2,7 @@
 on the curve in the style of :mod:`natbench.checks` (Carlini et al. 2019, "On Evaluating Adversarial
 Robustness", Sec. 5: accuracy must fall as eps grows and reach ~0 when eps allows any image).
 
-Each point is the task's own evaluation (``task.evaluate``) under L-inf PGD with ``steps`` steps of
+Each point is the task's own evaluation (``task.evaluate``) under PGD in the task's norm (L-inf or L2) with ``steps`` steps of
 ``step_frac * eps`` and a uniform random start (the suite's PGD convention, step eps/4); eps = 0 is
 the clean accuracy. Per-sample correctness is kept so monotonicity is judged by the paired sign test
 of :func:`natbench.checks.weaker`, not by raw differences that random starts can reverse.
@@ -31,11 +31,12 @@ class EpsCurve:
     attack: str = ""
 
 
-def default_eps_list(task_eps: float, multiples: Sequence[float] = DEFAULT_MULTIPLES) -> list[float]:
-    """``multiples x task_eps`` capped at 1 (any image is reachable at eps 1), without duplicates."""
+def default_eps_list(task_eps: float, multiples: Sequence[float] = DEFAULT_MULTIPLES, cap: float = 1.0) -> list[float]:
+    """``multiples x task_eps`` capped at ``cap`` (L-inf: any image is reachable at eps 1; an L2/L1 caller
+    passes its norm's, :func:`natbench.checks.reach_eps`), without duplicates."""
     out: list[float] = []
     for m in multiples:
-        e = min(1.0, float(m) * float(task_eps))
+        e = min(float(cap), float(m) * float(task_eps))
         if not any(abs(e - o) < 1e-12 for o in out):
             out.append(e)
     return sorted(out)
@@ -45,7 +46,9 @@ def accuracy_vs_eps(task: Any, model: torch.nn.Module, loader: Any, eps_list: Se
                     step_frac: float = 0.25, device: torch.device | str = "cpu", seed: int = 0,
                     metric: str = "accuracy", on_point: Callable[[], None] | None = None) -> EpsCurve:
     """Accuracy under PGD-``steps`` (step ``step_frac * eps``, uniform start) at every eps of
-    ``eps_list`` (sorted); each point draws its random start from its own generator (``seed``, index)."""
+    ``eps_list`` (sorted); each point draws its random start from its own generator (``seed``, index).
+    PGD runs in the task's threat-model norm (L-inf or L2)."""
+    from ..attacks._base import with_norm
     from ..attacks.pgd import PGD
 
     eps_sorted = sorted(float(e) for e in eps_list)
@@ -53,7 +56,8 @@ def accuracy_vs_eps(task: Any, model: torch.nn.Module, loader: Any, eps_list: Se
         raise ValueError(f"eps values must be >= 0, got {eps_sorted}")
     curve = EpsCurve([], [], [], f"PGD-{steps} (step {step_frac:g} eps, random start)")
     for i, e in enumerate(eps_sorted):
-        attack = None if e == 0 else PGD(PGD.Params(steps=steps, step_size=step_frac * e))
+        attack = None if e == 0 else with_norm(PGD(PGD.Params(steps=steps, step_size=step_frac * e)),
+                                               getattr(task.threat, "norm", "linf"), "accuracy_vs_eps")
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         out = task.evaluate(model, loader, attack, eps=e if e > 0 else None, generator=gen, device=device)
         curve.eps.append(e)

@@ -32,7 +32,7 @@ def classification_analyses(runs: list[ReportRun], env: ReportEnv, out_dir: Path
     if opts.max_samples is not None:
         test_loader = LimitedLoader(test_loader, opts.max_samples)
     n_batches = len(test_loader)
-    eps_list = R.default_eps_list(eps, opts.eps_multiples)
+    eps_list = R.default_eps_list(eps, opts.eps_multiples, cap=1.0 if task.threat.norm == "linf" else float("inf"))
     total = len(runs) * (n_batches + len(eps_list) + 2)
     reporter = env.reporter
     bar = reporter.start("report analyses", total)
