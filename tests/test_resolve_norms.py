@@ -23,6 +23,8 @@ def test_norm_l2_takes_the_specs_l2_defaults_and_suite():
     assert resolve(REG, "digits", "pgd-at", sets=["threat_model.norm=l2"], suite="smoke").suite.suite == "smoke"  # --suite wins
     c = resolve(REG, "cifar10", "pgd-at", sets=["threat_model.norm=l2"])
     assert (c.spec.threat_model.eps, c.suite.suite) == (0.5, "whitebox-l2")
+    i = resolve(REG, "imagenet100", "pgd-at", sets=["threat_model.norm=l2"])
+    assert (i.spec.threat_model.eps, i.spec.threat_model.train_step_size) == (3.0, 0.75)  # RobustBench ImageNet L2
 
 
 def test_linf_runs_keep_their_identity():
