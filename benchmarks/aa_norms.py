@@ -1,7 +1,7 @@
 """AutoAttack in L2 and L1: natbench's ``autoattack`` against the original package, per sample, in one process.
 
 For a digits model trained by the CLI (quick profile, under ``--root``; trained first when missing), on
-the test images at each ``--norms`` entry ``norm:eps``, seed 0:
+the test images at each ``--norms`` entry ``norm:eps``, at generator seed ``--seed`` (default 0):
 
 - ``original``: the authors' ``pyautoattack.AutoAttack(norm="L2"/"L1", version="standard", seed=0)``, run
   as is (natbench's ``autoattack-original`` with the norm bound);
@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--norms", default="l2:1.0,l1:2.0", help="comma-separated norm:eps (norms: l2, l1, linf)")
     ap.add_argument("--n", type=int, default=359, help="digits test images (all: 359)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="the generator seed of every evaluation (natbench eval's "
+                    "seed for suite attack ID is natbench.training.derive_seed(run seed, 'eval', ID))")
     ap.add_argument("--no-early-stop", action="store_true", help="also run natbench with early_stop=False")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -59,19 +61,19 @@ def main() -> None:
             runs["natbench, no early stop"] = with_norm(AutoAttack(AutoAttack.Params(early_stop=False)), norm, "--norms")
         res = {}
         for name, atk in runs.items():
-            res[name] = measure(atk, model, x, y, eps, nc)
+            res[name] = measure(atk, model, x, y, eps, nc, a.seed)
             orig = res["original"]
             m = res[name]
             diff = (int((m["robust"] & ~orig["robust"]).sum()), int((~m["robust"] & orig["robust"]).sum()))
             gap = float((m["adv"] - orig["adv"]).abs().max()) if name.endswith("no early stop") else None
             rows.append((f"{norm}:{eps:g}", name, m["robust"].float().mean().item(), diff, m["cpu"], m["wall"],
                          m["fwd"], m["bwd"], m["cpu"] / orig["cpu"], gap))
-            print_table(rows, a.threads, len(y), clean, a.defense)
+            print_table(rows, a.threads, len(y), clean, a.defense, a.seed)
 
 
-def print_table(rows, threads: int, n: int, clean: float, defense: str) -> None:
+def print_table(rows, threads: int, n: int, clean: float, defense: str, seed: int) -> None:
     print(f"\ndigits {defense} (quick), n = {n}, clean {100 * clean:.2f} %, {threads} thread(s), torch "
-          f"{torch.__version__}, seed 0\n")
+          f"{torch.__version__}, seed {seed}\n")
     print("| threat model | evaluation | robust % | flags differing (robust here only / fooled here only) | CPU s "
           "| wall s | forward rows | backward rows | CPU / original | max abs x' difference |")
     print("|---|---|---|---|---|---|---|---|---|---|")
