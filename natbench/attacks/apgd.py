@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._clean import clean_logits
 from natbench.attacks._apgd_norms import APGD_NORMS, l1_projection, largereps_schedule
 from natbench.attacks._apgd_core import (  # noqa: F401 - the run's pieces, importable from here as before
     Forward, Joint, LossFn, _draw_start, apgd_single_run, checkpoints, ce_loss, dlr_loss, dlr_loss_targeted,
@@ -58,8 +59,7 @@ def logits_parts(objective: Any, name: str) -> tuple[Forward, Tensor, int | None
 
 
 def _clean_correct(forward: Forward, x: Tensor, y: Tensor) -> Tensor:
-    with torch.no_grad():
-        return forward(x).max(1)[1] == y
+    return clean_logits(forward, x).max(1)[1] == y  # the carried clean logits when given (AutoAttack's)
 
 
 def apgd_run(forward: Forward | None, x: Tensor, y: Tensor, loss_fn: LossFn | None, *, eps: float, n_iter: int,
@@ -129,8 +129,7 @@ def apgd_targeted_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float,
     before every target: the same forward of an evaluated model)."""
     x = x.detach()
     y = y.to(x.device).long()
-    with torch.no_grad():
-        clean = forward(x)
+    clean = clean_logits(forward, x)  # the carried ones when given (AutoAttack's)
     robust = clean.max(1)[1] == y
     ranking = clean.sort(dim=1)[1]
     adv = x.clone()

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import NORMS, LinfAttack, check_eps, with_norm
+from natbench.attacks._clean import carrying, clean_logits
 from natbench.attacks.apgd import logits_parts
 from natbench.contracts import LogitsObjective
 from natbench.errors import ConfigError, suggest
@@ -171,8 +172,7 @@ class AutoAttack(LinfAttack):
         device = generator.device if generator is not None else torch.device("cpu")
         x = x.detach()
         y = y.to(x.device).long()
-        with torch.no_grad():
-            clean = forward(x)
+        clean = clean_logits(objective, x)  # once: every component gets them for its rows (_clean.carrying)
         robust = clean.max(1)[1] == y
         if num_classes is None:
             num_classes = int(clean.shape[1])
@@ -184,15 +184,26 @@ class AutoAttack(LinfAttack):
                 break
             for idx in todo.split(self.params.bs):
                 g = torch.Generator(device=device).manual_seed(seed)
-                adv = attack(subset_objective(objective, idx, num_classes), x[idx], eps=eps, generator=g).detach()
-                with torch.no_grad():
-                    fooled = forward(adv).max(1)[1] != y[idx]
+                sub = carrying(subset_objective(objective, idx, num_classes), x[idx], clean[idx])
+                adv = attack(sub, x[idx], eps=eps, generator=g).detach()
+                fooled = self._fooled_rows(forward, adv, x[idx], y[idx])
                 robust[idx[fooled]] = False
                 x_adv[idx[fooled]] = adv[fooled]
                 self._fooled[name] += int(fooled.sum())
             log.debug("autoattack: robust after %s: %d / %d", name, int(robust.sum()), len(robust))
         return x_adv
 
+    @staticmethod
+    def _fooled_rows(forward: Any, adv: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Which rows of a component's output ``adv`` the model misclassifies (the original's check
+        after each component). Only the rows that differ from the clean ``x`` are evaluated: the others
+        are the clean, clean-correct inputs the component was given (a still-robust point)."""
+        changed = (adv != x).flatten(1).any(1)
+        fooled = torch.zeros_like(changed)
+        if bool(changed.any()):
+            with torch.no_grad():
+                fooled[changed] = forward(adv[changed]).max(1)[1] != y[changed]
+        return fooled
 
     def take_checks(self) -> list:
         """The original's Square check (``checks.check_square_sr``) over the calls since the last

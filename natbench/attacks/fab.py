@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import NORMS, LinfAttack, check_eps
+from natbench.attacks._clean import clean_logits
 from natbench.attacks._fab_proj import project_l1_hyperplane, project_l2_hyperplane
 from natbench.errors import ConfigError
 
@@ -225,8 +226,7 @@ class FABT(LinfAttack):
         x = x.detach()
         y = objective.y.to(x.device).long()
         out = x.clone()
-        with torch.no_grad():
-            clean = objective(x)
+        clean = clean_logits(objective, x)  # the carried ones when given (AutoAttack's)
         robust = clean.argmax(1) == y  # only clean-correct images are attacked
         num_classes = int(getattr(objective, "num_classes", clean.shape[1]))
         ranking = clean.sort(dim=1)[1]  # ascending: the k-th largest logit is column -k

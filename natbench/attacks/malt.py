@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import LinfAttack, check_eps
+from natbench.attacks._clean import clean_logits
 from natbench.attacks.apgd import Forward, logits_parts, targeted_cascade
 from natbench.errors import ConfigError
 
@@ -103,8 +104,7 @@ def malt_perturb(forward: Forward, x: Tensor, y: Tensor, *, eps: float, n_iter: 
     x = x.detach()
     y = y.to(x.device).long()
     adv = x.clone()
-    with torch.no_grad():
-        clean = forward(x)
+    clean = clean_logits(forward, x)  # the carried ones when given
     n_classes = clean.shape[1]
     if n_classes < 4 or n_targets > n_classes - 1:
         raise ConfigError(f"attack 'malt': n_target_classes={n_targets} needs at least {max(4, n_targets + 1)} classes "

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from natbench.attacks._base import NORMS, LinfAttack, check_eps
+from natbench.attacks._clean import clean_logits
 from natbench.errors import ConfigError
 
 #: Iterations after which p is halved (``p_selection`` of the original), in increasing order.
@@ -168,8 +169,7 @@ class Square(LinfAttack):
         if x.dim() != 4:
             raise ValueError(f"square attack needs images (B, C, H, W), got shape {tuple(x.shape)}")
         out = x.clone()
-        with torch.no_grad():
-            robust = objective(x).argmax(1) == y  # only clean-correct images are attacked
+        robust = clean_logits(objective, x).argmax(1) == y  # only clean-correct images are attacked
         best_margin = torch.full((x.shape[0],), float("inf"), device=x.device)
         for _ in range(p.restarts):
             idx = robust.nonzero().flatten()
