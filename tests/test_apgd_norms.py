@@ -143,3 +143,27 @@ def test_norm_binding_and_use_largereps_checks():
         with_norm(APGDCE(APGDCE.Params(use_largereps=True)), "l2", "suite.apgd")
     with pytest.raises(ConfigError, match="stack_targets"):
         APGDT(APGDT.Params(stack_targets=True, use_largereps=True))
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_apgd_t_stacked_targets_equal_the_sequential_cascade_in_l2_and_l1(mlp, norm):
+    from natbench.attacks import apgd as apgd_mod
+
+    model, x, y = mlp
+    steps, ranks = 10, range(2, 6)
+    stacked = _ours(APGDT, norm, model, x, y, 0, steps=steps, n_target_classes=4, stack_targets=True)
+    with torch.no_grad():
+        clean = model(x)
+    robust = clean.argmax(1) == y
+    ranking = clean.sort(dim=1)[1]
+    idx = robust.nonzero().squeeze(1)
+    g = gen(0)
+    starts = [apgd_mod._draw_start(x[idx], EPS[norm], g, norm) for _ in ranks]
+    for j, k in enumerate(ranks):  # the sequential cascade from the stacked batch's starts (no early stop)
+        pos = robust[idx].nonzero().squeeze(1)
+        _, acc, _, _ = apgd_mod.apgd_single_run(model, x[idx[pos]], y[idx[pos]], None, eps=EPS[norm], n_iter=steps,
+                                                y_target=ranking[idx[pos], -k], start=starts[j][pos], norm=norm)
+        robust[idx[pos[~acc]]] = False
+    assert torch.equal(correct(model, stacked, y), robust)
+    assert 0 < robust.sum() < (clean.argmax(1) == y).sum()
+    assert (lp_norms(stacked - x, norm) <= EPS[norm] * (1 + 1e-5)).all()
