@@ -86,13 +86,18 @@ RANGES: dict[str, dict[str, str]] = {
     **{f"{_ATT}.autoattack.{c}.Params": {"n_iter": STEPS, "n_target_classes": f"[1, {BIG}]", "n_queries": "[1, 10000000]",
                                          "eot_iter": f"[1, {BIG}]", "bs": "[1, 1000000]"} for c in ("AutoAttack", "AutoAttackRand")},
     f"{_ATT}.autoattack_original.AutoAttackOriginal.Params": {"bs": "[1, 1000000]"},
+    f"{_ATT}.corruption.Corruption.Params": {"severity": "[1, 5]", "seed": f"[0, {2**63 - 1}]"},  # seed: hashed (corruptions._derive)
     f"{_ATT}.cw.CWInf.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},
+    f"{_ATT}.cw_l2.CWL2.Params": {"steps": f"[1, {BIG}]", "binary_search_steps": "[1, 100]", "initial_const": "(0, 1e10]",
+                                  "lr": "(0, 100]", "kappa": LOSS_WEIGHT, "eps_grid": LP_EPS},
     f"{_ATT}.dag.DAG.Params": {"steps": STEPS, "gamma": STEP},
     f"{_ATT}._det.DetectionPGD.Params": {"steps": STEPS, "step_size": STEP, "restarts": RESTARTS},  # det-cls, det-loc
     f"{_ATT}.fab.FABT.Params": {"n_target_classes": f"[1, {BIG}]", "n_iter": STEPS, "restarts": RESTARTS,
                                 "alpha_max": FRACTION, "eta": "[1, 100]", "beta": FRACTION},
     f"{_ATT}.malt.MALT.Params": {"steps": STEPS, "restarts": RESTARTS, "rho": FRACTION, "eot_iter": f"[1, {BIG}]",
                                  "n_target_classes": f"[1, {BIG}]", "n_tested": f"[1, {BIG}]"},
+    f"{_ATT}.fmn.FMN.Params": {"steps": f"[1, {BIG}]", "alpha_max": LP_STEP, "alpha_min": LP_EPS, "gamma": "[0.001, 1)",
+                               "eps_grid": LP_EPS},
     f"{_ATT}.fna.FNA.Params": {"steps": STEPS, "step_size": STEP, "eps": STEP},
     f"{_ATT}.gama.GAMAPGD.Params": {"steps": STEPS, "step_size": STEP, "milestones": STEPS, "drop": "(0, 1000]",
                                     "w_reg": LOSS_WEIGHT, "lambda_steps": STEPS, "restarts": RESTARTS},

@@ -79,7 +79,7 @@ def test_autoattack_evaluates_each_clean_row_once_and_returns_the_same_examples(
     # the same cascade with nothing carried and every row of every component's output checked
     monkeypatch.setattr(aa_mod, "carrying", lambda obj, x_, z: obj)
 
-    def check_all(forward, adv_, x_, y_):
+    def check_all(forward, adv_, x_, y_, **_):
         with torch.no_grad():
             return forward(adv_).max(1)[1] != y_
 
@@ -94,3 +94,39 @@ def test_autoattack_evaluates_each_clean_row_once_and_returns_the_same_examples(
         assert clean_rows_before - clean_rows == 3 * 2 * 20 + 20 == rows_before - rows
     else:
         assert int(robust.sum()) < 20 and clean_rows_before > clean_rows and rows_before > rows
+
+
+def test_autoattack_rand_follows_the_original_on_a_randomized_model():
+    """A randomized model's logits differ at every call: AutoAttack-rand carries no clean logits (a
+    component draws its own, as the original's do) and its check after a component evaluates every
+    row it was given, as the original does (a point whose unchanged clean input a later random draw
+    misclassifies is not robust). Hand-derived: a model right on its first call and wrong on every
+    later one, and a component that returns its input unchanged; the deterministic shortcuts would
+    hand the component the first call's logits and keep all 4 points robust."""
+    from natbench.attacks.autoattack import AutoAttackRand
+
+    class FlipAfterFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.n += 1
+            out = torch.zeros(len(x), 10)
+            out[:, 0 if self.n == 1 else 1] = 1.0  # label 0: right once, then wrong
+            return out + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    seen = []
+
+    def unchanged(objective, x, *, eps, generator=None):
+        seen.append(clean_logits(objective, x).max(1)[1])
+        return x.clone()
+
+    x = torch.rand(4, 1, 4, 4)
+    y = torch.zeros(4, dtype=torch.long)
+    aa = AutoAttackRand(AutoAttackRand.Params(attacks=("apgd-ce",)))
+    aa.components = [("apgd-ce", unchanged)]
+    adv = aa(LogitsObjective(FlipAfterFirst(), y, 10), x, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(adv, x)
+    assert seen[0].tolist() == [1, 1, 1, 1]  # the component's own draw, not the carried first call
+    assert aa._fooled["apgd-ce"] == 4  # the check's draw misclassifies the unchanged inputs

@@ -41,6 +41,12 @@ point within eps (the original keeps the closest found in all its iterations). `
 returns the original's ``x'`` too. The work falls with the fooled fraction
 (``benchmarks/eval_speed.py``).
 
+One clean forward (:mod:`natbench.attacks._clean`). The clean logits are computed once and carried to
+every component, and the check after a component evaluates only the rows it changed (an unchanged row
+is the clean input already found correct). Both hold for a deterministic model only: the 'rand'
+version (:class:`AutoAttackRand`, for randomized defenses) does neither, as the original: each
+component draws its own clean logits and the check evaluates every row it attacked.
+
 The original's diagnostic checks (randomised model, softmax output, dynamic graph, class count) only
 print warnings and are not run. Its Square check is kept: when Square still fools more than 0.2 % of
 the points (the original's ``check_square_sr`` threshold) after APGD/FAB, :meth:`AutoAttack.take_checks`
@@ -173,6 +179,7 @@ class AutoAttack(LinfAttack):
         x = x.detach()
         y = y.to(x.device).long()
         clean = clean_logits(objective, x)  # once: every component gets them for its rows (_clean.carrying)
+        shortcuts = self.version != "rand"  # a randomized model's logits differ per call: no carrying, check all rows
         robust = clean.max(1)[1] == y
         if num_classes is None:
             num_classes = int(clean.shape[1])
@@ -184,9 +191,11 @@ class AutoAttack(LinfAttack):
                 break
             for idx in todo.split(self.params.bs):
                 g = torch.Generator(device=device).manual_seed(seed)
-                sub = carrying(subset_objective(objective, idx, num_classes), x[idx], clean[idx])
+                sub = subset_objective(objective, idx, num_classes)
+                if shortcuts:
+                    sub = carrying(sub, x[idx], clean[idx])
                 adv = attack(sub, x[idx], eps=eps, generator=g).detach()
-                fooled = self._fooled_rows(forward, adv, x[idx], y[idx])
+                fooled = self._fooled_rows(forward, adv, x[idx], y[idx], only_changed=shortcuts)
                 robust[idx[fooled]] = False
                 x_adv[idx[fooled]] = adv[fooled]
                 self._fooled[name] += int(fooled.sum())
@@ -194,11 +203,12 @@ class AutoAttack(LinfAttack):
         return x_adv
 
     @staticmethod
-    def _fooled_rows(forward: Any, adv: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def _fooled_rows(forward: Any, adv: Tensor, x: Tensor, y: Tensor, *, only_changed: bool = True) -> Tensor:
         """Which rows of a component's output ``adv`` the model misclassifies (the original's check
-        after each component). Only the rows that differ from the clean ``x`` are evaluated: the others
-        are the clean, clean-correct inputs the component was given (a still-robust point)."""
-        changed = (adv != x).flatten(1).any(1)
+        after each component). With ``only_changed`` only the rows that differ from the clean ``x`` are
+        evaluated: the others are the clean, clean-correct inputs the component was given (a
+        still-robust point of a deterministic model); without it (the 'rand' version) all rows are."""
+        changed = (adv != x).flatten(1).any(1) if only_changed else torch.ones(len(x), dtype=torch.bool, device=x.device)
         fooled = torch.zeros_like(changed)
         if bool(changed.any()):
             with torch.no_grad():
