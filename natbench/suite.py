@@ -50,6 +50,7 @@ class Job:
     attack: Any
     objective: str
     black_box: bool = False
+    seed_id: str = ""  # the id whose seed the random starts are drawn from ('': its own; suite key seed_as)
 
 
 class PartialResults:
@@ -98,7 +99,8 @@ class SuiteEvaluator:
         suite = suite or r.suite
         bs = r.profile.eval_batch_size
         _, _, self.test_loader = task.loaders(bs, torch.Generator().manual_seed(0), bs)
-        self.jobs = [self.job(a.id, a.attack, a.params, a.objective) for a in suite.attacks]
+        self.jobs = [dataclasses.replace(self.job(a.id, a.attack, a.params, a.objective), seed_id=a.seed_as or "")
+                     for a in suite.attacks]
         self.composite = self._adaptive_composite()
         self.model = (task.build_model() if external is None else external.model).to(self.device)
         self.partial = PartialResults(self.run_dir, self.dist)
@@ -159,7 +161,7 @@ class SuiteEvaluator:
         key = derive_seed(ckpt, sha, job.id, type(job.attack).__name__,
                           to_dict(job.attack.params) if job.attack is not None else None, job.objective,
                           task.threat.eps, r.seed, r.profile.eval_batch_size, self.eval_bf16,
-                          *((norm,) if norm != "linf" else ()))
+                          *((norm,) if norm != "linf" else ()), *((job.seed_id,) if job.seed_id else ()))
         self.reporter.advance(bar, 0, attack=job.id)  # the progress line names the attack being run
         done = self.partial.get(ckpt, job.id)
         if done is not None and done["key"] == key:
@@ -180,7 +182,7 @@ class SuiteEvaluator:
         """The metrics and per-sample correctness of the model under ``job`` (sharded over ranks when
         the task allows it)."""
         r, task, dist, shard = self.r, self.task, self.dist, self.shard
-        gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", job.id))
+        gen = torch.Generator().manual_seed(derive_seed(r.seed, "eval", job.seed_id or job.id))
         objective = job.objective
         if objective == DEFENSE_OBJECTIVE:
             objective = lambda m, b: self.composite.adaptive_objective(m, b, task)  # noqa: E731

@@ -171,6 +171,7 @@ class SuiteAttack:
     attack: str = ""  # registry name of the attack
     params: dict[str, Any] = field(default_factory=dict)  # the attack's Params overrides
     objective: str | None = None  # objective kind override (default: the attack's objective_kind)
+    seed_as: str | None = None  # draw the random starts from the seed of this other entry's id (aa-audit)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,11 @@ class SuiteSpec:
         ids = [a.id for a in self.attacks]
         if len(set(ids)) != len(ids) or "clean" in ids or not all(ids):
             raise ConfigError(f"{where}.attacks: ids must be non-empty, unique and not 'clean'")
+        for i, a in enumerate(self.attacks):
+            if a.seed_as is not None and (a.seed_as == a.id or a.seed_as not in ids):
+                why = "is this entry's own id" if a.seed_as == a.id else "is not an id of this suite"
+                raise ConfigError(f"{where}.attacks[{i}].seed_as: '{a.seed_as}' {why}; name another entry's id "
+                                  f"({', '.join(x for x in ids if x != a.id)}) or drop the key")
 
 
 def resolve_include(path: Path, inc: str, section: str) -> tuple[Path, str]:

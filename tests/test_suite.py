@@ -124,3 +124,46 @@ def test_killed_evaluation_resumes_and_never_mixes_configurations(masked, tmp_pa
     Runner(tmp_path, registry=get_registry()).evaluate(r2, task, run_dir, ("best",))
     assert "pgd" in calls
     (run_dir / PARTIAL).unlink()
+
+
+# ------------------------------------------------------------------------------ seeds of a suite's attacks
+SEEDED = ("suite: seeded\ndescription: two columns at the same random starts\nattacks:\n"
+          "  - {id: a, attack: pgd, params: {steps: 1}}\n"
+          "  - {id: b, attack: pgd, params: {steps: 2}, seed_as: a}\n"
+          "  - {id: c, attack: pgd, params: {steps: 3}}\n")
+
+
+def test_seed_as_draws_an_attacks_starts_from_another_ids_seed(tmp_path, monkeypatch):
+    """aa-audit compares natbench's AutoAttack with the original *at the same seed* (its description);
+    each attack id drew from its own seed, so the two columns differed by the random starts alone (3 of
+    359 flags in L1). ``seed_as: ID`` gives an entry the generator seed of entry ID."""
+    from natbench.tasks.classification.task import ClassificationTask
+
+    monkeypatch.setattr("natbench.suite.escalations", lambda *a, **k: [])
+    seeds: dict[int, set[int]] = {}
+    evaluate = ClassificationTask.evaluate
+
+    def spy(self, model, loader, attack=None, **kw):
+        if attack is not None and kw.get("generator") is not None:
+            seeds.setdefault(attack.params.steps, set()).add(kw["generator"].initial_seed())
+        return evaluate(self, model, loader, attack, **kw)
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", spy)
+    suite = tmp_path / "seeded.yaml"
+    suite.write_text(SEEDED)
+    reg = get_registry()
+    r = resolve(reg, "digits", "vanilla", seed=3, sets=SETS, suite=str(suite))
+    Runner(tmp_path / "root", None, torch.device("cpu"), registry=reg).run(r)
+    assert len(seeds[1]) == len(seeds[2]) == len(seeds[3]) == 1
+    assert seeds[2] == seeds[1] != seeds[3]
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ("{id: b, attack: pgd, seed_as: nope}", "bad.yaml.attacks[1].seed_as: 'nope' is not an id of this suite"),
+    ("{id: b, attack: pgd, seed_as: b}", "bad.yaml.attacks[1].seed_as: 'b' is this entry's own id"),
+])
+def test_seed_as_names_another_entry(tmp_path, entry, fragment):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(f"suite: bad\ndescription: x\nattacks:\n  - {{id: a, attack: pgd}}\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        resolve(get_registry(), "digits", "vanilla", seed=3, sets=SETS, suite=str(suite))

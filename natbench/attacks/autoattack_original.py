@@ -10,10 +10,11 @@ natbench's attack code is involved: the model is the task's logits objective wra
 ``seed`` is ``generator.initial_seed()`` (as natbench's ``autoattack`` seeds its components), so given
 generators with the same seed the two run the same random starts and their per-sample results can be
 compared (``benchmarks/eval_speed.py``, ``benchmarks/aa_norms.py``, ``tests/test_autoattack_norms.py``).
-In a suite every attack id gets its own seed (``derive_seed(run seed, "eval", id)``): ``aa`` and
-``aa-original`` of the ``aa-audit`` suite run *different* random starts, and their columns differ by
-AutoAttack's own seed variance (measured on a digits quick pgd-at run at L1 eps 2: 78 and 79 of 359
-robust, 3 flags differ, while at one seed the two agree on all 359: ``benchmarks/aa_norms.py --seed``). The original reseeds the
+In a suite every attack id gets its own seed (``derive_seed(run seed, "eval", id)``) unless the entry
+says ``seed_as: ID``; the ``aa-audit`` suite gives ``aa-original`` the seed of ``aa``, so the two columns
+run the same random starts and differ only where the implementations do (before, they ran different
+starts: on a digits quick pgd-at run at L1 eps 2, 78 and 79 of 359 robust, 3 flags differing from the
+seeds alone; at one seed the two agree on all 359: ``benchmarks/aa_norms.py --seed``). The original reseeds the
 global RNG; natbench's global RNG state is restored afterwards (``torch.random.fork_rng``).
 
 The original's warnings (randomised or dynamic model, Square lowering the robust accuracy after
