@@ -38,6 +38,10 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
         import dataclasses
 
         check_norm(reg, s, threat[0])
+        corr = [a.id for a in s.attacks if getattr(reg.load("attacks", a.attack), "threat", "") == "corruption"]
+        if corr:
+            raise ConfigError(f"--threat-model {threat_model}: corruptions do not depend on the threat model (suite.{corr[0]}); "
+                              f"evaluate them without --threat-model (natbench eval RUN --suite corruptions)")
         spec = dataclasses.replace(spec, threat_model=dataclasses.replace(spec.threat_model, norm=threat[0]))
     check_suite(reg, s, r.plan, task_kind_cls(reg, r.spec), spec)
     setup_logging()

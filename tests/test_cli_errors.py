@@ -235,6 +235,10 @@ CASES: dict[str, Case] = {
     "eval-threat-model-l2-only-attack": Case(lambda c: ["eval", c.run_id, "--suite", "minnorm-l2", "--threat-model", "l2:1",
                                                         "--device", "cpu"], "not complete", needs_run=True,
                                              setup=lambda c: _drop_run_row(c)),
+    # corruptions do not depend on the threat model: stored under another key, the corruptions table never read them
+    "eval-threat-model-corruptions": Case(lambda c: ["eval", c.run_id, "--suite", "corruptions", "--threat-model", "l2:1",
+                                                     "--device", "cpu"], "corruptions do not depend on the threat model",
+                                          needs_run=True, setup=lambda c: _drop_run_row(c)),
     "eval-threat-model-outside-model": Case(["eval", "--task", "digits", "--model", "m.py:f", "--threat-model", "l2:0.5"],
                                             "outside model"),
     "leaderboard-threat-model-bad": Case(["leaderboard", "--threat-model", "l2:"], "NORM:EPS", needs_run=True),
