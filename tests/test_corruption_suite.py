@@ -219,6 +219,9 @@ def test_eval_stores_corruption_entries_per_sample_and_the_checks_skip_them(tmp_
                  "--out", str(tmp_path / "lb")]) == 0
     assert "corr" not in (tmp_path / "lb" / "digits.csv").read_text()
     assert "gaussian_noise" in (tmp_path / "lb" / "digits-corruptions.csv").read_text()
+    assert main(["leaderboard", "--root", str(tmp_path), "--format", "html", "--write", "--out", str(tmp_path / "lb")]) == 0
+    page = (tmp_path / "lb" / "digits.html").read_text()  # the page has the corruptions table too
+    assert "<h2>Common corruptions" in page and "gaussian_noise" in page and "all 5 severities" in page
     assert main(["leaderboard", "--root", str(tmp_path), "--baseline", "nope"]) == 2  # one line, exit 2
 
 
