@@ -63,6 +63,9 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
         from .leaderboard_corruptions import print_tables
 
         print_tables(runner.store, r.task)  # the corruptions table when the task has corruption results
+        from .leaderboard_minnorm import print_tables as print_minnorm
+
+        print_minnorm(runner.store, r.task)  # accuracy at several eps when a minimum-norm attack was run
 
 
 def check_norm(reg, suite, norm: str) -> None:

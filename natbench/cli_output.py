@@ -69,6 +69,10 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
 
             for p in write_corruptions(store, out_dir or root / "leaderboards", t, baseline):  # <task>-corruptions.*
                 print(f"wrote {p}", file=sys.stderr)
+            from .leaderboard_minnorm import write as write_minnorm
+
+            for p in write_minnorm(store, out_dir or root / "leaderboards", t):  # <task>-minnorm.*
+                print(f"wrote {p}", file=sys.stderr)
     if fmt in ("csv", "json") and len(tasks) > 1:
         import pandas as pd
 
@@ -86,6 +90,9 @@ def leaderboard(task: Optional[str], fmt: str, write: bool, root: Path, db: Opti
             from .leaderboard_corruptions import print_tables
 
             print_tables(store, t, fmt, baseline)
+            from .leaderboard_minnorm import print_tables as print_minnorm
+
+            print_minnorm(store, t, fmt)  # accuracy at several eps from a minimum-norm attack (fmn, cw-l2)
 
 
 def print_leaderboard(store, task: str, fmt: str, columns: str = "auto", reference: Optional[Path] = None,

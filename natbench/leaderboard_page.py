@@ -195,6 +195,9 @@ def html_page(store, task: str, df: "pd.DataFrame | list[pd.DataFrame] | None" =
                 parts += [f"<h3>Clean against robust{(' — ' + H.esc(title)) if title else ''}</h3>",
                           H.img(png, "clean against robust", caption)]
     parts += _corruptions(store, task)
+    from .leaderboard_minnorm import html_section
+
+    parts += html_section(store, task)
     ch, cr, per_attack = cost_rows(store, task, df)
     if cr:
         parts += ["<h2>Cost of each row</h2>", H.table(ch, cr, numeric=[False] * (len(ch) - 6) + [True] * 4 + [False, False], sortable=True),

@@ -83,6 +83,11 @@ def stored_key(override: tuple[str, float] | None, run_own: tuple[str, float]) -
     return key(*override)
 
 
+def title(norm: str) -> str:
+    """``"L2"``, ``"L-inf"``: a norm as the tables name it."""
+    return _TITLE.get(norm, norm)
+
+
 def describe(norm: str, eps: float) -> str:
     """``"L2 eps 0.5"``, ``"L-inf eps 8/255"`` (the leaderboard's table titles)."""
     from .leaderboard_rows import eps_text
