@@ -202,15 +202,10 @@ def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> l
     task has corruption results, each file written atomically; the paths written."""
     from pathlib import Path
 
-    from .safety import atomic_write
+    from .safety import write_texts
 
     df = table(store, task, baseline=baseline)
     if df.empty:
         return []
     texts = {fmt: render(df, fmt, task) for fmt in ("md", "csv", "json")}  # all rendered before the first file
-    out = []
-    for fmt, text in texts.items():
-        path = Path(out_dir) / f"{task}-corruptions.{fmt}"
-        atomic_write(path, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
-        out.append(path)
-    return out
+    return write_texts({Path(out_dir) / f"{task}-corruptions.{fmt}": text for fmt, text in texts.items()})

@@ -132,18 +132,13 @@ def write(store: Any, out_dir: Any, task: str) -> list:
     atomically, all rendered first); the paths written."""
     from pathlib import Path
 
-    from .safety import atomic_write
+    from .safety import write_texts
 
     frames = tables(store, task)
     if not frames:
         return []
     texts = {fmt: render(frames, fmt, task) for fmt in ("md", "csv", "json")}
-    out = []
-    for fmt, text in texts.items():
-        path = Path(out_dir) / f"{task}-minnorm.{fmt}"
-        atomic_write(path, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
-        out.append(path)
-    return out
+    return write_texts({Path(out_dir) / f"{task}-minnorm.{fmt}": text for fmt, text in texts.items()})
 
 
 def html_section(store: Any, task: str) -> list[str]:

@@ -156,7 +156,7 @@ class SuiteEvaluator:
 
     def _run_job(self, job: Job, ckpt: str, sha: str, bar: Any, rows: Rows, acc: dict[str, torch.Tensor]) -> None:
         """One (checkpoint, attack) evaluation, taken from the partial results when they hold it."""
-        r, task, dist = self.r, self.task, self.dist
+        r, task = self.r, self.task
         norm = getattr(task.threat, "norm", "linf")  # in the key where not linf: linf keys stay as they were
         key = derive_seed(ckpt, sha, job.id, type(job.attack).__name__,
                           to_dict(job.attack.params) if job.attack is not None else None, job.objective,
