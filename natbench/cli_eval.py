@@ -38,7 +38,9 @@ def eval_run(run_id: str, suite: Optional[str], checkpoint: str, device: str, ro
         import dataclasses
 
         check_norm(reg, s, threat[0])
-        corr = [a.id for a in s.attacks if getattr(reg.load("attacks", a.attack), "threat", "") == "corruption"]
+        from .attacks.corruption import is_corruption
+
+        corr = [a.id for a in s.attacks if is_corruption(reg.load("attacks", a.attack))]
         if corr:
             raise ConfigError(f"--threat-model {threat_model}: corruptions do not depend on the threat model (suite.{corr[0]}); "
                               f"evaluate them without --threat-model (natbench eval RUN --suite corruptions)")

@@ -190,11 +190,12 @@ def render(df: pd.DataFrame, fmt: str, task: str = "") -> str:
         return df.to_csv(index=False)
     if fmt == "json":
         return df.to_json(orient="records", indent=1) + "\n"
+    from .leaderboard_render import pipe_table
+
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in df.to_dict("records")]
+    table_md = pipe_table(cols, [[_cell(r[c]) for c in cols] for r in df.to_dict("records")])
     title = f"## {task + ' — ' if task else ''}corruptions: {df.attrs.get('metric', 'accuracy')} (%)"
-    return f"\n{title}\n\n" + "\n".join(lines) + "\n"
+    return f"\n{title}\n\n" + table_md
 
 
 def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> list:
@@ -202,10 +203,30 @@ def write(store: Any, out_dir: Any, task: str, baseline: str | None = None) -> l
     task has corruption results, each file written atomically; the paths written."""
     from pathlib import Path
 
-    from .safety import write_texts
+    from .leaderboard_render import write_files
 
     df = table(store, task, baseline=baseline)
     if df.empty:
         return []
     texts = {fmt: render(df, fmt, task) for fmt in ("md", "csv", "json")}  # all rendered before the first file
-    return write_texts({Path(out_dir) / f"{task}-corruptions.{fmt}": text for fmt, text in texts.items()})
+    return write_files({Path(out_dir) / f"{task}-corruptions.{fmt}": text for fmt, text in texts.items()})
+
+
+def html_section(store: Any, task: str) -> list[str]:
+    """The corruptions table (:func:`table`: accuracy per corruption, mean, mCE against the task's vanilla
+    row) as a section of the leaderboard page; ``[]`` without corruption results."""
+    from .analysis import html as H
+
+    cdf = table(store, task)
+    if cdf.empty:
+        return []
+    cols = [c for c in cdf.columns if c not in ("run_ids",)]
+    rows = [[_cell(v) for v in rec] for rec in cdf[cols].itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(cdf[c]) for c in cols]
+    metric = cdf.attrs.get("metric", "accuracy")
+    return [f"<h2>Common corruptions: {H.esc(str(metric))} (%)</h2>",
+            "<p>Per corruption the mean over its severities; <code>mean</code> over all entries run; "
+            "<code>mCE</code> relative to the baseline row (docs/corruptions.md). Not part of any "
+            "<code>avg</code> or worst case above.</p>",
+            H.table(cols, rows, numeric=numeric, sortable=True),
+            *(f"<p class=\"note\">{H.esc(n)}</p>" for n in notes(cdf))]

@@ -80,12 +80,13 @@ def render(frames: list[pd.DataFrame], fmt: str, task: str = "") -> str:
     if fmt in ("csv", "json"):
         df = pd.concat([f.assign(norm=f.attrs["norm"]) for f in frames], ignore_index=True)
         return df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", indent=1) + "\n"
+    from .leaderboard_render import pipe_table
+
     parts = []
     for f in frames:
         cols = list(f.columns)
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in f.to_dict("records")]
-        parts.append(f"\n## {task + ' — ' if task else ''}{f.attrs['title']}: accuracy (%) at each eps\n\n" + "\n".join(lines) + "\n")
+        table_md = pipe_table(cols, [[_cell(r[c]) for c in cols] for r in f.to_dict("records")])
+        parts.append(f"\n## {task + ' — ' if task else ''}{f.attrs['title']}: accuracy (%) at each eps\n\n" + table_md)
     return "".join(parts)
 
 
@@ -121,7 +122,7 @@ def print_tables(store: Any, task: str, fmt: str = "table") -> None:
                          justify="right")
         t.add_row("seeds", *[str(r["seeds"]) for r in recs])
         for c in ("clean", *(c for c in f.columns if c.startswith("@") or c == "median_norm")):
-            t.add_row(c if c != "clean" else "clean", *[_cell(r[c]) for r in recs])
+            t.add_row(c, *[_cell(r[c]) for r in recs])
         console.print(t)
         for line in variants:
             console.print(f"  {line}")
@@ -132,13 +133,13 @@ def write(store: Any, out_dir: Any, task: str) -> list:
     atomically, all rendered first); the paths written."""
     from pathlib import Path
 
-    from .safety import write_texts
+    from .leaderboard_render import write_files
 
     frames = tables(store, task)
     if not frames:
         return []
     texts = {fmt: render(frames, fmt, task) for fmt in ("md", "csv", "json")}
-    return write_texts({Path(out_dir) / f"{task}-minnorm.{fmt}": text for fmt, text in texts.items()})
+    return write_files({Path(out_dir) / f"{task}-minnorm.{fmt}": text for fmt, text in texts.items()})
 
 
 def html_section(store: Any, task: str) -> list[str]:
@@ -150,7 +151,7 @@ def html_section(store: Any, task: str) -> list[str]:
         cols = list(f.columns)
         rows = [[_cell(v) for v in rec] for rec in f.itertuples(index=False)]
         numeric = [pd.api.types.is_numeric_dtype(f[c]) for c in cols]
-        parts += [f"<h2>Minimum-norm attacks — {H.esc(f.attrs['title'].split(', ', 1)[1])}</h2>",
+        parts += [f"<h2>Minimum-norm attacks — {H.esc(threats.title(f.attrs['norm']))}</h2>",
                   "<p>Accuracy (%) at each eps of the attack's grid from one run (a point is robust at e when "
                   "clean-correct and its smallest successful perturbation exceeds e); <code>median_norm</code> over "
                   "the clean-correct points (docs/minnorm.md). Not part of any <code>avg</code> or worst case.</p>",

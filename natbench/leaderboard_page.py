@@ -194,10 +194,9 @@ def html_page(store, task: str, df: "pd.DataFrame | list[pd.DataFrame] | None" =
                                            xlabel, ylabel)
                 parts += [f"<h3>Clean against robust{(' — ' + H.esc(title)) if title else ''}</h3>",
                           H.img(png, "clean against robust", caption)]
-    parts += _corruptions(store, task)
-    from .leaderboard_minnorm import html_section
+    from . import leaderboard_corruptions, leaderboard_minnorm
 
-    parts += html_section(store, task)
+    parts += leaderboard_corruptions.html_section(store, task) + leaderboard_minnorm.html_section(store, task)
     ch, cr, per_attack = cost_rows(store, task, df)
     if cr:
         parts += ["<h2>Cost of each row</h2>", H.table(ch, cr, numeric=[False] * (len(ch) - 6) + [True] * 4 + [False, False], sortable=True),
@@ -227,24 +226,3 @@ def html_page(store, task: str, df: "pd.DataFrame | list[pd.DataFrame] | None" =
     else:
         parts.append('<p class="pass">No run of this task failed a sanity check.</p>')
     return H.page(f"natbench leaderboard: {task}", "\n".join(parts), script=True)
-
-
-def _corruptions(store, task: str) -> list[str]:
-    """The corruptions table (:func:`natbench.leaderboard_corruptions.table`: accuracy per corruption,
-    mean, mCE against the task's vanilla row) as a page section; nothing without corruption results."""
-    from .analysis import html as H
-    from .leaderboard_corruptions import _cell, notes, table
-
-    cdf = table(store, task)
-    if cdf.empty:
-        return []
-    cols = [c for c in cdf.columns if c not in ("run_ids",)]
-    rows = [[_cell(v) for v in rec] for rec in cdf[cols].itertuples(index=False)]
-    numeric = [pd.api.types.is_numeric_dtype(cdf[c]) for c in cols]
-    metric = cdf.attrs.get("metric", "accuracy")
-    return [f"<h2>Common corruptions: {H.esc(str(metric))} (%)</h2>",
-            "<p>Per corruption the mean over its severities; <code>mean</code> over all entries run; "
-            "<code>mCE</code> relative to the baseline row (docs/corruptions.md). Not part of any "
-            "<code>avg</code> or worst case above.</p>",
-            H.table(cols, rows, numeric=numeric, sortable=True),
-            *(f"<p class=\"note\">{H.esc(n)}</p>" for n in notes(cdf))]

@@ -43,10 +43,7 @@ def render(df: pd.DataFrame, fmt: str) -> str:
         records = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
         return json.dumps(records, indent=2) + "\n"
     if fmt == "md":
-        header, rows, numeric = _cells(df)
-        line = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
-        rule = "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"
-        return "\n".join([line(header), rule, *map(line, rows)]) + "\n"
+        return pipe_table(*_cells(df))
     if fmt == "html":
         header, rows, numeric = _cells(df)
         title = "natbench leaderboard"
@@ -66,6 +63,14 @@ def render(df: pd.DataFrame, fmt: str) -> str:
             "</body></html>\n"
         )
     raise ConfigError(f"Unknown leaderboard format '{fmt}'. Available: {', '.join(FORMATS)}")
+
+
+def pipe_table(header: list[str], rows: list[list[str]], numeric: list[bool] | None = None) -> str:
+    """A GitHub pipe table of text cells (``|`` escaped); columns aligned right where ``numeric``, no
+    alignment when it is None."""
+    line = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    rule = "|" + "|".join("---" if numeric is None else ("---:" if n else ":---") for n in (numeric or header)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)]) + "\n"
 
 
 def md_preamble(df: pd.DataFrame) -> str:
@@ -124,7 +129,7 @@ def write(store, out_dir: Path, task: str | None = None, formats: tuple[str, ...
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, text in pages:
-            _atomic_write(path, text)
+            atomic_write_text(path, text)
             paths.append(path)
     except OSError as e:
         raise RunError(f"cannot write the leaderboard to {out_dir}: {e.strerror or e}; "
@@ -200,7 +205,15 @@ def _jsonable(v):
     return v
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_files(texts: dict) -> list[Path]:
+    """Each ``path -> text`` with :func:`atomic_write_text`, in order (render every text first: an
+    error then leaves nothing half-written); the paths written."""
+    for path, text in texts.items():
+        atomic_write_text(Path(path), text)
+    return [Path(p) for p in texts]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``; the
     file gets the mode a plain ``open(path, "w")`` would (0666 less the umask), not mkstemp's 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

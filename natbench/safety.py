@@ -93,16 +93,6 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_texts(paths_texts: dict, encoding: str = "utf-8") -> list[Path]:
-    """Each ``path -> text`` written atomically (:func:`atomic_write`), in order; the texts are rendered
-    by the caller before the first file is written, so an error leaves nothing half-written."""
-    out = []
-    for path, text in paths_texts.items():
-        atomic_write(Path(path), lambda tmp, t=text: tmp.write_text(t, encoding=encoding))
-        out.append(Path(path))
-    return out
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a unique temporary file (two writers never share one) and a rename."""
     import torch

@@ -99,8 +99,7 @@ class SuiteEvaluator:
         suite = suite or r.suite
         bs = r.profile.eval_batch_size
         _, _, self.test_loader = task.loaders(bs, torch.Generator().manual_seed(0), bs)
-        self.jobs = [dataclasses.replace(self.job(a.id, a.attack, a.params, a.objective), seed_id=a.seed_as or "")
-                     for a in suite.attacks]
+        self.jobs = [self.job(a.id, a.attack, a.params, a.objective, a.seed_as) for a in suite.attacks]
         self.composite = self._adaptive_composite()
         self.model = (task.build_model() if external is None else external.model).to(self.device)
         self.partial = PartialResults(self.run_dir, self.dist)
@@ -201,7 +200,7 @@ class SuiteEvaluator:
             metrics["bf16_autocast"] = 1.0
         return metrics, correct
 
-    def job(self, aid: str, name: str, params: dict, objective: str | None = None) -> Job:
+    def job(self, aid: str, name: str, params: dict, objective: str | None = None, seed_as: str | None = None) -> Job:
         """One attack of a suite (or an escalation), instantiated, its dependencies bound."""
         from .attacks._base import with_norm
 
@@ -209,7 +208,7 @@ class SuiteEvaluator:
         attack = with_norm(cls(from_dict(cls.Params, params, f"suite.{aid}.params")), self.task.threat.norm, f"suite.{aid}")
         for dep in getattr(attack, "dependencies", ()):
             attack.bind(dep.role, self.dependency_model(self.r, dep, evaluated=self.run_dir.name))
-        return Job(aid, name, attack, objective or cls.objective_kind, bool(getattr(cls, "black_box", False)))
+        return Job(aid, name, attack, objective or cls.objective_kind, bool(getattr(cls, "black_box", False)), seed_as or "")
 
     def _adaptive_composite(self) -> Composite | None:
         """The run's composition with its dependencies bound, when an attack maximises its training

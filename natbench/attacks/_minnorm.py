@@ -89,8 +89,9 @@ class MinNormAttack(LinfAttack):
     def search(self, objective: LogitsObjective, x: Tensor, y: Tensor,
                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """``(x_best, norms)`` for clean-correct rows ``x``: the smallest adversarial example found
-        per row and its norm in :attr:`norm` (``inf`` and any point where none was found)."""
-        raise NotImplementedError
+        per row and its norm in :attr:`norm` (``inf`` and any point where none was found). Abstract:
+        every registered subclass (``fmn``, ``cw-l2``) implements it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement search() (see natbench.attacks.fmn)")
 
     def __call__(self, objective: Objective, x: Tensor, *, eps: float,
                  generator: torch.Generator | None = None) -> Tensor:

@@ -120,6 +120,9 @@ class AutoAttack(LinfAttack):
     norms = NORMS
     #: the original's ``version`` these settings follow (L1's settings differ only for ``standard``)
     version = "standard"
+    #: the shortcuts of one clean forward (carried clean logits, checking only changed rows) assume the
+    #: model's logits are the same at every call; the 'rand' version is for models where they are not
+    deterministic_model = True
     #: APGD-CE's restarts and APGD-T's target classes in the L1 standard version (the original's set_version)
     L1_APGD_RESTARTS, L1_APGD_T_TARGETS = 5, 5
 
@@ -179,7 +182,6 @@ class AutoAttack(LinfAttack):
         x = x.detach()
         y = y.to(x.device).long()
         clean = clean_logits(objective, x)  # once: every component gets them for its rows (_clean.carrying)
-        shortcuts = self.version != "rand"  # a randomized model's logits differ per call: no carrying, check all rows
         robust = clean.max(1)[1] == y
         if num_classes is None:
             num_classes = int(clean.shape[1])
@@ -192,10 +194,10 @@ class AutoAttack(LinfAttack):
             for idx in todo.split(self.params.bs):
                 g = torch.Generator(device=device).manual_seed(seed)
                 sub = subset_objective(objective, idx, num_classes)
-                if shortcuts:
+                if self.deterministic_model:
                     sub = carrying(sub, x[idx], clean[idx])
                 adv = attack(sub, x[idx], eps=eps, generator=g).detach()
-                fooled = self._fooled_rows(forward, adv, x[idx], y[idx], only_changed=shortcuts)
+                fooled = self._fooled_rows(forward, adv, x[idx], y[idx], only_changed=self.deterministic_model)
                 robust[idx[fooled]] = False
                 x_adv[idx[fooled]] = adv[fooled]
                 self._fooled[name] += int(fooled.sum())
@@ -208,7 +210,10 @@ class AutoAttack(LinfAttack):
         after each component). With ``only_changed`` only the rows that differ from the clean ``x`` are
         evaluated: the others are the clean, clean-correct inputs the component was given (a
         still-robust point of a deterministic model); without it (the 'rand' version) all rows are."""
-        changed = (adv != x).flatten(1).any(1) if only_changed else torch.ones(len(x), dtype=torch.bool, device=x.device)
+        if not only_changed:
+            with torch.no_grad():
+                return forward(adv).max(1)[1] != y
+        changed = (adv != x).flatten(1).any(1)
         fooled = torch.zeros_like(changed)
         if bool(changed.any()):
             with torch.no_grad():
@@ -241,6 +246,7 @@ class AutoAttackRand(AutoAttack):
     name = "autoattack-rand"
     objective_kind = "logits"
     version = "rand"
+    deterministic_model = False
 
     @dataclass(frozen=True)
     class Params(AutoAttack.Params):
